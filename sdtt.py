@@ -1,0 +1,116 @@
+"""Self-Distillation Through Time (SDTT, Deschenaux & Gulcehre, ICLR 2025).
+
+A student learns to do in one sampling step what the teacher does in n. Targets come from
+running n ancestral teacher steps (Algorithm 1); the student matches them under a divergence
+(appendix B) on the positions masked in x_t (Algorithm 2). Iterating rounds, each distilling
+the previous student, halves the number of steps per round (section 3.1): the loop over
+rounds lives in train.py, the math here.
+"""
+import torch
+import torch.nn.functional as F
+
+from diffusion import T_MIN, alpha, denoise, forward_mask, reverse_step, sample_categorical, sigma
+
+
+# ----------------------------------------------------------------------------- divergences
+# All take log-probabilities over the real tokens, [..., V], and return one value per row.
+
+def reverse_kl(student_log, target_log):
+    """KL(student || teacher), appendix B.1: zero-forcing; the paper's default."""
+    return (student_log.exp() * (student_log - target_log)).sum(-1)
+
+
+def forward_kl(student_log, target_log):
+    """KL(teacher || student), appendix B.1: zero-avoiding."""
+    return (target_log.exp() * (target_log - student_log)).sum(-1)
+
+
+def total_variation(student_log, target_log):
+    """1/2 sum |p - q|, appendix B.2; lies in [0, 1]."""
+    return 0.5 * (student_log.exp() - target_log.exp()).abs().sum(-1)
+
+
+def mse_log_probs(student_log, target_log):
+    """Mean squared difference of log-probabilities, appendix B.3 (eq. 11)."""
+    return (student_log - target_log).pow(2).mean(-1)
+
+
+DIVERGENCES = {"reverse_kl": reverse_kl, "forward_kl": forward_kl,
+               "tv": total_variation, "mse": mse_log_probs}
+
+
+# ----------------------------------------------------------------------------- teacher targets
+
+def analytic_step(log_x, z_t, t_s, t_t, mask_id, generator=None):
+    """The analytic (Tweedie tau-leaping) update of SEDD/Campbell et al. for the absorbing
+    process, written with the score ratio p_t(v)/p_t(MASK) = x[v] alpha_t / (1 - alpha_t).
+
+    Unmasking to v has probability (exp(sigma_t - sigma_s) - 1) * score[v]; staying masked
+    takes the rest. For the absorbing process this is algebraically the ancestral posterior of
+    SDTT eq. 2, which is why the paper's ablation (its figs. 10-11) finds no difference.
+    """
+    shape = (-1,) + (1,) * z_t.dim()
+    s_t, s_s = (sigma(torch.as_tensor(v, dtype=torch.float64)).reshape(shape) for v in (t_t, t_s))
+    score = log_x[..., :mask_id].double().exp() * torch.exp(-s_t) / -torch.expm1(-s_t)
+    unmask = torch.expm1(s_t - s_s) * score
+    from_mask = torch.cat([unmask, 1 - unmask.sum(-1, keepdim=True)], dim=-1)
+    probs = torch.where((z_t == mask_id).unsqueeze(-1), from_mask, F.one_hot(z_t, mask_id + 1).double())
+    return sample_categorical(probs, generator)
+
+
+def ancestral_step(log_x, z_t, t_s, t_t, mask_id, generator=None):
+    """One ancestral step z_t -> z_s from the exact posterior (SDTT eq. 2) with x = x_theta."""
+    return reverse_step(log_x, z_t, alpha(t_s), alpha(t_t), mask_id, generator)
+
+
+TEACHER_SAMPLERS = {"ancestral": ancestral_step, "analytic": analytic_step}
+
+
+@torch.no_grad()
+def teacher_targets(teacher, x_t, t_start, n_steps, delta, mask_id, t_min=T_MIN,
+                    sampler="ancestral", time_conditioned=False, generator=None):
+    """SDTT Algorithm 1: log-prob targets [N, L, V+1] from n_steps teacher steps of size delta.
+
+    A position denoised at step i takes the teacher's log-probs of step i (lines 9-10); a
+    position still MASK after the last step takes the last step's (line 13). Positions not
+    masked in x_t keep zeros: the loss never reads them.
+    """
+    step = TEACHER_SAMPLERS[sampler]
+    target = torch.zeros(*x_t.shape, mask_id + 1, device=x_t.device)
+    z = x_t
+    for i in range(n_steps):
+        t_cur = (t_start - i * delta).clamp(min=t_min)                       # line 7
+        log_x = denoise(teacher, z, t_cur, mask_id, time_conditioned)
+        z_new = step(log_x, z, (t_cur - delta).clamp(min=0), t_cur, mask_id, generator)  # line 8
+        denoised = z_new != z                                                # line 9
+        target[denoised] = log_x[denoised]                                   # line 10
+        z = z_new                                                            # line 11
+    still_masked = z == mask_id
+    target[still_masked] = log_x[still_masked]                               # line 13
+    return target
+
+
+def distillation_loss(student, teacher, x, t_start, u, mask_id, n_steps, delta,
+                      divergence="reverse_kl", sampler="ancestral", time_conditioned=False):
+    """SDTT Algorithm 2, lines 8-11: noise x to x_t at t_start, compare the student's one-step
+    prediction with the teacher's n-step targets on the positions masked in x_t."""
+    x_t = forward_mask(x, alpha(t_start), u, mask_id)                        # line 8
+    student_log = denoise(student, x_t, t_start, mask_id, time_conditioned)   # line 9
+    target = teacher_targets(teacher, x_t, t_start, n_steps, delta, mask_id,  # line 10
+                             sampler=sampler, time_conditioned=time_conditioned)
+    masked = x_t == mask_id
+    if not masked.any():
+        return student_log.sum() * 0.0
+    per_position = DIVERGENCES[divergence](student_log[masked][:, :mask_id], target[masked][:, :mask_id])
+    return per_position.mean()                                               # line 11
+
+
+def step_schedule(start_steps, teacher_steps_per_target, rounds):
+    """Sampling steps of the teacher of each round: start, start/n, start/n^2, ...
+    (section 3.1: m = 1024, n = 2, 7 rounds). Round j's student samples with entry j+1."""
+    schedule = [start_steps]
+    for _ in range(rounds):
+        if schedule[-1] % teacher_steps_per_target:
+            raise ValueError(f"{schedule[-1]} steps do not split into {teacher_steps_per_target} teacher steps")
+        schedule.append(schedule[-1] // teacher_steps_per_target)
+    return schedule
