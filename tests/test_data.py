@@ -1,0 +1,93 @@
+"""data.py: the offline GPT-2 tokenizer, vocabulary compaction, corpora, the synthetic source."""
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+import data
+from cli import UserError
+
+
+def test_gpt2_tokenizer_works_offline():
+    assert data.gpt2_encoding().encode("Hello world") == [15496, 995]
+
+
+@pytest.fixture
+def corpus(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "DATA_DIR", tmp_path / "data")
+    docs = ["the cat sat on the mat. " * 20, "the dog sat on the log. " * 20 + " zebra"]
+    return data.TokenStream(data.prepare_corpus("toy", docs, vocab_size=12))
+
+
+def test_compact_vocabulary_keeps_eos_and_maps_the_rest_to_unk(corpus):
+    tok = corpus.tokenizer
+    assert tok.vocab_size <= 12 and tok.unk_id == tok.vocab_size - 1   # fewer distinct tokens than 11
+    assert tok.gpt2_ids[tok.eos_id] == data.GPT2_EOS
+    assert tok.decode(tok.encode("the cat sat on the log.")) == "the cat sat on the log."
+    ids = tok.encode("the aardvark")  # " aardvark" is several GPT-2 tokens, none in the toy corpus
+    assert tok.decode(ids) == "the" + "<unk>" * (len(ids) - 1)
+
+
+def test_corpus_splits_hold_out_the_end_of_every_document(corpus):
+    train, val = (np.asarray(corpus.splits[s]) for s in ("train", "val"))
+    assert len(val) > 0 and len(train) > 10 * len(val)
+    assert (train == corpus.tokenizer.eos_id).sum() == 0      # each EOS closes a document's tail
+    assert (val == corpus.tokenizer.eos_id).sum() == 2
+
+
+def test_batches_are_windows_of_the_stream(corpus):
+    x = corpus.batch("train", 5, 8, torch.Generator().manual_seed(0))
+    stream = np.asarray(corpus.splits["train"])
+    assert x.shape == (5, 8)
+    for row in x.numpy():
+        assert any((stream[i:i + 8] == row).all() for i in range(len(stream) - 8))
+    with pytest.raises(UserError):
+        corpus.batch("val", 1, 10_000, torch.Generator())
+
+
+def test_shakespeare_default_is_real_english():
+    stream = data.load_data("shakespeare", 4096, 128)
+    assert stream.vocab_size == 4096
+    assert len(stream.splits["train"]) > 1_000_000
+    text = stream.tokenizer.decode(stream.splits["val"][:2000])
+    assert "Project Gutenberg" not in text and " the " in text
+
+
+@given(st.integers(2, 3), st.integers(1, 3), st.integers(0, 1000))
+@settings(max_examples=10, deadline=None)
+def test_synthetic_log_prob_matches_brute_force_enumeration(vocab, length, seed):
+    source = data.MarkovSource(vocab_size=vocab, seq_len=length, branching=2, seed=seed)
+    xs = torch.tensor(list(itertools.product(range(vocab), repeat=length)))
+    logp = source.log_prob(xs)
+    by_hand = torch.tensor([math.log(source.initial[x[0]]) + sum(math.log(source.transition[a, b])
+                            if source.transition[a, b] > 0 else -math.inf for a, b in zip(x[:-1], x[1:]))
+                            for x in xs.tolist()], dtype=torch.float64)
+    assert torch.allclose(logp, by_hand)
+    assert math.isclose(logp.exp().sum().item(), 1.0, rel_tol=1e-12)
+    p = logp.exp()
+    entropy = -(p[p > 0] * logp[p > 0]).sum().item()
+    assert math.isclose(source.entropy_rate_bound() * length, entropy, rel_tol=1e-9)
+
+
+def test_synthetic_samples_follow_the_source():
+    """Empirical frequencies of all 27 sequences vs p: each within 5 binomial sigmas."""
+    source = data.MarkovSource(vocab_size=3, seq_len=3, branching=2, seed=1)
+    n = 50_000
+    x = source.sample(n, torch.Generator().manual_seed(0))
+    xs = torch.tensor(list(itertools.product(range(3), repeat=3)))
+    p = source.log_prob(xs).exp()
+    counts = torch.tensor([(x == row).all(-1).sum().item() for row in xs], dtype=torch.float64)
+    assert ((counts - n * p).abs() <= 5 * (n * p * (1 - p)).sqrt() + 1e-9).all()
+
+
+def test_missing_file_is_a_user_error():
+    with pytest.raises(UserError, match="not shakespeare, synthetic, openwebtext or a text file"):
+        data.load_data("no/such/file.txt")
+
+
+def test_openwebtext_without_a_network_is_one_sentence():
+    with pytest.raises(UserError, match="openwebtext"):
+        data.load_data("openwebtext")
