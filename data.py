@@ -228,10 +228,13 @@ class MarkovSource:
 
     Each state moves to `branching` successors with Dirichlet(1) weights, so samples have
     structure a model can learn, and GenPPL of generated text is exact (the judge is p itself).
+    A `floor` of the mass is spread over all successors, so that one wrong token in a sample
+    costs a finite (large) NLL instead of making its GenPPL infinite.
     """
 
-    def __init__(self, vocab_size=16, seq_len=32, branching=3, seed=0):
+    def __init__(self, vocab_size=16, seq_len=32, branching=3, seed=0, floor=0.01):
         self.vocab_size, self.seq_len, self.branching, self.seed = vocab_size, seq_len, branching, seed
+        self.floor = floor
         g = torch.Generator().manual_seed(seed)
         self.initial = torch.rand(vocab_size, generator=g, dtype=torch.float64) + 0.1
         self.initial /= self.initial.sum()
@@ -240,10 +243,11 @@ class MarkovSource:
             successors = torch.randperm(vocab_size, generator=g)[:branching]
             weights = -torch.rand(branching, generator=g, dtype=torch.float64).log()  # Dirichlet(1)
             self.transition[state, successors] = weights / weights.sum()
+        self.transition = (1 - floor) * self.transition + floor / vocab_size
 
     def meta(self):
         return {"kind": "synthetic", "vocab_size": self.vocab_size, "seq_len": self.seq_len,
-                "branching": self.branching, "seed": self.seed}
+                "branching": self.branching, "seed": self.seed, "floor": self.floor}
 
     def sample(self, n, generator=None):
         from diffusion import sample_categorical
@@ -328,4 +332,4 @@ def source_from_meta(meta):
     """The synthetic source (with its exact likelihood) a checkpoint was trained on, or None."""
     if meta["kind"] != "synthetic":
         return None
-    return MarkovSource(meta["vocab_size"], meta["seq_len"], meta["branching"], meta["seed"])
+    return MarkovSource(meta["vocab_size"], meta["seq_len"], meta["branching"], meta["seed"], meta.get("floor", 0.01))

@@ -1,0 +1,109 @@
+"""bench.py's bookkeeping on the micro preset: what is counted, not how fast it runs."""
+import json
+import math
+
+import pytest
+import torch
+
+import bench
+from cli import UserError
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Micro-sized ops on a shared 2-core machine: one thread avoids OpenMP barrier stalls."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def micro_config():
+    cfg = bench.BenchConfig(sizes=["micro"], vocab_size=64, seq_len=16, batch_sizes=[2], steps=[2, 4], runs=2,
+                            train_runs=1, cache_steps=64, cache_seq_len=8, cache_batch_sizes=[1], kv_batch_size=1)
+    return bench.resolve(cfg, CPU)
+
+
+def test_resolve_fills_only_the_flags_left_empty():
+    cfg = bench.resolve(bench.BenchConfig(steps=[7]), CPU)
+    assert cfg.steps == [7]
+    assert (cfg.sizes, cfg.seq_len, cfg.vocab_size, cfg.gpu) == (["mini"], 256, 4096, "a100")
+    with pytest.raises(UserError):
+        bench.resolve(bench.BenchConfig(only="latency,nonsense"), CPU)
+    with pytest.raises(UserError):
+        bench.resolve(bench.BenchConfig(steps=[0]), CPU)
+
+
+def test_timed_counts_runs_and_keeps_results():
+    calls = []
+    stats, results = bench.timed(lambda: calls.append(1) or len(calls), 3, CPU, warmup=lambda: calls.append(0))
+    assert calls == [0, 1, 1, 1] and results == [2, 3, 4]
+    assert stats["runs"] == 3 and 0 <= stats["min_s"] <= stats["median_s"]
+
+
+def test_latency_rows_hold_every_size_batch_and_step_count():
+    cfg = micro_config()
+    rows = bench.latency(cfg, CPU, {})
+    assert [(r["size"], r["batch"]) for r in rows] == [("micro", 2)]
+    row = rows[0]
+    assert row["ar"]["runs"] == 2 and set(row["diffusion"]) == {2, 4}
+    for k, d in row["diffusion"].items():  # k passes, plus one when a MASK survives to the end
+        assert k <= d["forward_passes"] <= k + 1
+
+
+def test_sampler_overhead_reuses_the_latency_figure(monkeypatch):
+    monkeypatch.setattr(bench, "matmul_peak_flops", lambda device: 1e9)
+    cfg = micro_config()
+    results = {"latency": bench.latency(cfg, CPU, {})}
+    out = bench.overhead(cfg, CPU, results)
+    assert out["sampling"] is results["latency"][0]["diffusion"][2]
+    assert math.isclose(out["ratio"], out["sampling"]["median_s"]
+                        / (out["sampling"]["forward_passes"] * out["forward"]["median_s"]))
+
+
+def test_caching_never_costs_passes_and_matches_its_expectation():
+    cfg = micro_config()
+    row = bench.cache(cfg, CPU, {})[0]
+    assert row["uncached"]["forward_passes"] in (cfg.cache_steps, cfg.cache_steps + 1)
+    assert row["cached"]["forward_passes"] <= row["uncached"]["forward_passes"]
+    assert abs(row["cached"]["forward_passes"] - row["expected_cached_passes"]) < 12  # ~4 sd at 64 steps, 8 positions
+
+
+def test_expected_cached_passes_grow_with_positions_up_to_the_step_count():
+    few, many = bench.expected_cached_passes(1024, 128), bench.expected_cached_passes(1024, 8 * 128)
+    assert 1 < few < many < 1024
+    assert bench.expected_cached_passes(16, 10**6) == pytest.approx(16)
+
+
+def test_roofline_puts_ar_on_the_memory_bound_and_scales_diffusion_with_steps():
+    with torch.device("meta"):
+        gpt, dit = (bench.untrained(kind, "small", 50257, 1024, "meta") for kind in ("ar", "mdlm"))
+    bound = bench.lower_bounds(dit, gpt, 8, 1024, [16, 32], "a100")
+    peak, bandwidth = bench.GPUS["a100"]
+    weights_per_token = 2 * bench.count_params(gpt, non_embedding=True) / bandwidth
+    assert bound["ar_s"] >= 1024 * weights_per_token
+    assert bound["diffusion_s"][32] == pytest.approx(2 * bound["diffusion_s"][16])
+    assert bound["diffusion_s"][16] >= 16 * bench.forward_flops(dit, 8, 1024) / peak
+
+
+def test_kv_reports_both_runs():
+    row = bench.kv(micro_config(), CPU, {})
+    assert row["speedup"] == pytest.approx(row["uncached_s"] / row["cached_s"])
+
+
+@pytest.mark.parametrize("method", ["mdlm", "sdtt", "idlm"])
+def test_train_step_cost_steps_every_phase(method):
+    out = bench.train_step_cost(method, "micro", 64, 16, 2, 1, "cpu")
+    assert out["method"] == method and out["runs"] == 1 and out["peak_bytes"] >= 0
+    assert bench.training_step(method, "micro", 64, 16, 2, CPU)[1] == (2 if method == "idlm" else 1)
+
+
+def test_main_writes_the_json(tmp_path, capsys):
+    path = tmp_path / "sub" / "bench.json"
+    bench.main(["--only", "latency,roofline", "--sizes", "micro", "--vocab-size", "64", "--seq-len", "16",
+                "--batch-sizes", "2", "--steps", "2", "--runs", "1", "--json", str(path)])
+    saved = json.loads(path.read_text())
+    assert set(saved["results"]) == {"latency", "roofline"}
+    assert "| micro |" in capsys.readouterr().out

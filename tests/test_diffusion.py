@@ -1,0 +1,568 @@
+"""Invariants of the absorbing process (SPEC section 1), checked exactly on tiny worlds where
+possible and statistically (fixed seeds, tolerances derived from the math) where not."""
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import diffusion
+
+
+def examples(n):
+    """Few, reproducible hypothesis examples: the suite shares two CPU cores."""
+    return settings(max_examples=n, deadline=None, derandomize=True)
+
+
+seeds = st.integers(0, 2**31 - 1)
+
+
+# ----------------------------------------------------------------------------- a tiny world
+
+def all_sequences(V, L):
+    return np.array(list(itertools.product(range(V), repeat=L)))
+
+
+def tiny_world(V, L, seed):
+    """Every sequence of V^L and a random distribution p over them (seeded Dirichlet)."""
+    xs = all_sequences(V, L)
+    return xs, np.random.default_rng(seed).dirichlet(np.ones(len(xs)))
+
+
+def optimal_denoiser(xs, p, z, V):
+    """x*(z)[i] = p(x_i | revealed positions of z), [L, V]; one-hot at revealed positions."""
+    consistent = np.all((z == V) | (xs == z), axis=1)
+    weights = p * consistent
+    return np.stack([np.bincount(xs[:, i], weights=weights, minlength=V)
+                     for i in range(xs.shape[1])]) / weights.sum()
+
+
+def mask_patterns(L):
+    """Every subset of positions with at least one masked, as boolean rows."""
+    return [np.array(bits, dtype=bool) for bits in itertools.product([False, True], repeat=L) if any(bits)]
+
+
+def pattern_nll(denoiser, x, masked, V):
+    """sum over masked i of -log x(z)[i][x_i], z = x with `masked` replaced by MASK."""
+    z = np.where(masked, V, x)
+    return -np.log(denoiser(z)[masked, x[masked]]).sum()
+
+
+def schedule_pattern_weight(k, L, eps):
+    """integral_0^1 w(t) (1-alpha_t)^k alpha_t^(L-k) dt from the code's schedule; the integrand
+    w(t) (1-alpha_t)^k alpha_t^(L-k) is a polynomial of degree L-1 (k >= 1), so 16-point
+    Gauss-Legendre is exact."""
+    nodes, weights = np.polynomial.legendre.leggauss(16)
+    t = torch.tensor((nodes + 1) / 2, dtype=torch.float64)
+    a = diffusion.alpha(t, eps)
+    integrand = diffusion.loss_weight(t, eps) * (1 - a) ** k * a ** (L - k)
+    return float((torch.tensor(weights / 2) * integrand).sum())
+
+
+def exact_nelbo(denoiser, x, V, weight):
+    return sum(weight(int(m.sum())) * pattern_nll(denoiser, x, m, V) for m in mask_patterns(len(x)))
+
+
+worlds = st.tuples(st.integers(2, 3), st.integers(2, 3), seeds)
+
+
+@examples(10)
+@given(L=st.integers(1, 6))
+def test_schedule_weight_of_a_pattern_with_k_masked_is_beta_k_l_minus_k_plus_1(L):
+    for k in range(1, L + 1):
+        beta = math.factorial(k - 1) * math.factorial(L - k) / math.factorial(L)
+        assert schedule_pattern_weight(k, L, eps=0.0) == pytest.approx(beta, rel=1e-12)
+
+
+@examples(12)
+@given(world=worlds)
+def test_nelbo_of_optimal_denoiser_equals_exact_nll(world):
+    V, L, seed = world
+    xs, p = tiny_world(V, L, seed)
+    denoiser = lambda z: optimal_denoiser(xs, p, z, V)
+    weight = lambda k: schedule_pattern_weight(k, L, eps=0.0)
+    for x, px in zip(xs, p):
+        assert exact_nelbo(denoiser, x, V, weight) == pytest.approx(-math.log(px), rel=0, abs=1e-9)
+
+
+@examples(12)
+@given(world=worlds, mix=st.floats(0.05, 1.0), random_denoiser=st.booleans())
+def test_nelbo_of_any_other_denoiser_exceeds_entropy_in_expectation(world, mix, random_denoiser):
+    V, L, seed = world
+    xs, p = tiny_world(V, L, seed)
+    rng = np.random.default_rng(seed + 1)
+    if random_denoiser:
+        table = {tuple(z): rng.dirichlet(np.ones(V), size=L) for z in all_sequences(V + 1, L)}
+        other = lambda z: np.where((z == V)[:, None], table[tuple(z)], np.eye(V)[np.minimum(z, V - 1)])
+    else:  # mix with uniform at masked positions only: revealed ones are carried over anyway
+        other = lambda z: np.where((z == V)[:, None], (1 - mix) * optimal_denoiser(xs, p, z, V) + mix / V,
+                                   optimal_denoiser(xs, p, z, V))
+    weight = lambda k: schedule_pattern_weight(k, L, eps=0.0)
+    entropy = -(p * np.log(p)).sum()
+    expected_nelbo = sum(px * exact_nelbo(other, x, V, weight) for x, px in zip(xs, p))
+    assert expected_nelbo > entropy + 1e-9
+
+
+# ----------------------------------------------------------------------------- schedule
+
+@examples(25)
+@given(u0=st.floats(0.0, 1.0, exclude_max=True), n=st.integers(1, 64),
+       sampling_eps=st.sampled_from([1e-3, 1e-2, 0.0]))
+def test_antithetic_times_lie_in_range_and_are_stratified(u0, n, sampling_eps):
+    t = diffusion.antithetic_times(u0, n, sampling_eps).double()
+    assert t.shape == (n,)
+    assert (t >= sampling_eps - 1e-7).all() and (t <= 1).all()
+    # before scaling, sorted times are u0 mod 1/n + i/n: exactly one in each bin [i/n, (i+1)/n)
+    unscaled = ((t - sampling_eps) / (1 - sampling_eps)).sort().values
+    offset = unscaled - torch.arange(n, dtype=torch.float64) / n
+    assert (offset > -1e-6).all() and (offset < 1 / n + 1e-6).all()
+    assert offset.max() - offset.min() < 1e-6
+
+
+@examples(25)
+@given(t=st.floats(1e-4, 1.0), eps=st.sampled_from([0.0, 1e-3, 0.1]))
+def test_alpha_is_exp_of_minus_sigma(t, eps):
+    t = torch.tensor(t, dtype=torch.float64)
+    assert torch.allclose(diffusion.alpha(t, eps), torch.exp(-diffusion.sigma(t, eps)), rtol=1e-12)
+
+
+@examples(25)
+@given(t=st.floats(1e-4, 1.0), eps=st.sampled_from([0.0, 1e-3, 0.1]))
+def test_loss_weight_is_minus_alpha_derivative_over_move_chance(t, eps):
+    t = torch.tensor(t, dtype=torch.float64, requires_grad=True)
+    a = diffusion.alpha(t, eps)
+    (d_alpha,) = torch.autograd.grad(a, t)
+    assert torch.allclose(diffusion.loss_weight(t.detach(), eps), -d_alpha / (1 - a.detach()), rtol=1e-12)
+
+
+# ----------------------------------------------------------------------------- forward process
+
+@examples(20)
+@given(seed=seeds, alpha_t=st.lists(st.floats(0.0, 1.0), min_size=1, max_size=4))
+def test_forward_mask_masks_exactly_where_uniform_below_move_chance_and_keeps_the_rest(seed, alpha_t):
+    g = torch.Generator().manual_seed(seed)
+    V, N, L = 5, len(alpha_t), 16
+    x = torch.randint(0, V, (N, L), generator=g)
+    u = torch.rand(N, L, generator=g)
+    a = torch.tensor(alpha_t)
+    z = diffusion.forward_mask(x, a, u, V)
+    assert torch.equal(z == V, u < (1 - a)[:, None])
+    assert torch.equal(z[z != V], x[z != V])
+
+
+@examples(15)
+@given(alpha_t=st.lists(st.floats(0.0, 1.0), min_size=1, max_size=3))
+def test_forward_mask_masks_with_probability_one_minus_alpha(alpha_t):
+    g = torch.Generator().manual_seed(0)
+    N, L, V = len(alpha_t), 20_000, 7
+    x = torch.randint(0, V, (N, L), generator=g)
+    z = diffusion.forward_mask(x, torch.tensor(alpha_t), torch.rand(N, L, generator=g), V)
+    for row, a in zip(z, alpha_t):
+        move = 1 - a
+        # masked count ~ Binomial(L, 1 - alpha_t): 6 standard deviations
+        assert abs((row == V).sum().item() - L * move) <= 6 * math.sqrt(L * move * (1 - move)) + 1e-6
+
+
+@examples(15)
+@given(seed=seeds, alpha_t=st.lists(st.floats(0.0, 1.0), min_size=1, max_size=3), V=st.integers(2, 6))
+def test_forward_sample_soft_masks_with_one_minus_alpha_and_draws_the_rest_from_x(seed, alpha_t, V):
+    rng = np.random.default_rng(seed)
+    N, L = len(alpha_t), 20_000
+    rows = rng.dirichlet(np.full(V, 0.5), size=N)
+    rows[:, 0] = 0  # a token of zero probability is never drawn
+    rows /= rows.sum(1, keepdims=True)
+    x_probs = torch.tensor(rows)[:, None].expand(N, L, V)
+    g = torch.Generator().manual_seed(seed)
+    z = diffusion.forward_sample_soft(x_probs, torch.tensor(alpha_t), V, generator=g)
+    for row, a, probs in zip(z, alpha_t, rows):
+        move = 1 - a
+        # masked count ~ Binomial(L, 1 - alpha_t): 6 standard deviations
+        assert abs((row == V).sum().item() - L * move) <= 6 * math.sqrt(L * move * (1 - move)) + 1e-6
+        revealed = row[row != V]
+        counts = torch.bincount(revealed, minlength=V + 1)[:V].numpy()
+        n = len(revealed)
+        # given n revealed, the count of token v ~ Binomial(n, x[v]): 6 standard deviations
+        assert (np.abs(counts - n * probs) <= 6 * np.sqrt(n * probs * (1 - probs)) + 1e-6).all()
+
+
+# ----------------------------------------------------------------------------- SUBS
+
+adversarial_scales = st.sampled_from([1.0, 50.0, 1e4, 1e30])
+
+
+@examples(25)
+@given(seed=seeds, V=st.integers(1, 6), scale=adversarial_scales,
+       mask_logit=st.sampled_from([0.0, 1e4, 1e30, -1e30]))
+def test_subs_log_probs_has_no_mass_on_mask_carries_over_unmasked_and_is_normalized(seed, V, scale, mask_logit):
+    g = torch.Generator().manual_seed(seed)
+    N, L = 3, 5
+    logits = scale * torch.randn(N, L, V + 1, generator=g)
+    logits[..., V] = mask_logit
+    z = torch.randint(0, V + 1, (N, L), generator=g)
+    before = logits.clone()
+    log_x = diffusion.subs_log_probs(logits, z, V)
+    assert torch.equal(logits, before), "the caller's logits must not be modified"
+    assert (log_x[..., V] == -math.inf).all()
+    probs = log_x.exp()
+    assert torch.allclose(probs.sum(-1), torch.ones(N, L), atol=1e-5)
+    revealed = z != V
+    assert torch.equal(probs[revealed], torch.nn.functional.one_hot(z[revealed], V + 1).float())
+
+
+# ----------------------------------------------------------------------------- reverse posterior
+
+@examples(40)
+@given(V=st.integers(1, 3), alpha_t=st.floats(0.0, 0.999), gap=st.floats(1e-3, 1.0),
+       hard=st.booleans(), seed=seeds)
+def test_reverse_posterior_equals_bayes_rule_on_forward_marginals(V, alpha_t, gap, hard, seed):
+    alpha_s = alpha_t + gap * (1 - alpha_t)
+    rng = np.random.default_rng(seed)
+    x = np.eye(V)[rng.integers(V)] if hard else rng.dirichlet(np.ones(V))
+    K = V + 1
+    # forward marginal q(z_s | x) and one-step kernel q(z_t | z_s), alpha_{t|s} = alpha_t / alpha_s
+    q_s = np.append(alpha_s * x, 1 - alpha_s)
+    kernel = np.zeros((K, K))
+    for v in range(V):
+        kernel[v, v], kernel[v, V] = alpha_t / alpha_s, 1 - alpha_t / alpha_s
+    kernel[V, V] = 1.0
+    joint = q_s[:, None] * kernel                         # [z_s, z_t]
+    q_t = joint.sum(0)
+    assert np.allclose(q_t, np.append(alpha_t * x, 1 - alpha_t))  # the chain gives q(z_t | x)
+    z_t = torch.arange(K)[None]                          # every z_t at once, one per position
+    x_probs = torch.tensor(x)[None, None].expand(1, K, V)
+    posterior = diffusion.reverse_posterior(z_t, x_probs, alpha_s, alpha_t, V)[0].numpy()
+    for zt in range(K):
+        if q_t[zt] > 0:
+            assert np.allclose(posterior[zt], joint[:, zt] / q_t[zt], rtol=1e-9, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- sampler
+
+class AdversarialDenoiser:
+    """A fake network: fresh random logits every call, some huge, possibly favouring MASK.
+    Records every z it is called on."""
+
+    def __init__(self, V, seed, scale, mask_logit):
+        self.V, self.seed, self.scale, self.mask_logit = V, seed, scale, mask_logit
+        self.calls = []
+
+    def __call__(self, z, sigma):
+        self.calls.append(z.clone())
+        g = torch.Generator().manual_seed(self.seed + len(self.calls))
+        logits = self.scale * torch.randn(*z.shape, self.V + 1, generator=g)
+        logits[..., self.V] = self.mask_logit
+        return logits
+
+
+adversarial_runs = st.fixed_dictionaries(dict(
+    seed=seeds, V=st.integers(1, 5), L=st.integers(1, 8), N=st.integers(1, 3), steps=st.integers(1, 12),
+    prompt_len=st.integers(0, 8), scale=adversarial_scales, mask_logit=st.sampled_from([0.0, 1e4, 1e30]),
+    final=st.sampled_from(["argmax", "sample"]), t_min=st.sampled_from([1e-5, 0.3])))
+
+
+def run_adversarial_sampler(run):
+    """Sample without caching, so the fake network sees z at every step (and before the final fill).
+    Returns the prompt length, the sequence of states z and the output."""
+    V, L, N = run["V"], run["L"], run["N"]
+    g = torch.Generator().manual_seed(run["seed"])
+    z = torch.full((N, L), V)
+    P = min(run["prompt_len"], L)
+    z[:, :P] = torch.randint(0, V, (N, P), generator=g)
+    net = AdversarialDenoiser(V, run["seed"], run["scale"], run["mask_logit"])
+    out, passes = diffusion.sample(net, z.clone(), run["steps"], V, t_min=run["t_min"], final=run["final"],
+                                   cache=False, generator=g)
+    assert passes == len(net.calls)
+    assert torch.equal(net.calls[0], z)
+    return P, net.calls + [out], out
+
+
+@examples(25)
+@given(run=adversarial_runs)
+def test_sampler_never_remasks(run):
+    _, states, _ = run_adversarial_sampler(run)
+    V = run["V"]
+    for before, after in zip(states, states[1:]):
+        revealed = before != V
+        assert torch.equal(after[revealed], before[revealed])
+
+
+@examples(25)
+@given(run=adversarial_runs)
+def test_sampler_never_increases_the_number_of_masks(run):
+    _, states, _ = run_adversarial_sampler(run)
+    V = run["V"]
+    masks = [(s == V).sum(1) for s in states]
+    for before, after in zip(masks, masks[1:]):
+        assert (after <= before).all()
+
+
+@examples(25)
+@given(run=adversarial_runs)
+def test_sampler_leaves_no_mask_in_its_output(run):
+    _, _, out = run_adversarial_sampler(run)
+    assert ((out >= 0) & (out < run["V"])).all()
+
+
+@examples(25)
+@given(run=adversarial_runs)
+def test_sampler_never_changes_prompt_positions(run):
+    P, states, _ = run_adversarial_sampler(run)
+    for state in states:
+        assert torch.equal(state[:, :P], states[0][:, :P])
+
+
+@examples(25)
+@given(seed=seeds, V=st.integers(1, 4), scale=adversarial_scales, mask_logit=st.sampled_from([0.0, 1e30]),
+       raw=st.booleans())
+def test_reverse_step_never_remasks_or_adds_masks_for_any_log_x(seed, V, scale, mask_logit, raw):
+    """Even for log_x that is not SUBS-shaped (raw log-softmax over V+1, mass on MASK)."""
+    g = torch.Generator().manual_seed(seed)
+    N, L, steps = 2, 6, 6
+    net = AdversarialDenoiser(V, seed, scale, mask_logit)
+    z = torch.full((N, L), V)
+    times = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
+    for i in range(steps):
+        logits = net(z, None)
+        log_x = logits.log_softmax(-1) if raw else diffusion.subs_log_probs(logits, z, V)
+        z_new = diffusion.reverse_step(log_x, z, diffusion.alpha(times[i + 1]), diffusion.alpha(times[i]),
+                                       V, generator=g)
+        revealed = z != V
+        assert torch.equal(z_new[revealed], z[revealed])
+        assert ((z_new >= 0) & (z_new <= V)).all()
+        z = z_new
+
+
+class TinyDeterministicNet(torch.nn.Module):
+    """logits[n, i] = sum_j W[i, j, z[n, j]]: depends on z only (not on sigma), like MDLM's DiT."""
+
+    def __init__(self, V, L, seed):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.weight = 3 * torch.randn(L, L, V + 1, V + 1, generator=g)
+
+    def forward(self, z, sigma):
+        L = z.shape[1]
+        return self.weight[torch.arange(L)[None, :, None], torch.arange(L)[None, None, :], z[:, None, :]].sum(2)
+
+
+class Recorder(torch.nn.Module):
+    def __init__(self, net):
+        super().__init__()
+        self.net, self.calls = net, []
+
+    def forward(self, z, sigma):
+        self.calls.append(z.clone())
+        return self.net(z, sigma)
+
+
+cache_runs = st.fixed_dictionaries(dict(
+    seed=seeds, V=st.integers(1, 4), L=st.integers(1, 6), N=st.integers(1, 2), steps=st.integers(1, 24),
+    prompt_len=st.integers(0, 3), t_min=st.sampled_from([diffusion.T_MIN, 0.5])))
+
+
+def sample_recorded(run, cache, time_conditioned=False):
+    V, L, N = run["V"], run["L"], run["N"]
+    z = torch.full((N, L), V)
+    P = min(run["prompt_len"], L)
+    z[:, :P] = torch.arange(P) % V
+    net = Recorder(TinyDeterministicNet(V, L, run["seed"]))
+    g = torch.Generator().manual_seed(run["seed"])
+    out, passes = diffusion.sample(net, z, run["steps"], V, t_min=run["t_min"], cache=cache,
+                                   time_conditioned=time_conditioned, generator=g)
+    return out, passes, net.calls
+
+
+@examples(25)
+@given(run=cache_runs)
+def test_sample_with_cache_equals_sample_without_cache(run):
+    cached, _, _ = sample_recorded(run, cache=True)
+    uncached, _, _ = sample_recorded(run, cache=False)
+    assert torch.equal(cached, uncached)
+
+
+@examples(25)
+@given(run=cache_runs)
+def test_cached_sampler_runs_the_network_once_per_distinct_state(run):
+    """Without caching the network sees z at every step (and before the final fill, if any MASK is
+    left). With caching it runs only when z changed since its last pass: once per run of equal
+    consecutive states, i.e. 1 + the number of steps that changed some position and were followed
+    by another network use (a later step, or the final fill)."""
+    _, passes, calls = sample_recorded(run, cache=True)
+    _, uncached_passes, every_state = sample_recorded(run, cache=False)
+    assert uncached_passes == len(every_state)
+    distinct = [s for i, s in enumerate(every_state) if i == 0 or not torch.equal(s, every_state[i - 1])]
+    assert passes == len(calls) == len(distinct)
+    assert all(torch.equal(a, b) for a, b in zip(calls, distinct))
+
+
+def test_cache_removes_most_forward_passes_when_steps_exceed_length():
+    V, L, steps = 5, 8, 256
+    run = dict(seed=0, V=V, L=L, N=1, steps=steps, prompt_len=0, t_min=diffusion.T_MIN)
+    out, passes, _ = sample_recorded(run, cache=True)
+    # every pass after the first follows a step that unmasked at least one of the L positions
+    assert passes <= L + 1
+    _, uncached_passes, _ = sample_recorded(run, cache=False)
+    assert uncached_passes >= steps
+    assert not (out == V).any()
+
+
+@examples(10)
+@given(run=cache_runs)
+def test_time_conditioned_sampler_never_reuses_predictions(run):
+    out, passes, _ = sample_recorded(run, cache=True, time_conditioned=True)
+    _, uncached_passes, _ = sample_recorded(run, cache=False, time_conditioned=True)
+    assert passes == uncached_passes >= run["steps"]
+
+
+def exact_sampler_distribution(xs, p, V, steps, t_min):
+    """Output distribution of `steps` ancestral steps plus the argmax fill, by propagating a
+    distribution over all (V+1)^L states with the optimal denoiser of the tiny world."""
+    L = xs.shape[1]
+    states = all_sequences(V + 1, L)
+    index = {tuple(z): j for j, z in enumerate(states)}
+    denoised = [optimal_denoiser(xs, p, z, V) for z in states]
+    times = np.linspace(1.0, t_min, steps + 1)
+    dist = np.zeros(len(states))
+    dist[index[(V,) * L]] = 1.0
+    for t, s in zip(times[:-1], times[1:]):
+        alpha_t, alpha_s = 1 - (1 - diffusion.SCHEDULE_EPS) * t, 1 - (1 - diffusion.SCHEDULE_EPS) * s
+        unmask, stay_masked = (alpha_s - alpha_t) / (1 - alpha_t), (1 - alpha_s) / (1 - alpha_t)
+        new = np.zeros_like(dist)
+        for j, z in enumerate(states):
+            if dist[j] == 0:
+                continue
+            per_position = [list(np.eye(V + 1)[zi]) if zi != V else list(unmask * denoised[j][i]) + [stay_masked]
+                            for i, zi in enumerate(z)]
+            for z_new in itertools.product(range(V + 1), repeat=L):
+                new[index[z_new]] += dist[j] * np.prod([per_position[i][v] for i, v in enumerate(z_new)])
+        dist = new
+    out = np.zeros(len(xs))
+    for j, z in enumerate(states):
+        filled = np.where(z == V, denoised[j].argmax(1), z)
+        out[np.flatnonzero((xs == filled).all(1))[0]] += dist[j]
+    return out
+
+
+@examples(8)
+@given(world=worlds, steps=st.integers(1, 5), t_min=st.sampled_from([diffusion.T_MIN, 0.4]))
+def test_sampler_draws_from_the_exact_ancestral_chain(world, steps, t_min):
+    V, L, seed = world
+    xs, p = tiny_world(V, L, seed)
+    N = 20_000
+    out, _ = diffusion.sample(OptimalDenoiserNet(xs, p, V), torch.full((N, L), V), steps, V, t_min=t_min,
+                              generator=torch.Generator().manual_seed(seed))
+    powers = V ** np.arange(L - 1, -1, -1)
+    counts = np.bincount(out.numpy() @ powers, minlength=len(xs))   # xs enumerates in this order
+    expected = exact_sampler_distribution(xs, p, V, steps, t_min)
+    # each sequence's count ~ Binomial(N, q): 6 standard deviations (+1e-6 for q = 0)
+    assert (np.abs(counts - N * expected) <= 6 * np.sqrt(N * expected * (1 - expected)) + 1e-6).all()
+
+
+def test_sample_rejects_fewer_than_one_step():
+    with pytest.raises(ValueError):
+        diffusion.sample(TinyDeterministicNet(2, 2, 0), torch.full((1, 2), 2), 0, 2)
+
+
+# ----------------------------------------------------------------------------- categorical draws
+
+def test_float64_categorical_draws_follow_a_distribution_with_a_tail_of_1e8_tokens():
+    tail_tokens, p_tail_token = 10**6, 1e-8
+    probs = torch.full((tail_tokens + 1,), p_tail_token, dtype=torch.float64)
+    probs[0] = 1 - tail_tokens * p_tail_token            # main token 0.99, tail mass 0.01
+    N, tail_mass = 10**6, tail_tokens * p_tail_token
+    draws = diffusion.sample_categorical(probs, torch.Generator().manual_seed(0), num_samples=N)
+    tail = draws[draws > 0]
+    n = len(tail)
+    # tail count ~ Binomial(N, 0.01): sd = sqrt(N 0.01 0.99) ~ 99.5; allow 6 sd
+    sd = math.sqrt(N * tail_mass * (1 - tail_mass))
+    assert abs(n - N * tail_mass) <= 6 * sd
+    # the tail itself is uniform over 1e6 tokens, each below float32's 2^-24 resolution: repeats among n
+    # draws ~ Poisson(n^2 / 2e6) ~ 50 (sd ~ 7); a 2^-24 uniform grid reaches only ~1/6 of them (~300)
+    repeats = n - tail.unique().numel()
+    expected_repeats = n * n / (2 * tail_tokens)
+    assert abs(repeats - expected_repeats) <= 6 * math.sqrt(expected_repeats) + 1
+    # why float64: the same inverse-CDF draw with a float32 running sum (as a GPU scan accumulates)
+    # never leaves the main token, since 0.99 + 1e-8 rounds back to 0.99 in float32
+    cdf32 = torch.from_numpy(np.cumsum(probs.float().numpy(), dtype=np.float32))
+    u32 = torch.rand(N, generator=torch.Generator().manual_seed(0))
+    n32 = (torch.searchsorted(cdf32, u32 * cdf32[-1], right=True) > 0).sum().item()
+    assert n32 < N * tail_mass - 6 * sd
+
+
+@examples(10)
+@given(seed=seeds)
+def test_categorical_draws_match_a_random_five_token_distribution(seed):
+    probs = torch.tensor(np.random.default_rng(seed).dirichlet(np.ones(5)))
+    N = 20_000
+    draws = diffusion.sample_categorical(probs, torch.Generator().manual_seed(seed), num_samples=N)
+    expected = N * probs
+    chi2 = (((torch.bincount(draws, minlength=5) - expected) ** 2) / expected).sum().item()
+    # chi-square with 4 degrees of freedom: P(chi2 > 30) = e^-15 (1 + 15) ~ 5e-6
+    assert chi2 < 30
+
+
+@examples(25)
+@given(seed=seeds, K=st.integers(1, 8), rows=st.integers(1, 4))
+def test_categorical_draws_never_pick_a_zero_probability_token(seed, K, rows):
+    g = torch.Generator().manual_seed(seed)
+    probs = torch.rand(rows, K, generator=g, dtype=torch.float64)
+    probs[torch.rand(rows, K, generator=g) < 0.5] = 0.0
+    probs[torch.arange(rows), torch.randint(0, K, (rows,), generator=g)] = 1.0  # one positive per row
+    draws = diffusion.sample_categorical(probs, g, num_samples=500)
+    assert draws.shape == (rows, 500)
+    assert (probs.gather(1, draws) > 0).all()
+    single = diffusion.sample_categorical(probs, g)
+    assert single.shape == (rows,) and (probs.gather(1, single[:, None]) > 0).all()
+
+
+# ----------------------------------------------------------------------------- training objective
+
+class OptimalDenoiserNet(torch.nn.Module):
+    """The optimal denoiser of a tiny world as a network: (tokens [N, L], sigma [N]) -> logits
+    [N, L, V+1]. Logits are the log of the optimal probabilities; MASK and revealed rows get junk
+    that SUBS must override."""
+
+    def __init__(self, xs, p, V):
+        super().__init__()
+        L = xs.shape[1]
+        states = all_sequences(V + 1, L)
+        table = np.full((len(states), L, V + 1), 3.0)
+        for row, z in zip(table, states):
+            masked = z == V
+            row[masked, :V] = np.log(optimal_denoiser(xs, p, z, V)[masked])
+        self.table = torch.tensor(table, dtype=torch.float32)
+        self.powers = (V + 1) ** torch.arange(L - 1, -1, -1)
+
+    def forward(self, tokens, sigma):
+        return self.table[(tokens * self.powers).sum(-1)]
+
+
+@examples(6)
+@given(world=worlds)
+def test_nelbo_loss_estimator_is_unbiased_for_its_exact_expectation(world):
+    V, L, seed = world
+    xs, p = tiny_world(V, L, seed)
+    eps = a = 1e-3  # schedule eps and sampling_eps
+    # E[estimator] = mean over the batch of (1/(1-a)) int_a^1 (1/t) sum_M m^k (1-m)^(L-k) c(x, M) dt / L,
+    # m = 1 - alpha_t = (1-eps) t, w(t) = 1/t: a polynomial in t, so Gauss-Legendre is exact
+    nodes, gl_weights = np.polynomial.legendre.leggauss(16)
+    t = (1 - a) / 2 * nodes + (1 + a) / 2
+    m = (1 - eps) * t
+    pattern_weight = {k: ((1 - a) / 2 * gl_weights / t * m ** k * (1 - m) ** (L - k)).sum() / (1 - a)
+                      for k in range(1, L + 1)}
+    denoiser = lambda z: optimal_denoiser(xs, p, z, V)
+    exact = {tuple(x): exact_nelbo(denoiser, x, V, pattern_weight.__getitem__) for x in xs}
+    batch = np.concatenate([xs, xs])
+    expectation = np.mean([exact[tuple(x)] for x in batch]) / L
+    net, x = OptimalDenoiserNet(xs, p, V), torch.tensor(batch)
+    g = torch.Generator().manual_seed(seed)
+    draws = []
+    for _ in range(1000):
+        times = diffusion.antithetic_times(torch.rand((), generator=g, dtype=torch.float64), len(x), a)
+        draws.append(diffusion.nelbo_loss(net, x, times, torch.rand(x.shape, generator=g), V).item())
+    draws = np.array(draws)
+    standard_error = draws.std(ddof=1) / math.sqrt(len(draws))
+    assert abs(draws.mean() - expectation) <= 5 * standard_error

@@ -1,0 +1,192 @@
+"""Tests of evaluate.py: exact GenPPL, entropy and self-BLEU invariants, the one-pass LAMBADA
+protocol, and one-line errors of the sweep CLI."""
+import dataclasses
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import checkpoint
+import evaluate
+from cli import UserError
+from data import MarkovSource
+from model import GPT, DiT, ModelConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+V, L = 8, 16
+SYNTHETIC = {"kind": "synthetic", "vocab_size": V, "seq_len": L, "branching": 3, "seed": 0}
+token_rows = st.lists(st.integers(0, 50), min_size=1, max_size=40)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads, and on a shared CPU they run 100x slower with them."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_model(kind="mdlm"):
+    """A random 1-layer model; the DiT's zero-initialised output layer is drawn at random too."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=V, seq_len=L, n_layer=1, n_head=2, n_embd=16, cond_dim=16, dropout=0.0)
+    model = GPT(cfg) if kind == "ar" else DiT(cfg)
+    if kind != "ar":
+        torch.nn.init.normal_(model.output_layer.linear.weight)
+    return model.eval()
+
+
+def save_tiny_checkpoint(path, kind="mdlm", data_meta=SYNTHETIC):
+    model = tiny_model(kind)
+    state = model.state_dict()
+    checkpoint.save({"kind": kind, "model_config": dataclasses.asdict(model.config), "model": state,
+                     "ema": state, "data_meta": data_meta}, path)
+    return path
+
+
+def assert_one_error_line(*args):
+    result = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    return lines[0]
+
+
+# ----------------------------------------------------------------------------- GenPPL
+
+def test_exact_genppl_of_source_samples_matches_entropy_rate():
+    """For x ~ p, E[-log p(x) / L] = H(p) / L: within 5 standard errors of the sample mean."""
+    source = MarkovSource(vocab_size=16, seq_len=32, branching=3, seed=0)
+    nll = evaluate.ExactJudge(source).nll_per_token(source.sample(4000, torch.Generator().manual_seed(0)))
+    standard_error = nll.std().item() / math.sqrt(len(nll))
+    assert abs(nll.mean().item() - source.entropy_rate_bound()) < 5 * standard_error
+
+
+def test_ar_judge_scores_tokens_after_bos_and_batching_does_not_matter():
+    model = tiny_model("ar")
+    tokens = torch.randint(0, V, (5, L), generator=torch.Generator().manual_seed(0))
+    by_one = evaluate.ARJudge(model, bos_id=0, batch_size=1).nll_per_token(tokens)
+    logits = model(torch.cat([torch.zeros(5, 1, dtype=torch.long), tokens[:, :-1]], dim=1))
+    expected = torch.nn.functional.cross_entropy(logits.transpose(1, 2), tokens, reduction="none").mean(1)
+    torch.testing.assert_close(evaluate.ARJudge(model, bos_id=0, batch_size=4).nll_per_token(tokens), by_one)
+    torch.testing.assert_close(by_one, expected.detach())
+
+
+def test_quality_rows_sample_with_the_same_seed_and_count_forward_passes():
+    model = tiny_model()
+    judge = evaluate.ExactJudge(MarkovSource(V, L, 3, 0))
+    entries = [("a", model, "mdlm", 4), ("b", model, "mdlm", 4), ("c", model, "mdlm", 64)]
+    rows = evaluate.quality_rows(entries, judge, num_samples=3, batch_size=1, seq_len=L, seed=0, device="cpu")
+    assert set(rows[0]) == {"label", "steps", "genppl", "entropy", "nfe", "seconds"}
+    assert rows[0]["genppl"] == rows[1]["genppl"] and rows[0]["entropy"] == rows[1]["entropy"]
+    assert 1 <= rows[0]["nfe"] <= 4 + 1 and rows[2]["nfe"] <= L + 1  # caching: one pass per change at most
+    assert all(0 < row["entropy"] <= math.log(L) for row in rows)
+
+
+def test_ar_generation_is_one_forward_pass_per_token_after_bos():
+    tokens, nfe = evaluate.generate(tiny_model("ar"), "ar", 3, L - 1, steps=1, bos_id=0, batch_size=2,
+                                    generator=torch.Generator().manual_seed(0))
+    assert tokens.shape == (3, L - 1) and nfe == L - 1
+
+
+def test_load_judge_refuses_mismatched_vocabularies(tmp_path):
+    judge_path = save_tiny_checkpoint(tmp_path / "ar.pt", "ar", {**SYNTHETIC, "vocab_size": V + 1})
+    with pytest.raises(UserError, match="different tokenizer/vocabulary"):
+        evaluate.load_judge(str(judge_path), SYNTHETIC, "cpu")
+    with pytest.raises(UserError, match="synthetic"):
+        evaluate.load_judge("exact", {"kind": "gpt2", "gpt2_ids": None}, "cpu")
+
+
+# ----------------------------------------------------------------------------- entropy and self-BLEU
+
+def test_entropy_of_constant_sample_is_zero_and_of_all_distinct_tokens_is_log_length():
+    assert evaluate.token_entropy(torch.full((1, L), 3)).item() == 0
+    assert evaluate.token_entropy(torch.randperm(L)[None]).item() == pytest.approx(math.log(L))
+
+
+@settings(max_examples=50, deadline=None, derandomize=True)
+@given(token_rows, st.randoms(use_true_random=False))
+def test_entropy_is_between_zero_and_log_length_and_permutation_invariant(row, rng):
+    entropy = evaluate.token_entropy(torch.tensor([row])).item()
+    shuffled = row[:]
+    rng.shuffle(shuffled)
+    assert -1e-12 <= entropy <= math.log(len(row)) + 1e-12
+    assert evaluate.token_entropy(torch.tensor([shuffled])).item() == pytest.approx(entropy)
+
+
+@settings(max_examples=50, deadline=None, derandomize=True)
+@given(token_rows, st.integers(2, 5))
+def test_self_bleu_of_identical_continuations_is_one(row, copies):
+    assert evaluate.self_bleu([row] * copies) == pytest.approx(1.0)
+
+
+@settings(max_examples=50, deadline=None, derandomize=True)
+@given(st.lists(token_rows, min_size=2, max_size=5))
+def test_self_bleu_is_between_zero_and_one(continuations):
+    assert 0 <= evaluate.self_bleu(continuations) <= 1 + 1e-12
+
+
+def test_bleu_brevity_penalty_and_disjoint_continuations():
+    assert evaluate.bleu([0, 1, 2, 3], [list(range(8))]) == pytest.approx(math.exp(1 - 8 / 4))
+    assert evaluate.self_bleu([[0, 1, 2, 3], [4, 5, 6, 7]]) < 0.2
+
+
+# ----------------------------------------------------------------------------- LAMBADA
+
+class CountingModel(torch.nn.Module):
+    """Wraps a DiT and records the tokens of every forward pass."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.config, self.calls = model, model.config, []
+
+    def forward(self, tokens, sigma):
+        self.calls.append(tokens.clone())
+        return self.model(tokens, sigma)
+
+
+class CharTokenizer:
+    """One token per character, so that a last word is several tokens."""
+
+    def encode(self, text):
+        return [ord(c) % V for c in text]
+
+
+def test_lambada_decodes_each_last_word_in_one_forward_pass():
+    examples = ["the cat sat on the mat", "a b ccc", "one two three four", "x" * 40 + " yz"]
+    model = CountingModel(tiny_model())
+    result = evaluate.lambada(model, examples, CharTokenizer(), V, "cpu", nelbo_samples=4)
+    decoding = [z for z in model.calls if z.shape[0] == 1]
+    assert result["n"] == result["forward_passes"] == len(examples) == len(decoding)
+    assert len(model.calls) == 2 * len(examples)  # plus one batched NELBO estimate per example
+    for z, text in zip(decoding, examples):
+        word = len(text.rsplit(maxsplit=1)[1]) + 1  # the space belongs to the word, as in GPT-2
+        assert (z[0, -word:] == V).all() and (z[0, :-word] != V).all() and z.shape[1] <= L
+    assert 0 <= result["accuracy"] <= 1 and 1 < result["ppl_bound"] < math.inf
+
+
+# ----------------------------------------------------------------------------- command line
+
+def test_cli_without_checkpoint_is_one_error_line(tmp_path):
+    assert "does not exist" in assert_one_error_line("evaluate.py", "--ckpts", str(tmp_path / "missing.pt"))
+
+
+def test_cli_steps_below_one_is_one_error_line(tmp_path):
+    ckpt = save_tiny_checkpoint(tmp_path / "mdlm.pt")
+    assert "at least 1" in assert_one_error_line("evaluate.py", "--ckpts", str(ckpt), "--steps", "0")
+
+
+def test_cli_judge_with_another_vocabulary_is_one_error_line(tmp_path):
+    ckpt = save_tiny_checkpoint(tmp_path / "mdlm.pt")
+    judge = save_tiny_checkpoint(tmp_path / "ar.pt", "ar", {**SYNTHETIC, "vocab_size": V + 1})
+    line = assert_one_error_line("evaluate.py", "--ckpts", str(ckpt), "--judge", str(judge))
+    assert "different tokenizer/vocabulary" in line

@@ -1,0 +1,234 @@
+"""Invariants of IDLM (SPEC section 4): Theorem 3.1 checked exactly in a tiny world, the
+student step's gradient, the fixed point student = fake = teacher, the fake step, and the
+agreement of the soft-target MDLM loss with the hard one."""
+import copy
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import diffusion
+import idlm
+from model import DiT, config_for
+
+V, L = 6, 8
+MASK = V
+
+
+def examples(n):
+    """Few, reproducible hypothesis examples: the suite shares two CPU cores."""
+    return settings(max_examples=n, deadline=None, derandomize=True)
+
+
+seeds = st.integers(0, 2**31 - 1)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads, and on a shared CPU they run 100x slower with them."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ----------------------------------------------------------------------------- Theorem 3.1, exactly
+# A world of V^L sequences, small enough to enumerate. With alpha_t = 1 - t, a mask pattern
+# with k of the L positions masked has weight integral_0^1 (1/t) t^k (1-t)^(L-k) dt = B(k, L-k+1),
+# so the continuous-time MDLM loss of a denoiser f on a sequence x is
+#     L(f, x) = sum over patterns of B(k, L-k+1) * sum over masked i of -log f(z)[i][x_i],
+# z being x with the pattern's positions replaced by MASK (id V).
+
+def all_sequences(vocab, length):
+    return np.array(list(itertools.product(range(vocab), repeat=length)))
+
+
+def mask_patterns(length):
+    """Every set of positions with at least one masked, as boolean rows."""
+    return [np.array(bits) for bits in itertools.product([False, True], repeat=length) if any(bits)]
+
+
+def pattern_weight(k, length):
+    """B(k, L-k+1) = (k-1)! (L-k)! / L!."""
+    return math.factorial(k - 1) * math.factorial(length - k) / math.factorial(length)
+
+
+def optimal_denoiser(xs, p, vocab):
+    """f_p(z)[i][v] = p(x_i = v | the revealed positions of z): [L, V] per z."""
+    def f(z):
+        consistent = p * np.all((z == vocab) | (xs == z), axis=1)
+        return np.stack([np.bincount(xs[:, i], weights=consistent, minlength=vocab)
+                         for i in range(xs.shape[1])]) / consistent.sum()
+    return f
+
+
+def mdlm_loss(f, x, vocab):
+    """L(f, x): the continuous-time NELBO of x under denoiser f, by enumeration."""
+    total = 0.0
+    for masked in mask_patterns(len(x)):
+        z = np.where(masked, vocab, x)
+        total += pattern_weight(int(masked.sum()), len(x)) * -np.log(f(z)[masked, x[masked]]).sum()
+    return total
+
+
+def expected_loss(f, xs, p, vocab):
+    """E_{x ~ p} L(f, x)."""
+    return sum(px * mdlm_loss(f, x, vocab) for x, px in zip(xs, p))
+
+
+tiny_worlds = st.tuples(st.integers(2, 3), st.integers(2, 3), seeds)
+
+
+@examples(15)
+@given(world=tiny_worlds, mix=st.sampled_from([0.0, 0.01, 0.3, 1.0]))
+def test_teacher_loss_gap_on_student_samples_is_at_least_kl_and_zero_only_at_the_data(world, mix):
+    """IDLM Theorem 3.1: E_{p_theta} L(f*) - min_f E_{p_theta} L(f) >= KL(p_theta || p*) >= 0,
+    with 0 exactly when p_theta = p*. The minimum is attained by f_{p_theta}: the loss is a sum
+    of cross-entropies, one per (pattern, masked position), each minimised by the conditional."""
+    vocab, length, seed = world
+    xs = all_sequences(vocab, length)
+    rng = np.random.default_rng(seed)
+    p_star = rng.dirichlet(np.ones(len(xs)))
+    p_theta = (1 - mix) * p_star + mix * rng.dirichlet(np.ones(len(xs)))
+    teacher, best = optimal_denoiser(xs, p_star, vocab), optimal_denoiser(xs, p_theta, vocab)
+    gap = expected_loss(teacher, xs, p_theta, vocab) - expected_loss(best, xs, p_theta, vocab)
+    kl = float((p_theta * np.log(p_theta / p_star)).sum())
+    assert kl >= 0
+    assert gap >= kl - 1e-10
+    if mix == 0.0:
+        assert abs(gap) <= 1e-10
+    else:
+        assert gap > 1e-10
+
+
+@examples(10)
+@given(world=tiny_worlds, mix=st.floats(0.01, 1.0))
+def test_optimal_denoiser_of_p_theta_has_the_least_expected_loss_under_p_theta(world, mix):
+    """The minimiser used above: any other denoiser (here f_{p_theta} blended with another one at
+    the masked positions) has a larger expected loss."""
+    vocab, length, seed = world
+    xs = all_sequences(vocab, length)
+    rng = np.random.default_rng(seed)
+    p_theta, p_other = rng.dirichlet(np.ones(len(xs))), rng.dirichlet(np.ones(len(xs)))
+    best, other = optimal_denoiser(xs, p_theta, vocab), optimal_denoiser(xs, p_other, vocab)
+    blend = lambda z: (1 - mix) * best(z) + mix * other(z)  # revealed positions stay one-hot
+    assert expected_loss(blend, xs, p_theta, vocab) > expected_loss(best, xs, p_theta, vocab) + 1e-12
+
+
+# ----------------------------------------------------------------------------- the student step (eq. 11)
+
+@examples(15)
+@given(seed=seeds, n=st.integers(1, 4))
+def test_student_objective_gradient_is_w_times_log_fake_minus_log_teacher_on_masked_positions(seed, n):
+    """d/d x0_soft of L(f*, x0_soft) - L(f_hat, x0_soft) = w(t) (log f_hat - log f*) / (N L) where
+    z_t is MASK, and 0 elsewhere (where SUBS makes both log-probs -inf off the carried token)."""
+    g = torch.Generator().manual_seed(seed)
+    z_t = torch.where(torch.rand(n, L, generator=g) < 0.5, MASK, torch.randint(0, V, (n, L), generator=g))
+    t = 0.05 + 0.95 * torch.rand(n, generator=g)
+    log_teacher, log_fake = (diffusion.subs_log_probs(2 * torch.randn(n, L, V + 1, generator=g), z_t, MASK)[..., :V]
+                             for _ in range(2))
+    x0_soft = torch.randn(n, L, V, generator=g).softmax(-1).requires_grad_()
+    loss = idlm.student_objective(x0_soft, log_teacher, log_fake, z_t, t, MASK)
+    (grad,) = torch.autograd.grad(loss, x0_soft)
+    masked = (z_t == MASK).unsqueeze(-1)
+    w = 1 / t  # the log-linear schedule's weight
+    expected = torch.where(masked, w[:, None, None] * (log_fake - log_teacher), torch.zeros(())) / (n * L)
+    assert torch.allclose(grad, expected, rtol=1e-5, atol=1e-7)
+    assert (grad[~masked.expand_as(grad)] == 0).all()
+
+
+def random_dit(seed):
+    """A micro DiT with every weight nudged: its zero-initialised adaLN gates and output layer
+    come alive, so its predictions depend on the context and are far from uniform."""
+    torch.manual_seed(seed)
+    model = DiT(config_for("micro", vocab_size=V, seq_len=L, dropout=0.0))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return model.eval()
+
+
+def batch(seed, n=8):
+    """Clean tokens x, times t~ and mask uniforms u, as train.py hands them to the losses."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, V, (n, L), generator=g)
+    t = diffusion.antithetic_times(torch.rand((), generator=g).item(), n)
+    return x, t, torch.rand(n, L, generator=g)
+
+
+@examples(5)
+@given(seed=seeds)
+def test_student_loss_is_zero_when_student_fake_and_teacher_are_one_network(seed):
+    teacher = random_dit(seed % 1000)
+    student, fake = copy.deepcopy(teacher), copy.deepcopy(teacher)
+    torch.manual_seed(seed)
+    loss, logs = idlm.student_loss(student, teacher, fake, *batch(seed), MASK)
+    assert loss.item() == 0.0
+    assert logs["teacher_loss"] == logs["fake_loss_on_student"] > 0
+
+
+def test_alternating_steps_train_only_their_own_network_and_never_the_teacher():
+    """Three copies of one network; three rounds of fake step then student step with AdamW.
+    The teacher (requires_grad left on) gets no gradient and keeps its weights; the fake step
+    gives the student no gradient, and the student step gives the fake none."""
+    teacher = random_dit(0)
+    before = copy.deepcopy(teacher.state_dict())
+    fake, student = copy.deepcopy(teacher), copy.deepcopy(teacher)
+    fake_optimizer = torch.optim.AdamW(fake.parameters(), lr=1e-3)
+    student_optimizer = torch.optim.AdamW(student.parameters(), lr=1e-3)
+    for step in range(3):
+        torch.manual_seed(step)
+        fake_optimizer.zero_grad(set_to_none=True)
+        student_optimizer.zero_grad(set_to_none=True)
+        idlm.fake_loss(fake, student, *batch(step), MASK).backward()
+        assert all(p.grad is None for p in student.parameters())
+        fake_optimizer.step()
+        fake_optimizer.zero_grad(set_to_none=True)
+        idlm.student_loss(student, teacher, fake, *batch(100 + step), MASK)[0].backward()
+        assert all(p.grad is None for p in fake.parameters())
+        student_optimizer.step()
+    assert all(p.grad is None for p in teacher.parameters())
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+    for trained in (fake, student):
+        assert any(not torch.equal(before[k], v) for k, v in trained.state_dict().items())
+
+
+# ----------------------------------------------------------------------------- the fake step (eq. 10)
+
+def test_fake_steps_on_the_student_samples_lower_the_fake_loss():
+    """The student fixed, 20 AdamW steps of the fake on one batch (same seed, so the same z_t):
+    the fake loss on that batch goes down."""
+    student, fake = random_dit(0), random_dit(1)
+    x, t, u = batch(0)
+
+    def loss():
+        torch.manual_seed(0)
+        return idlm.fake_loss(fake, student, x, t, u, MASK)
+
+    before = loss().item()
+    optimizer = torch.optim.AdamW(fake.parameters(), lr=3e-3)
+    for _ in range(20):
+        optimizer.zero_grad()
+        loss().backward()
+        optimizer.step()
+    assert loss().item() < 0.9 * before
+
+
+# ----------------------------------------------------------------------------- soft and hard losses
+
+@examples(10)
+@given(seed=seeds)
+def test_soft_mdlm_loss_of_a_one_hot_target_equals_the_hard_mdlm_loss(seed):
+    model = random_dit(seed % 1000)
+    x, t, u = batch(seed)
+    z_t = diffusion.forward_mask(x, diffusion.alpha(t), u, MASK)
+    log_x = diffusion.denoise(model, z_t, t, MASK)
+    hard = (diffusion.loss_weight(t)[:, None] * diffusion.masked_nll(log_x, x, z_t, MASK)).sum() / x.numel()
+    soft = idlm.soft_mdlm_loss(log_x[..., :V], F.one_hot(x, V).float(), z_t, t, MASK)
+    assert torch.allclose(soft, hard, rtol=1e-6)
+    assert torch.allclose(soft, diffusion.nelbo_loss(model, x, t, u, MASK), rtol=1e-6)
