@@ -114,7 +114,7 @@ def reverse_posterior(z_t, x_probs, alpha_s, alpha_t, mask_id):
     shape = (-1,) + (1,) * (z_t.dim() - 1)
     alpha_s = torch.as_tensor(alpha_s, dtype=torch.float64, device=z_t.device).reshape(shape)
     alpha_t = torch.as_tensor(alpha_t, dtype=torch.float64, device=z_t.device).reshape(shape)
-    unmask = (alpha_s - alpha_t) / (1 - alpha_t)
+    unmask = unmask_probability(alpha_s, alpha_t)
     stay_masked = (1 - alpha_s) / (1 - alpha_t)
     from_mask = torch.cat([unmask[..., None] * x_probs,
                            stay_masked[..., None].expand(*x_probs.shape[:-1], 1)], dim=-1)
@@ -141,10 +141,31 @@ def sample_categorical(probs, generator=None, num_samples=None):
     return draws.squeeze(-1) if num_samples is None else draws
 
 
+def unmask_probability(alpha_s, alpha_t):
+    """(alpha_s - alpha_t) / (1 - alpha_t): the chance that a MASK at time t is revealed by s."""
+    return (alpha_s - alpha_t) / (1 - alpha_t)
+
+
+def reveal(log_x, z_t, p_unmask, mask_id, generator=None):
+    """Draw z_s from eq. 2 in two stages that factor it exactly: each MASK is revealed with
+    probability p_unmask, and a revealed position takes a token drawn from x_theta.
+
+    The float64 categorical then runs only on the positions revealed in this step, not on
+    a [N, L, V+1] posterior (3.3 GB in float64 for 8 x 1024 GPT-2 tokens).
+    """
+    p_unmask = torch.as_tensor(p_unmask, dtype=torch.float64, device=z_t.device)
+    p_unmask = p_unmask.reshape(-1, *([1] * (z_t.dim() - 1)))
+    u = torch.rand(z_t.shape, dtype=torch.float64, generator=generator,
+                   device=generator_device(generator, z_t)).to(z_t.device)
+    revealed = (z_t == mask_id) & (u < p_unmask)
+    z_s = z_t.clone()
+    z_s[revealed] = sample_categorical(log_x[revealed][:, :mask_id].exp(), generator)
+    return z_s
+
+
 def reverse_step(log_x, z_t, alpha_s, alpha_t, mask_id, generator=None):
     """One ancestral step z_t -> z_s ~ p_theta(z_s | z_t) = q(z_s | z_t, x = x_theta(z_t))."""
-    probs = reverse_posterior(z_t, log_x.exp(), alpha_s, alpha_t, mask_id)
-    return sample_categorical(probs, generator)
+    return reveal(log_x, z_t, unmask_probability(alpha_s, alpha_t), mask_id, generator)
 
 
 @torch.no_grad()

@@ -276,7 +276,7 @@ class GPT(nn.Module):
                  generator=None, return_logits=False):
         """Sample new_tokens after prompt [N, P]. With the KV cache, each new token costs one
         single-position forward pass; without it, the whole prefix is recomputed every time."""
-        if prompt.shape[1] + new_tokens > self.config.seq_len:
+        if prompt.shape[1] + new_tokens - 1 > self.config.seq_len:  # the last token is never fed back
             raise ValueError(f"prompt of {prompt.shape[1]} plus {new_tokens} new tokens exceeds "
                              f"the context of {self.config.seq_len}")
         caches = [dict() for _ in self.blocks] if use_cache else None

@@ -7,9 +7,8 @@ the previous student, halves the number of steps per round (section 3.1): the lo
 rounds lives in train.py, the math here.
 """
 import torch
-import torch.nn.functional as F
 
-from diffusion import T_MIN, alpha, denoise, forward_mask, reverse_step, sample_categorical, sigma
+from diffusion import T_MIN, alpha, denoise, forward_mask, reveal, reverse_step, sigma
 
 
 # ----------------------------------------------------------------------------- divergences
@@ -45,17 +44,14 @@ def analytic_step(log_x, z_t, t_s, t_t, mask_id, generator=None):
     """The analytic (Tweedie tau-leaping) update of SEDD/Campbell et al. for the absorbing
     process, written with the score ratio p_t(v)/p_t(MASK) = x[v] alpha_t / (1 - alpha_t).
 
-    Unmasking to v has probability (exp(sigma_t - sigma_s) - 1) * score[v]; staying masked
-    takes the rest. For the absorbing process this is algebraically the ancestral posterior of
-    SDTT eq. 2, which is why the paper's ablation (its figs. 10-11) finds no difference.
+    Unmasking to v has probability (exp(sigma_t - sigma_s) - 1) * score[v]; summed over v that
+    is the chance a MASK is revealed, and the token is drawn in proportion to the score, i.e.
+    from x. For the absorbing process this is algebraically the ancestral posterior of SDTT
+    eq. 2, which is why the paper's ablation (its figs. 10-11) finds no difference.
     """
-    shape = (-1,) + (1,) * z_t.dim()
-    s_t, s_s = (sigma(torch.as_tensor(v, dtype=torch.float64)).reshape(shape) for v in (t_t, t_s))
-    score = log_x[..., :mask_id].double().exp() * torch.exp(-s_t) / -torch.expm1(-s_t)
-    unmask = torch.expm1(s_t - s_s) * score
-    from_mask = torch.cat([unmask, 1 - unmask.sum(-1, keepdim=True)], dim=-1)
-    probs = torch.where((z_t == mask_id).unsqueeze(-1), from_mask, F.one_hot(z_t, mask_id + 1).double())
-    return sample_categorical(probs, generator)
+    s_t, s_s = (sigma(torch.as_tensor(v, dtype=torch.float64)) for v in (t_t, t_s))
+    score_mass = torch.exp(-s_t) / -torch.expm1(-s_t)     # sum_v score[v], as x sums to 1
+    return reveal(log_x, z_t, torch.expm1(s_t - s_s) * score_mass, mask_id, generator)
 
 
 def ancestral_step(log_x, z_t, t_s, t_t, mask_id, generator=None):

@@ -231,6 +231,9 @@ def test_gpt_generate_with_kv_cache_equals_generate_without(seed, N, prompt_len,
 
 
 def test_gpt_generate_rejects_a_prompt_longer_than_the_context():
+    """The last sampled token is never fed back, so prompt + new tokens may be context + 1."""
     gpt = model.GPT(GPT_CFG).eval()
+    prompt = torch.zeros(1, 10, dtype=torch.long)
+    assert gpt.generate(prompt, GPT_CFG.seq_len - 10 + 1).shape == (1, GPT_CFG.seq_len + 1)
     with pytest.raises(ValueError):
-        gpt.generate(torch.zeros(1, 10, dtype=torch.long), 7)
+        gpt.generate(prompt, GPT_CFG.seq_len - 10 + 2)
