@@ -177,16 +177,16 @@ def test_lambada_decodes_each_last_word_in_one_forward_pass():
 # ----------------------------------------------------------------------------- command line
 
 def test_cli_without_checkpoint_is_one_error_line(tmp_path):
-    assert "does not exist" in assert_one_error_line("evaluate.py", "--ckpts", str(tmp_path / "missing.pt"))
+    assert "does not exist" in assert_one_error_line("sweep.py", "--ckpts", str(tmp_path / "missing.pt"))
 
 
 def test_cli_steps_below_one_is_one_error_line(tmp_path):
     ckpt = save_tiny_checkpoint(tmp_path / "mdlm.pt")
-    assert "at least 1" in assert_one_error_line("evaluate.py", "--ckpts", str(ckpt), "--steps", "0")
+    assert "at least 1" in assert_one_error_line("sweep.py", "--ckpts", str(ckpt), "--steps", "0")
 
 
 def test_cli_judge_with_another_vocabulary_is_one_error_line(tmp_path):
     ckpt = save_tiny_checkpoint(tmp_path / "mdlm.pt")
     judge = save_tiny_checkpoint(tmp_path / "ar.pt", "ar", {**SYNTHETIC, "vocab_size": V + 1})
-    line = assert_one_error_line("evaluate.py", "--ckpts", str(ckpt), "--judge", str(judge))
+    line = assert_one_error_line("sweep.py", "--ckpts", str(ckpt), "--judge", str(judge))
     assert "different tokenizer/vocabulary" in line

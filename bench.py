@@ -1,0 +1,436 @@
+"""Latency and cost of sampling and training (SPEC section 6; SDTT section 4.4 and appendix A).
+
+    python bench.py                              # every section, sized for this device
+    python bench.py --only latency,roofline      # SDTT's protocol and its GPU lower bound
+    python bench.py --only roofline --gpu h100   # projections only: instant, even on a CPU
+    python bench.py --quick                      # a smoke run of every section
+
+SDTT's protocol: untrained models (latency does not depend on the weights), one warm-up step,
+then timed runs; the AR baseline generates L tokens with its KV cache from a 1-token prompt, the
+diffusion model makes k full forward passes from all-MASK. Timings synchronise the GPU. On CUDA
+the models run under bf16 autocast (flash-attn when installed, else SDPA's kernels); on a CPU
+the same code runs in float32. Sections other than latency use the first of --sizes.
+"""
+import contextlib
+import copy
+import json
+import multiprocessing
+import re
+import statistics
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+import idlm
+import sdtt
+from cli import UserError, parse_config, run
+from diffusion import alpha, antithetic_times, nelbo_loss, sample
+from model import GPT, PRESETS, DiT, config_for, count_params
+from train import frozen, matmul_peak_flops
+
+SECTIONS = ["latency", "overhead", "cache", "kv", "roofline", "train"]
+GPUS = {"a100": (312e12, 2.039e12), "h100": (989e12, 3.35e12), "h200": (989e12, 4.8e12)}  # bf16 FLOP/s, HBM B/s
+SDTT_SETTING = dict(sizes=["small", "medium", "large", "1.3B"], vocab_size=50257, seq_len=1024)
+# Flags left at 0 / empty take the device's value. A CPU is ~1000x slower than an A100: fewer
+# step counts and runs (3, so that one disturbed run cannot move the median), and the AR run
+# without a cache at batch 1 (at batch 8 it takes minutes).
+PROFILES = {
+    "cuda": dict(sizes=["small", "medium", "large", "1.3B"], vocab_size=50257, seq_len=1024, batch_sizes=[8, 4],
+                 steps=[16, 32, 64, 128, 256], runs=10, train_runs=10, cache_steps=1024, cache_seq_len=128,
+                 cache_batch_sizes=[1, 8], kv_batch_size=8),
+    "cpu": dict(sizes=["mini"], vocab_size=4096, seq_len=256, batch_sizes=[8, 4], steps=[16, 32], runs=3,
+                train_runs=3, cache_steps=1024, cache_seq_len=128, cache_batch_sizes=[1], kv_batch_size=1),
+    "quick": dict(sizes=["tiny"], vocab_size=4096, seq_len=64, batch_sizes=[4], steps=[4, 8], runs=1,
+                  train_runs=1, cache_steps=128, cache_seq_len=32, cache_batch_sizes=[1], kv_batch_size=1),
+}
+
+
+def opt(default, help, **kw):
+    return field(default_factory=lambda: list(default), metadata={"help": help, **kw}) \
+        if isinstance(default, list) else field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class BenchConfig:
+    only: str = opt(",".join(SECTIONS), "comma-separated sections to run")
+    sizes: list[str] = opt([], f"model sizes ({', '.join(PRESETS)}); "
+                               "default: mini on CPU, small medium large 1.3B on CUDA")
+    vocab_size: int = opt(0, "vocabulary; 0 = GPT-2's 50257 on CUDA, 4096 on CPU")
+    seq_len: int = opt(0, "tokens per sequence; 0 = 1024 on CUDA (SDTT), 256 on CPU")
+    batch_sizes: list[int] = opt([], "batch sizes; default 8 4 (SDTT figs. 19-20)")
+    steps: list[int] = opt([], "diffusion step counts k; default 16 32 64 128 256 on CUDA, 16 32 on CPU")
+    runs: int = opt(0, "timed runs after the warm-up; 0 = 10 on CUDA (SDTT), 3 on CPU")
+    cache_steps: int = opt(0, "prediction caching: sampling steps; 0 = 1024")
+    cache_seq_len: int = opt(0, "prediction caching: sequence length; 0 = 128")
+    cache_batch_sizes: list[int] = opt([], "prediction caching: batch sizes; default 1 on CPU, 1 8 on CUDA "
+                                           "(a step reuses the prediction only if no sequence changed)")
+    kv_batch_size: int = opt(0, "batch of the AR run with vs without KV cache; 0 = 8 on CUDA, 1 on CPU")
+    gpu: str = opt("", "GPU of the roofline; default: this GPU if known, else a100 (SDTT's)", choices=["", *GPUS])
+    train_runs: int = opt(0, "timed training steps per method after a warm-up step; 0 = 10 on CUDA, 3 on CPU")
+    quick: bool = opt(False, "tiny model, short sequences, one run: checks that everything works")
+    device: str = opt("auto", "auto, cpu or cuda", choices=["auto", "cpu", "cuda"])
+    threads: int = opt(0, "CPU threads; 0 = torch's default, one per core. On a machine shared with other work, "
+                          "fewer avoid OpenMP threads stalling each other")
+    json: str = opt("results/bench.json", "where to write every figure as JSON")
+    seed: int = opt(0, "random seed")
+
+
+def resolve(cfg, device):
+    """Fill the flags left at 0 / empty from the device's profile, then check them."""
+    profile = PROFILES["quick" if cfg.quick else device.type]
+    cfg = replace(cfg, **{k: v for k, v in profile.items() if not getattr(cfg, k)})
+    if not cfg.gpu:
+        name = torch.cuda.get_device_name(device).lower() if device.type == "cuda" else ""
+        cfg = replace(cfg, gpu=next((g for g in GPUS if g in name), "a100"))
+    if set(cfg.only.split(",")) - set(SECTIONS):
+        raise UserError(f"--only {cfg.only}: sections are {', '.join(SECTIONS)}")
+    if not set(cfg.sizes) <= set(PRESETS):
+        raise UserError(f"--sizes {' '.join(cfg.sizes)}: sizes are {', '.join(PRESETS)}")
+    if min(cfg.steps + cfg.batch_sizes + cfg.cache_batch_sizes + [cfg.runs, cfg.train_runs, cfg.seq_len,
+           cfg.cache_steps, cfg.cache_seq_len, cfg.kv_batch_size, cfg.vocab_size]) < 1:
+        raise UserError("step counts, batch sizes, runs, lengths and the vocabulary must be at least 1")
+    return cfg
+
+
+# ----------------------------------------------------------------------------- timing
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def autocast(device):
+    """bf16 on CUDA (autocast caches each weight's bf16 copy for the call); float32 on a CPU."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def timed(fn, runs, device, warmup=None):
+    """{median_s, min_s, runs} and the results of `runs` calls of fn, after one call of warmup
+    (one-time costs: allocator, kernel selection). The GPU queue is drained around each call."""
+    if warmup is not None:
+        warmup()
+    seconds, results = [], []
+    for _ in range(runs):
+        sync(device)
+        start = time.perf_counter()
+        results.append(fn())
+        sync(device)
+        seconds.append(time.perf_counter() - start)
+    return {"median_s": statistics.median(seconds), "min_s": min(seconds), "runs": runs}, results
+
+
+def untrained(kind, size, vocab_size, seq_len, device):
+    """An untrained model in eval mode; the AR model's context holds the prompt plus L tokens."""
+    cfg = config_for(size, vocab_size=vocab_size, seq_len=seq_len + (kind == "ar"))
+    return (GPT if kind == "ar" else DiT)(cfg).to(device).eval()
+
+
+def device_of(model):
+    return next(model.parameters()).device
+
+
+def ar_generate(gpt, batch, new_tokens, use_cache=True):
+    prompt = torch.zeros(batch, 1, dtype=torch.long, device=device_of(gpt))
+    with autocast(prompt.device):
+        return gpt.generate(prompt, new_tokens, use_cache=use_cache)
+
+
+def diffusion_sample(dit, batch, seq_len, steps, cache=False):
+    """Number of forward passes of sampling from all-MASK: k, or k+1 when a MASK survives to the
+    final noise-removal pass (as in MDLM's sampler); with cache=True, fewer."""
+    z = torch.full((batch, seq_len), dit.mask_id, device=device_of(dit))
+    with autocast(z.device):
+        return sample(dit, z, steps, dit.mask_id, cache=cache)[1]
+
+
+# ----------------------------------------------------------------------------- sampling
+
+def time_size(cfg, device, size):
+    """The latency rows of one model size, one per batch size (its models are freed on return)."""
+    gpt, dit = (untrained(kind, size, cfg.vocab_size, cfg.seq_len, device) for kind in ("ar", "mdlm"))
+    rows = []
+    for batch in cfg.batch_sizes:
+        ar, _ = timed(lambda: ar_generate(gpt, batch, cfg.seq_len), cfg.runs, device,
+                      warmup=lambda: ar_generate(gpt, batch, 8))
+        row = {"size": size, "batch": batch, "ar_params": count_params(gpt), "params": count_params(dit), "ar": ar,
+               "diffusion": {}, "bound": lower_bounds(dit, gpt, batch, cfg.seq_len, cfg.steps, cfg.gpu)}
+        for k in cfg.steps:
+            d, passes = timed(lambda: diffusion_sample(dit, batch, cfg.seq_len, k), cfg.runs, device,
+                              warmup=lambda: diffusion_sample(dit, batch, cfg.seq_len, 1))
+            row["diffusion"][k] = {**d, "forward_passes": statistics.mean(passes)}
+        rows.append(row)
+    return rows
+
+
+def latency(cfg, device, results):
+    """SDTT section 4.4: AR with a KV cache vs k-step diffusion, per size and batch, next to the
+    roofline bound of the same run on --gpu (see `lower_bounds`)."""
+    rows = [row for size in cfg.sizes for row in time_size(cfg, device, size)]
+    lines = []
+    for r in rows:
+        ar, ar_bound = r["ar"]["median_s"], r["bound"]["ar_s"]
+        methods = [("AR + KV cache", r["ar_params"], r["ar"], ar_bound)]
+        methods += [(f"diffusion, {k} steps", r["params"], d, r["bound"]["diffusion_s"][k])
+                    for k, d in r["diffusion"].items()]
+        for method, params, t, bound in methods:
+            lines.append([r["size"], f"{params / 1e6:.1f}M", r["batch"], method, f"{t['median_s']:.3f}",
+                          f"{t['min_s']:.3f}", f"{ar / t['median_s']:.2f}",
+                          f"{r['batch'] * cfg.seq_len / t['median_s']:,.0f}",
+                          f"{bound * 1e3:.2f}", f"{ar_bound / bound:.2f}", f"{t['median_s'] / bound:,.1f}"])
+    gpu = cfg.gpu.upper()
+    print_table(f"Latency of {cfg.seq_len} tokens on {device.type} ({cfg.runs} runs after a warm-up step), "
+                f"and the lower bound on an {gpu}",
+                ["size", "params", "batch", "method", "median s", "min s", "speed-up vs AR", "tokens/s",
+                 f"{gpu} bound ms", "bound speed-up", "median / bound"], lines)
+    return rows
+
+
+def overhead(cfg, device, results):
+    """The sampler's cost beyond its network, two ways: a k-step run over (its passes x one bare
+    pass), a ratio of two noisy timings; and the k steps run with the network replaced by its
+    precomputed output, which times the sampler's own work alone."""
+    dit = untrained("mdlm", cfg.sizes[0], cfg.vocab_size, cfg.seq_len, device)
+    batch, k = cfg.batch_sizes[0], cfg.steps[0]
+    z, sigma = torch.full((batch, cfg.seq_len), dit.mask_id, device=device), torch.zeros(batch, device=device)
+    with torch.no_grad(), autocast(device):
+        logits = dit(z, sigma)  # warm-up, and the output that stands in for the network below
+        forward, _ = timed(lambda: dit(z, sigma).shape, cfg.runs, device)  # .shape: keep no logits alive
+    sampling = next((r["diffusion"][k] for r in results.get("latency", [])
+                     if r["size"] == cfg.sizes[0] and r["batch"] == batch), None)
+    if sampling is None:
+        sampling, passes = timed(lambda: diffusion_sample(dit, batch, cfg.seq_len, k), cfg.runs, device,
+                                 warmup=lambda: diffusion_sample(dit, batch, cfg.seq_len, 1))
+        sampling["forward_passes"] = statistics.mean(passes)
+
+    def network(tokens, noise):  # the DiT's output, at no cost
+        return logits
+    sampler_only, _ = timed(lambda: sample(network, z, k, dit.mask_id, cache=False), cfg.runs, device,
+                            warmup=lambda: sample(network, z, 1, dit.mask_id))
+    fwd = forward["median_s"]
+    ratio = sampling["median_s"] / (sampling["forward_passes"] * fwd)
+    per_step = sampler_only["median_s"] / k
+    flop_per_s = forward_flops(dit, batch, cfg.seq_len) / fwd
+    print(f"\nSampler overhead ({cfg.sizes[0]}, batch {batch}, L={cfg.seq_len}, {k} steps): bare forward pass "
+          f"{fwd:.3f} s, sampling {sampling['median_s']:.3f} s for {sampling['forward_passes']:g} passes: "
+          f"ratio {ratio:.2f} (target <= 1.05).\nThe sampler alone takes {per_step * 1e3:.1f} ms a step, "
+          f"{per_step / fwd:.1%} of a bare pass. The bare pass runs at {flop_per_s / 1e9:.1f} GFLOP/s, "
+          f"{flop_per_s / matmul_peak_flops(device):.0%} of this device's float32 matmul peak.")
+    return {"forward": forward, "sampling": sampling, "steps": k, "ratio": ratio, "sampler_only": sampler_only,
+            "sampler_only_fraction": per_step / fwd, "flop_per_s": flop_per_s}
+
+
+def expected_cached_passes(steps, positions, t_min=1e-5):
+    """Passes of the cached sampler from all-MASK: one at the start, then one after each step
+    that unmasked something. A position unmasks at step i with probability
+    p_i = (alpha_s - alpha_t) / (1 - alpha_1), independently of the others, so a step over n
+    positions changes something with probability 1 - (1 - p_i)^n (final pass left out)."""
+    times = torch.linspace(1.0, t_min, steps + 1, dtype=torch.float64)
+    p = (alpha(times[1:]) - alpha(times[:-1])) / (1 - alpha(times[0]))
+    return 1 + (1 - (1 - p[:-1]) ** positions).sum().item()
+
+
+def cache(cfg, device, results):
+    """Prediction caching (MDLM): at many steps most steps unmask nothing and skip the network."""
+    dit = untrained("mdlm", cfg.sizes[0], cfg.vocab_size, cfg.cache_seq_len, device)
+    rows = []
+    for batch in cfg.cache_batch_sizes:
+        row = {"batch": batch,
+               "expected_cached_passes": expected_cached_passes(cfg.cache_steps, batch * cfg.cache_seq_len)}
+        for name, use_cache in (("cached", True), ("uncached", False)):
+            t, passes = timed(lambda: diffusion_sample(dit, batch, cfg.cache_seq_len, cfg.cache_steps, use_cache),
+                              1, device, warmup=lambda: diffusion_sample(dit, batch, cfg.cache_seq_len, 1))
+            row[name] = {"seconds": t["median_s"], "forward_passes": passes[0]}
+        rows.append(row)
+    print_table(f"Prediction caching: {cfg.cache_steps} steps, L={cfg.cache_seq_len}, {cfg.sizes[0]}, one run",
+                ["batch", "passes cached", "expected", "passes uncached", "s cached", "s uncached", "fewer passes",
+                 "faster"],
+                [[r["batch"], r["cached"]["forward_passes"], f"{r['expected_cached_passes']:.0f}",
+                  r["uncached"]["forward_passes"], f"{r['cached']['seconds']:.2f}", f"{r['uncached']['seconds']:.2f}",
+                  f"{r['uncached']['forward_passes'] / r['cached']['forward_passes']:.1f}x",
+                  f"{r['uncached']['seconds'] / r['cached']['seconds']:.2f}x"] for r in rows])
+    return rows
+
+
+def kv(cfg, device, results):
+    """What the AR baseline gains from its KV cache: one position per token, not the whole prefix."""
+    gpt, batch = untrained("ar", cfg.sizes[0], cfg.vocab_size, cfg.seq_len, device), cfg.kv_batch_size
+    row = {"batch": batch}
+    for name, use_cache in (("cached", True), ("uncached", False)):
+        t, _ = timed(lambda: ar_generate(gpt, batch, cfg.seq_len, use_cache), 1, device,
+                     warmup=lambda: ar_generate(gpt, batch, 8, use_cache))
+        row[name + "_s"] = t["median_s"]
+    row["speedup"] = row["uncached_s"] / row["cached_s"]
+    print(f"\nKV cache ({cfg.sizes[0]}, batch {batch}, {cfg.seq_len} tokens, one run): {row['cached_s']:.2f} s with, "
+          f"{row['uncached_s']:.2f} s without: {row['speedup']:.1f}x faster (target >= 5x)")
+    return row
+
+
+# ----------------------------------------------------------------------------- roofline
+
+def matmul_params(model):
+    """Parameters applied at every position: not the embedding (a gather), nor the time
+    embedding and adaLN modulation (once per sequence)."""
+    return sum(p.numel() for name, p in model.named_parameters()
+               if not any(part in name for part in ("vocab_embed", "sigma_map", "adaLN")))
+
+
+def forward_flops(dit, batch, seq_len):
+    d, n = dit.config.n_embd, dit.config.n_layer
+    return 2 * matmul_params(dit) * batch * seq_len + 4 * batch * seq_len ** 2 * d * n
+
+
+def lower_bounds(dit, gpt, batch, seq_len, steps, gpu):
+    """Roofline lower bounds in seconds, in bf16 (2 bytes a value): a forward pass takes at
+    least max(FLOPs / peak FLOP/s, bytes moved / memory bandwidth).
+
+    Diffusion, k passes over B x L positions: 2 P B L matmul FLOPs plus 4 B L^2 d n for QK^T
+    and AV (width d, n layers); bytes: the weights, plus activations guessed at 16 values of
+    width d per position and layer and the logits (diffusion is compute-bound either way).
+    AR with a KV cache, L decode steps, the one at position p: 2 P B + 4 B p d n FLOPs; bytes:
+    the weights plus the cache, 2 n B p d values. Every token re-reads all weights: memory-bound.
+    P = matmul_params; weight bytes count every parameter but the embedding (only gathered).
+    """
+    peak, bandwidth = GPUS[gpu]
+    d, n, L, B = dit.config.n_embd, dit.config.n_layer, seq_len, batch
+    activation_bytes = 2 * B * L * (16 * d * n + dit.config.vocab_size + 1)
+    one_pass = max(forward_flops(dit, B, L) / peak,
+                   (2 * count_params(dit, non_embedding=True) + activation_bytes) / bandwidth)
+    ar = sum(max((2 * matmul_params(gpt) * B + 4 * B * p * d * n) / peak,
+                 2 * (count_params(gpt, non_embedding=True) + 2 * n * B * p * d) / bandwidth)
+             for p in range(1, L + 1))
+    return {"ar_s": ar, "diffusion_s": {k: k * one_pass for k in steps}}
+
+
+def roofline(cfg, device, results):
+    """The lower bounds alone, for --sizes and at SDTT's setting (L=1024, GPT-2 vocabulary):
+    what the methods should give on a GPU, whatever this machine is."""
+    settings = [(s, cfg.vocab_size, cfg.seq_len) for s in cfg.sizes]
+    settings += [(s, SDTT_SETTING["vocab_size"], SDTT_SETTING["seq_len"]) for s in SDTT_SETTING["sizes"]]
+    rows, lines = [], []
+    for size, vocab_size, seq_len in dict.fromkeys(settings):
+        with torch.device("meta"):  # shapes without memory: even 8B projects instantly on a laptop
+            gpt, dit = (untrained(kind, size, vocab_size, seq_len, "meta") for kind in ("ar", "mdlm"))
+        for batch in cfg.batch_sizes:
+            bound = lower_bounds(dit, gpt, batch, seq_len, cfg.steps, cfg.gpu)
+            rows.append({"size": size, "batch": batch, "seq_len": seq_len, "vocab_size": vocab_size, **bound})
+            lines.append([size, seq_len, vocab_size, batch, f"{bound['ar_s'] * 1e3:.1f}"]
+                         + [f"{s * 1e3:.1f} ({bound['ar_s'] / s:.1f}x)" for s in bound["diffusion_s"].values()])
+    print_table(f"Roofline lower bound on an {cfg.gpu.upper()} in bf16, ms (speed-up over AR)",
+                ["size", "L", "vocab", "batch", "AR + KV cache"] + [f"diffusion, {k} steps" for k in cfg.steps], lines)
+    return rows
+
+
+# ----------------------------------------------------------------------------- training cost
+
+def training_step(method, size, vocab_size, seq_len, batch, device):
+    """One training step of `method` on a fixed batch, with its models and optimizers built as
+    in train.py: MDLM's loss; SDTT with two teacher steps per target (section 3.1); IDLM's fake
+    step then student step (Algorithm 1). Returns (step function, number of optimizers)."""
+    model = untrained("mdlm", size, vocab_size, seq_len, device).train()
+    mask_id, adamw = model.mask_id, (lambda m: torch.optim.AdamW(m.parameters(), lr=1e-4))
+    if method == "mdlm":
+        phases = [(adamw(model), lambda x, t, u: nelbo_loss(model, x, t, u, mask_id))]
+    elif method == "sdtt":
+        teacher = frozen(model)
+        phases = [(adamw(model), lambda x, t, u: sdtt.distillation_loss(model, teacher, x, t, u, mask_id, 2, 1 / 64))]
+    else:
+        teacher, fake = frozen(model), copy.deepcopy(model)
+        phases = [(adamw(fake), lambda x, t, u: idlm.fake_loss(fake, model, x, t, u, mask_id)),
+                  (adamw(model), lambda x, t, u: idlm.student_loss(model, teacher, fake, x, t, u, mask_id)[0])]
+    x = torch.randint(vocab_size, (batch, seq_len), device=device)
+    t, u = antithetic_times(torch.rand(()).item(), batch).to(device), torch.rand(x.shape, device=device)
+
+    def step():
+        for optimizer, loss in phases:
+            optimizer.zero_grad(set_to_none=True)
+            with autocast(device):
+                loss(x, t, u).backward()
+            optimizer.step()
+    return step, len(phases)
+
+
+def peak_memory(device, reset=False):
+    """Peak bytes since the last reset (right after one: the current bytes). CUDA: the allocator's
+    peak. CPU (Linux): the peak resident set VmHWM, reset to the current size by writing 5 to
+    /proc/self/clear_refs. (ru_maxrss cannot be reset, and a spawned child inherits the parent's.)"""
+    if device.type == "cuda":
+        if reset:
+            torch.cuda.reset_peak_memory_stats(device)
+        return torch.cuda.max_memory_allocated(device)
+    if reset:
+        Path("/proc/self/clear_refs").write_text("5")
+    return int(re.search(r"VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text())[1]) * 1024
+
+
+def train_step_cost(method, size, vocab_size, seq_len, batch, runs, device_name, threads=None, seed=0):
+    """Seconds per training step of `method`, and the peak memory that its models, optimizer
+    states, gradients and activations add to what the process held before."""
+    device = torch.device(device_name)
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    training_step(method, "micro", 64, 16, 2, device)[0]()  # loads the kernels' code pages: not the method's memory
+    before = peak_memory(device, reset=True)
+    step, _ = training_step(method, size, vocab_size, seq_len, batch, device)
+    seconds, _ = timed(step, runs, device, warmup=step)
+    return {"method": method, **seconds, "peak_bytes": peak_memory(device) - before}
+
+
+def train(cfg, device, results):
+    """One MDLM, SDTT and IDLM step at the same model and batch, each in a fresh process so that
+    memory freed by one method cannot hide the next one's growth."""
+    args = (cfg.sizes[0], cfg.vocab_size, cfg.seq_len, cfg.batch_sizes[0], cfg.train_runs, device.type,
+            torch.get_num_threads(), cfg.seed)
+    rows = []
+    for method in ("mdlm", "sdtt", "idlm"):
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            rows.append(pool.apply(train_step_cost, (method, *args)))
+    targets = {"mdlm": "", "sdtt": "<= 1.8", "idlm": "<= 3.5"}
+    memory = "CUDA allocator peak" if device.type == "cuda" else "peak resident set growth"
+    print_table(f"Training step ({cfg.sizes[0]}, batch {cfg.batch_sizes[0]}, L={cfg.seq_len}, "
+                f"{cfg.train_runs} steps after a warm-up step; memory: {memory})",
+                ["method", "median s", "min s", "time / MDLM", "target", "peak MiB"],
+                [[r["method"].upper(), f"{r['median_s']:.3f}", f"{r['min_s']:.3f}",
+                  f"{r['median_s'] / rows[0]['median_s']:.2f}", targets[r["method"]],
+                  f"{r['peak_bytes'] / 2**20:.0f}"] for r in rows])
+    return rows
+
+
+# ----------------------------------------------------------------------------- main
+
+def print_table(title, header, rows):
+    print(f"\n{title}\n")
+    for line in [header, ["---"] * len(header), *rows]:
+        print("| " + " | ".join(str(v) for v in line) + " |")
+
+
+def main(argv=None):
+    cfg = parse_config(BenchConfig, __doc__.split("\n\n")[0], argv)
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda, but no CUDA GPU is available")
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if cfg.device == "auto" else cfg.device)
+    cfg = resolve(cfg, device)
+    torch.manual_seed(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    print(f"{device}, torch {torch.__version__}, {torch.get_num_threads()} threads; sections {cfg.only}")
+    sections = {"latency": latency, "overhead": overhead, "cache": cache, "kv": kv, "roofline": roofline,
+                "train": train}
+    results = {}  # the overhead section reuses the latency section's sampling time
+    for name in SECTIONS:
+        if name in cfg.only.split(","):
+            start = time.perf_counter()
+            results[name] = sections[name](cfg, device, results)
+            print(f"({name}: {time.perf_counter() - start:.0f} s)")
+    path = Path(cfg.json)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"config": asdict(cfg), "device": str(device), "torch": torch.__version__,
+                                "results": results}, indent=1))
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    run(main)

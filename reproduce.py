@@ -1,0 +1,118 @@
+"""Reproduce the papers' headline claims at small scale, end to end, into results/.
+
+    python reproduce.py --quick      # both settings in about 45 minutes on a 2-core CPU
+    python reproduce.py              # longer training everywhere: several hours on a CPU
+
+For each setting (the synthetic source, where GenPPL is exact; Shakespeare, judged by our AR
+model) it trains the MDLM teacher, the AR judge (Shakespeare), iterated SDTT and IDLM with
+train.py, then sweeps GenPPL / entropy / self-BLEU over sampling steps and runs the LAMBADA
+protocol with sweep.py. It writes results/<setting>/{sweep,lambada}.{csv,md}, genppl.png and
+results/claims.md, which states which claims held. Finished runs are reused: a second call
+only re-evaluates, and a killed call resumes.
+"""
+import csv
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import checkpoint
+import cli
+
+ROOT = Path(__file__).resolve().parent
+
+# Per setting: the flags every train.py call shares, then per-method steps (quick, full).
+SETTINGS = {
+    "synthetic": dict(common=["--data", "synthetic", "--size", "tiny", "--seq-len", "64"],
+                      iters={"mdlm": (1500, 6000), "sdtt": (60, 400), "idlm": (300, 2000)}),
+    "shakespeare": dict(common=["--data", "shakespeare", "--size", "tiny", "--seq-len", "128"],
+                        iters={"mdlm": (800, 5000), "ar": (300, 2000), "sdtt": (80, 500), "idlm": (250, 2000)}),
+}
+
+
+@dataclass
+class ReproduceConfig:
+    quick: bool = field(default=False, metadata={"help": "the short setting (about 45 minutes on 2 CPU cores)"})
+    settings: list[str] = field(default_factory=lambda: list(SETTINGS),
+                                metadata={"help": "which settings to run", "choices": list(SETTINGS)})
+    out_dir: str = field(default="out/repro", metadata={"help": "checkpoints (large, not committed)"})
+    results_dir: str = field(default="results", metadata={"help": "tables and figures (small, committed)"})
+    num_samples: int = field(default=64, metadata={"help": "samples per sweep row"})
+
+
+def call(*args):
+    print("+", " ".join(args), flush=True)
+    if subprocess.run([sys.executable, *args], cwd=ROOT).returncode != 0:
+        raise cli.UserError(f"{args[0]} failed: {' '.join(args)}")
+
+
+def finished(path):
+    return path.exists() and checkpoint.read(path).get("finished", False)
+
+
+def train(method, setting, cfg, extra=()):
+    """Train (or reuse, or resume) one model; returns its checkpoint path."""
+    spec = SETTINGS[setting]
+    out = Path(cfg.out_dir) / setting / method
+    iters = spec["iters"][method][0 if cfg.quick else 1]
+    kind = ["--distill", method] if method in ("sdtt", "idlm") else ["--model", method]
+    if not finished(out / "ckpt.pt"):
+        call("train.py", *kind, *spec["common"], "--iters", str(iters), "--out-dir", str(out), "--resume",
+             "--eval-samples", "32", *extra)
+    if method == "sdtt":  # the last round's student
+        return out / f"round{checkpoint.read(out / 'ckpt.pt')['round']}.pt"
+    return out / "ckpt.pt"
+
+
+def rows_of(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def check_claims(setting, sweep_rows, lambada_rows, labels, seq_len):
+    """The issue's targets, checked on the sweep: lines of markdown."""
+    def row(label, steps):
+        return next(r for r in sweep_rows if r["label"] == labels[label] and int(r["steps"]) == steps)
+    L = seq_len
+    teacher = row("teacher", L)
+    lines = [f"### {setting} (L = {L}; teacher at {L} steps: GenPPL {float(teacher['genppl']):.2f}, "
+             f"entropy {float(teacher['entropy']):.2f})", ""]
+    for student in ("sdtt", "idlm"):
+        s = row(student, L // 16)
+        ok = float(s["genppl"]) <= float(teacher["genppl"]) and float(s["entropy"]) >= 0.95 * float(teacher["entropy"])
+        lines.append(f"- {student.upper()} at L/16 = {L // 16} steps: GenPPL {float(s['genppl']):.2f}, entropy "
+                     f"{float(s['entropy']):.2f} ({100 * float(s['entropy']) / float(teacher['entropy']):.0f}% of the "
+                     f"teacher's) -> {'reproduced' if ok else 'NOT reproduced'} (target: GenPPL <= teacher at L, entropy >= 95%)")
+    for steps in (L // 16, L // 32):
+        i, s = float(row("idlm", steps)["genppl"]), float(row("sdtt", steps)["genppl"])
+        lines.append(f"- IDLM vs SDTT at {steps} steps: GenPPL {i:.2f} vs {s:.2f} -> "
+                     f"{'reproduced' if i <= s else 'NOT reproduced'} (target: IDLM at least as good)")
+    acc = {r["label"]: float(r["accuracy"]) for r in lambada_rows}
+    lines.append(f"- LAMBADA-style one-pass suffix accuracy: teacher {acc[labels['teacher']]:.3f}, "
+                 f"SDTT {acc[labels['sdtt']]:.3f}, IDLM {acc[labels['idlm']]:.3f}")
+    return lines + [""]
+
+
+def main():
+    cfg = cli.parse_config(ReproduceConfig, __doc__.split("\n\n")[0])
+    results = Path(cfg.results_dir)
+    claims = ["# Claims, checked (regenerate: python reproduce.py" + (" --quick" if cfg.quick else "") + ")", ""]
+    for setting in cfg.settings:
+        seq_len = int(SETTINGS[setting]["common"][-1])
+        teacher = train("mdlm", setting, cfg)
+        judge = ["--judge", "exact"] if setting == "synthetic" else ["--judge", str(train("ar", setting, cfg))]
+        sdtt = train("sdtt", setting, cfg, ["--teacher", str(teacher), *judge])
+        idlm = train("idlm", setting, cfg, ["--teacher", str(teacher), *judge])
+        labels = {"teacher": str(teacher), "sdtt": str(sdtt), "idlm": str(idlm)}
+        steps = [str(seq_len // d) for d in (32, 16, 8, 4, 2, 1)]
+        out = results / setting
+        call("sweep.py", "--ckpts", str(teacher), str(sdtt), str(idlm), "--steps", *steps, *judge,
+             "--num-samples", str(cfg.num_samples), "--data", setting, "--lambada", "--lambada-source", "local",
+             "--self-bleu", "--out-dir", str(out))
+        claims += check_claims(setting, rows_of(out / "sweep.csv"), rows_of(out / "lambada.csv"), labels, seq_len)
+    (results / "claims.md").write_text("\n".join(claims))
+    print("\n".join(claims))
+
+
+if __name__ == "__main__":
+    cli.run(main)
