@@ -151,7 +151,9 @@ def reveal(log_x, z_t, p_unmask, mask_id, generator=None):
     probability p_unmask, and a revealed position takes a token drawn from x_theta.
 
     The float64 categorical then runs only on the positions revealed in this step, not on
-    a [N, L, V+1] posterior (3.3 GB in float64 for 8 x 1024 GPT-2 tokens).
+    a [N, L, V+1] posterior (3.3 GB in float64 for 8 x 1024 GPT-2 tokens). Only MASK
+    positions are drawn, and only over real tokens, so log_x may be SUBS log-probs or the
+    raw logits: a softmax over the real tokens of a revealed row gives x_theta either way.
     """
     p_unmask = torch.as_tensor(p_unmask, dtype=torch.float64, device=z_t.device)
     p_unmask = p_unmask.reshape(-1, *([1] * (z_t.dim() - 1)))
@@ -159,7 +161,7 @@ def reveal(log_x, z_t, p_unmask, mask_id, generator=None):
                    device=generator_device(generator, z_t)).to(z_t.device)
     revealed = (z_t == mask_id) & (u < p_unmask)
     z_s = z_t.clone()
-    z_s[revealed] = sample_categorical(log_x[revealed][:, :mask_id].exp(), generator)
+    z_s[revealed] = sample_categorical(log_x[revealed][:, :mask_id].double().softmax(-1), generator)
     return z_s
 
 
@@ -179,29 +181,34 @@ def sample(model, z, steps, mask_id, *, t_min=T_MIN, final="argmax", cache=True,
 
     Prediction caching: without time conditioning, x_theta depends on z alone, so when a
     step changes no position the next step reuses the previous output.
+    SUBS is implicit here: only MASK positions are ever drawn, and only over real tokens, so
+    the raw logits serve and the full [N, L, V+1] log-softmax is never computed.
     Returns (tokens, number of network forward passes).
     """
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
     times = torch.linspace(1.0, t_min, steps + 1, dtype=torch.float64)
     n = z.shape[0]
-    log_x, forward_passes = None, 0
+    logits, forward_passes = None, 0
+
+    def predict(t):
+        noise = sigma(t) if time_conditioned else torch.zeros_like(t)
+        return model(z, noise.float().expand(n).to(z.device))
+
     for i in range(steps):
-        t = times[i].expand(n).to(z.device)
-        if log_x is None:
-            log_x = denoise(model, z, t.float(), mask_id, time_conditioned)
-            forward_passes += 1
-        z_new = reverse_step(log_x, z, alpha(times[i + 1]), alpha(times[i]), mask_id, generator)
+        if logits is None:
+            logits, forward_passes = predict(times[i]), forward_passes + 1
+        z_new = reverse_step(logits, z, alpha(times[i + 1]), alpha(times[i]), mask_id, generator)
         if not (cache and not time_conditioned and torch.equal(z_new, z)):
-            log_x = None
+            logits = None
         z = z_new
         if progress is not None:
             progress.update(1)
-    if (z == mask_id).any():
-        if log_x is None:
-            t = times[-1].expand(n).to(z.device)
-            log_x = denoise(model, z, t.float(), mask_id, time_conditioned)
-            forward_passes += 1
-        filled = log_x.argmax(-1) if final == "argmax" else sample_categorical(log_x.exp(), generator)
-        z = torch.where(z == mask_id, filled, z)
+    still_masked = z == mask_id
+    if still_masked.any():
+        if logits is None:
+            logits, forward_passes = predict(times[-1]), forward_passes + 1
+        real = logits[still_masked][:, :mask_id]
+        z[still_masked] = real.argmax(-1) if final == "argmax" else sample_categorical(
+            real.double().softmax(-1), generator)
     return z, forward_passes
