@@ -11,14 +11,6 @@ from cli import UserError
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Micro-sized ops on a shared 2-core machine: one thread avoids OpenMP barrier stalls."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def micro_config():
     cfg = bench.BenchConfig(sizes=["micro"], vocab_size=64, seq_len=16, batch_sizes=[2], steps=[2, 4], runs=2,

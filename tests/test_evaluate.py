@@ -1,64 +1,21 @@
 """Tests of evaluate.py: exact GenPPL, entropy and self-BLEU invariants, the one-pass LAMBADA
 protocol, and one-line errors of the sweep CLI."""
-import dataclasses
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import checkpoint
 import evaluate
 from cli import UserError
 from data import MarkovSource
-from model import GPT, DiT, ModelConfig
-
-ROOT = Path(__file__).resolve().parents[1]
-V, L = 8, 16
-SYNTHETIC = {"kind": "synthetic", "vocab_size": V, "seq_len": L, "branching": 3, "seed": 0}
+from helpers import L, SYNTHETIC, V, assert_one_error_line, run_script, save_tiny_checkpoint, tiny_model
 token_rows = st.lists(st.integers(0, 50), min_size=1, max_size=40)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, and on a shared CPU they run 100x slower with them."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def tiny_model(kind="mdlm"):
-    """A random 1-layer model; the DiT's zero-initialised output layer is drawn at random too."""
-    torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=V, seq_len=L, n_layer=1, n_head=2, n_embd=16, cond_dim=16, dropout=0.0)
-    model = GPT(cfg) if kind == "ar" else DiT(cfg)
-    if kind != "ar":
-        torch.nn.init.normal_(model.output_layer.linear.weight)
-    return model.eval()
-
-
-def save_tiny_checkpoint(path, kind="mdlm", data_meta=SYNTHETIC):
-    model = tiny_model(kind)
-    state = model.state_dict()
-    checkpoint.save({"kind": kind, "model_config": dataclasses.asdict(model.config), "model": state,
-                     "ema": state, "data_meta": data_meta}, path)
-    return path
-
-
-def assert_one_error_line(*args):
-    result = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120)
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
-    return lines[0]
+def assert_one_error_line_of(*args):
+    return assert_one_error_line(run_script(*args))
 
 
 # ----------------------------------------------------------------------------- GenPPL
@@ -177,16 +134,16 @@ def test_lambada_decodes_each_last_word_in_one_forward_pass():
 # ----------------------------------------------------------------------------- command line
 
 def test_cli_without_checkpoint_is_one_error_line(tmp_path):
-    assert "does not exist" in assert_one_error_line("sweep.py", "--ckpts", str(tmp_path / "missing.pt"))
+    assert "does not exist" in assert_one_error_line_of("sweep.py", "--ckpts", str(tmp_path / "missing.pt"))
 
 
 def test_cli_steps_below_one_is_one_error_line(tmp_path):
     ckpt = save_tiny_checkpoint(tmp_path / "mdlm.pt")
-    assert "at least 1" in assert_one_error_line("sweep.py", "--ckpts", str(ckpt), "--steps", "0")
+    assert "at least 1" in assert_one_error_line_of("sweep.py", "--ckpts", str(ckpt), "--steps", "0")
 
 
 def test_cli_judge_with_another_vocabulary_is_one_error_line(tmp_path):
     ckpt = save_tiny_checkpoint(tmp_path / "mdlm.pt")
     judge = save_tiny_checkpoint(tmp_path / "ar.pt", "ar", {**SYNTHETIC, "vocab_size": V + 1})
-    line = assert_one_error_line("sweep.py", "--ckpts", str(ckpt), "--judge", str(judge))
+    line = assert_one_error_line_of("sweep.py", "--ckpts", str(ckpt), "--judge", str(judge))
     assert "different tokenizer/vocabulary" in line

@@ -6,7 +6,6 @@ import itertools
 import math
 
 import numpy as np
-import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
@@ -27,14 +26,6 @@ def examples(n):
 
 seeds = st.integers(0, 2**31 - 1)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, and on a shared CPU they run 100x slower with them."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # ----------------------------------------------------------------------------- Theorem 3.1, exactly

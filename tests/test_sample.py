@@ -1,58 +1,18 @@
 """Tests of sample.py: prompts stay fixed, seeds reproduce, user mistakes end in one error line."""
-import dataclasses
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
-import pytest
 import torch
 
-import checkpoint
 from evaluate import generate
-from model import DiT, ModelConfig
-
-ROOT = Path(__file__).resolve().parents[1]
-V, L = 8, 16
-SYNTHETIC = {"kind": "synthetic", "vocab_size": V, "seq_len": L, "branching": 3, "seed": 0}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, and on a shared CPU they run 100x slower with them."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from helpers import L, V, assert_one_error_line, run_script, save_tiny_checkpoint, tiny_model
 
 
 def tiny_dit():
-    torch.manual_seed(0)
-    model = DiT(ModelConfig(vocab_size=V, seq_len=L, n_layer=1, n_head=2, n_embd=16, cond_dim=16))
-    torch.nn.init.normal_(model.output_layer.linear.weight)  # zero-initialised: make it say something
-    return model.eval()
-
-
-def save_tiny_checkpoint(path):
-    model = tiny_dit()
-    state = model.state_dict()
-    checkpoint.save({"kind": "mdlm", "model_config": dataclasses.asdict(model.config), "model": state,
-                     "ema": state, "data_meta": SYNTHETIC}, path)
-    return path
+    return tiny_model("mdlm")
 
 
 def run_sample(*args):
-    return subprocess.run([sys.executable, "sample.py", *args], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120)
-
-
-def assert_one_error_line(result):
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
-    return lines[0]
+    return run_script("sample.py", *args)
 
 
 def test_same_seed_same_samples_and_prompt_positions_never_change():

@@ -33,14 +33,6 @@ def examples(n):
 seeds = st.integers(0, 2**31 - 1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, and on a shared CPU they run 100x slower with them."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def random_dit(seed, vocab_size=V, seq_len=L):
     """A micro DiT with every weight nudged: its zero-initialised adaLN gates and output layer

@@ -1,0 +1,46 @@
+"""Shared by the tests: a tiny checkpoint on disk, and running a script to check its errors."""
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+import checkpoint
+from model import GPT, DiT, ModelConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+V, L = 8, 16
+SYNTHETIC = {"kind": "synthetic", "vocab_size": V, "seq_len": L, "branching": 3, "seed": 0}
+
+
+def tiny_model(kind="mdlm"):
+    """A random 1-layer model; the DiT's zero-initialised output layer is drawn at random too."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=V, seq_len=L, n_layer=1, n_head=2, n_embd=16, cond_dim=16, dropout=0.0)
+    model = GPT(cfg) if kind == "ar" else DiT(cfg)
+    if kind != "ar":
+        torch.nn.init.normal_(model.output_layer.linear.weight)
+    return model.eval()
+
+
+def save_tiny_checkpoint(path, kind="mdlm", data_meta=SYNTHETIC):
+    state = tiny_model(kind).state_dict()
+    checkpoint.save({"kind": kind, "model_config": dataclasses.asdict(tiny_model(kind).config), "model": state,
+                     "ema": state, "data_meta": data_meta}, path)
+    return path
+
+
+def run_script(*args):
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120)
+
+
+def assert_one_error_line(result):
+    """A user mistake ends with exactly one 'error:' line on stderr, no traceback, exit != 0."""
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    return lines[0]
