@@ -26,7 +26,7 @@ SETTINGS = {
     "synthetic": dict(common=["--data", "synthetic", "--size", "tiny", "--seq-len", "64"],
                       iters={"mdlm": (1500, 6000), "sdtt": (60, 400), "idlm": (300, 2000)}),
     "shakespeare": dict(common=["--data", "shakespeare", "--size", "tiny", "--seq-len", "128"],
-                        iters={"mdlm": (800, 5000), "ar": (300, 2000), "sdtt": (80, 500), "idlm": (250, 2000)}),
+                        iters={"mdlm": (800, 5000), "ar": (300, 2000), "sdtt": (80, 500), "idlm": (300, 2000)}),
 }
 
 

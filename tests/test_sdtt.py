@@ -200,7 +200,10 @@ def test_divergences_are_nonnegative_and_zero_exactly_when_the_distributions_agr
     g = torch.Generator().manual_seed(seed)
     logits_p, logits_q = (scale * torch.randn(32, 7, generator=g, dtype=torch.float64) for _ in range(2))
     p, q = logits_p.log_softmax(-1), logits_q.log_softmax(-1)
-    assert (divergence(p, q) > 0).all()
+    assert (divergence(p, q) >= -1e-12).all()  # float64 rounding of near-one-hot rows
+    # strictly positive wherever the two differ measurably (at scale 100 both may round to one-hot)
+    differ = (p.exp() - q.exp()).abs().amax(-1) > 1e-6
+    assert (divergence(p, q)[differ] > 0).all()
     assert (divergence(p, p) == 0).all()
     same_distribution = (logits_p + 3.0).log_softmax(-1)  # other logits, same probabilities
     assert torch.allclose(divergence(p, same_distribution), torch.zeros(32, dtype=torch.float64), atol=1e-12)
