@@ -4,7 +4,7 @@ The DiT follows MDLM's published layout fact for fact (SPEC section 2), and its 
 MDLM's parameter names, so MDLM's checkpoints load by stripping the `backbone.` prefix.
 """
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -309,6 +309,3 @@ def count_params(model, non_embedding=False):
     total = sum(p.numel() for p in model.parameters())
     return total - model.vocab_embed.embedding.numel() if non_embedding else total
 
-
-def config_dict(cfg):
-    return asdict(cfg)
