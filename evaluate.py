@@ -304,30 +304,21 @@ def lambada_examples(source, data, limit, seed=0):
     return data.val_texts()[:limit]
 
 
-@torch.no_grad()
-def validation_nelbo(model, data, seq_len, batches, batch_size, seed, device):
-    """Per-token NELBO (SDTT eq. 3, nats) on the validation split, with fixed-seed noise."""
-    generator = torch.Generator().manual_seed(seed)
-    total = 0.0
-    with eval_mode(model):
-        for _ in range(batches):
-            x = data.batch("val", batch_size, seq_len, generator).to(device)
-            t = antithetic_times(torch.rand((), generator=generator), batch_size).to(device)
-            u = torch.rand(x.shape, generator=generator).to(device)
-            total += nelbo_loss(model, x, t, u, model.mask_id, model.config.time_conditioning).item()
-    return total / batches
+def next_token_nll(model, x):
+    """Next-token cross-entropy of an AR model within each window, nats per token."""
+    logits = model(x[:, :-1])
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
 
 
 @torch.no_grad()
-def validation_ppl(model, data, seq_len, batches, batch_size, seed, device):
-    """Perplexity of the AR model on the validation split (next-token NLL within each window)."""
-    generator = torch.Generator().manual_seed(seed)
-    total = 0.0
+def validation_loss(kind, model, batches):
+    """Mean loss over validation batches of (x, t, u): the NELBO per token (SDTT eq. 3) of a
+    diffusion model, whose exp bounds its perplexity, or an AR model's next-token NLL."""
     with eval_mode(model):
-        for _ in range(batches):
-            x = data.batch("val", batch_size, seq_len, generator).to(device)
-            total += F.cross_entropy(model(x[:, :-1]).float().transpose(1, 2), x[:, 1:]).item()
-    return math.exp(total / batches)
+        losses = [(next_token_nll(model, x) if kind == "ar" else
+                   nelbo_loss(model, x, t, u, model.mask_id, model.config.time_conditioning)).item()
+                  for x, t, u in batches]
+    return sum(losses) / len(losses)
 
 
 # ----------------------------------------------------------------------------- reporting

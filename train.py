@@ -23,7 +23,6 @@ from typing import Callable, Optional
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
@@ -34,6 +33,8 @@ import sdtt
 from cli import UserError, parse_config, run
 from data import load_data
 from diffusion import antithetic_times, nelbo_loss
+import evaluate
+from evaluate import next_token_nll, validation_loss
 from model import build_model, config_for, count_params
 
 
@@ -193,31 +194,18 @@ def micro_batches(batch, size):
 
 # ----------------------------------------------------------------------------- losses
 
-def ar_loss(model, x):
-    """Next-token cross-entropy."""
-    logits = model(x[:, :-1])
-    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
-
-
 def pretrain_loss(kind, model, mask_id, time_conditioned):
     if kind == "ar":
-        return lambda x, t, u: (ar_loss(model, x), {})
+        return lambda x, t, u: (next_token_nll(model, x), {})
     return lambda x, t, u: (nelbo_loss(model, x, t, u, mask_id, time_conditioned), {})
 
 
-@torch.no_grad()
 def validate_model(kind, model, data, cfg, env):
-    """Validation NELBO per token (diffusion) or NLL per token (AR) on fixed val batches."""
-    model.eval()
-    total = 0.0
-    for i in range(cfg.eval_batches):
-        x, t, u = step_batch(data, cfg, env, i, split="val")
-        with env.autocast():
-            loss = ar_loss(model, x) if kind == "ar" else nelbo_loss(model, x, t, u, model.mask_id,
-                                                                     model.config.time_conditioning)
-        total += loss.item()
-    model.train()
-    value = torch.tensor(total / cfg.eval_batches, device=env.device)
+    """Validation NELBO per token (diffusion) or NLL per token (AR) on fixed val batches,
+    averaged over the processes."""
+    batches = (step_batch(data, cfg, env, i, split="val") for i in range(cfg.eval_batches))
+    with env.autocast():
+        value = torch.tensor(validation_loss(kind, model, batches), device=env.device)
     if env.world > 1:
         dist.all_reduce(value)
         value /= env.world
@@ -536,7 +524,6 @@ def run_idlm(cfg, env, data, teacher, teacher_ckpt, teacher_path):
 def print_final_table(cfg, env, judge_spec, teacher, teacher_ckpt, students):
     """GenPPL and entropy of the teacher at L, L/4, L/16, L/32 steps and of each student at
     its steps; printed, and written to <out_dir>/table.md."""
-    import evaluate
     judge = evaluate.load_judge(judge_spec, teacher_ckpt["data_meta"], env.device)
     L = cfg.seq_len
     entries = [("teacher", teacher, "mdlm", s) for s in (L, L // 4, L // 16, L // 32) if s >= 1]
