@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 import checkpoint
-from model import GPT, DiT, ModelConfig
+from model import GPT, DiT, ModelConfig, config_for
 
 ROOT = Path(__file__).resolve().parents[1]
 V, L = 8, 16
@@ -22,6 +22,17 @@ def tiny_model(kind="mdlm"):
     model = GPT(cfg) if kind == "ar" else DiT(cfg)
     if kind != "ar":
         torch.nn.init.normal_(model.output_layer.linear.weight)
+    return model.eval()
+
+
+def random_dit(seed, vocab_size, seq_len):
+    """A micro DiT with every weight nudged: its zero-initialised adaLN gates and output layer
+    come alive, so its predictions depend on the context and are far from uniform."""
+    torch.manual_seed(seed)
+    model = DiT(config_for("micro", vocab_size=vocab_size, seq_len=seq_len, dropout=0.0))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
     return model.eval()
 
 

@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import diffusion
+import helpers
 import idlm
-from model import DiT, config_for
 
 V, L = 6, 8
 MASK = V
@@ -133,15 +133,8 @@ def test_student_objective_gradient_is_w_times_log_fake_minus_log_teacher_on_mas
     assert (grad[~masked.expand_as(grad)] == 0).all()
 
 
-def random_dit(seed):
-    """A micro DiT with every weight nudged: its zero-initialised adaLN gates and output layer
-    come alive, so its predictions depend on the context and are far from uniform."""
-    torch.manual_seed(seed)
-    model = DiT(config_for("micro", vocab_size=V, seq_len=L, dropout=0.0))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    return model.eval()
+def random_dit(seed, vocab_size=V, seq_len=L):
+    return helpers.random_dit(seed, vocab_size, seq_len)
 
 
 def batch(seed, n=8):

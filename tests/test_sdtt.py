@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 import checkpoint
 import data
 import diffusion
+import helpers
 import sdtt
-from model import DiT, config_for
 
 ROOT = Path(__file__).resolve().parents[1]
 V, L = 6, 8
@@ -35,14 +35,7 @@ seeds = st.integers(0, 2**31 - 1)
 
 
 def random_dit(seed, vocab_size=V, seq_len=L):
-    """A micro DiT with every weight nudged: its zero-initialised adaLN gates and output layer
-    come alive, so its predictions depend on the context and are far from uniform."""
-    torch.manual_seed(seed)
-    model = DiT(config_for("micro", vocab_size=vocab_size, seq_len=seq_len, dropout=0.0))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    return model.eval()
+    return helpers.random_dit(seed, vocab_size, seq_len)
 
 
 def perturbed_copy(model, seed, scale=0.05):
