@@ -26,7 +26,7 @@ SETTINGS = {
     "synthetic": dict(common=["--data", "synthetic", "--size", "tiny", "--seq-len", "64"],
                       iters={"mdlm": (1500, 6000), "sdtt": (60, 400), "idlm": (300, 2000)}),
     "shakespeare": dict(common=["--data", "shakespeare", "--size", "tiny", "--seq-len", "128"],
-                        iters={"mdlm": (800, 5000), "ar": (300, 2000), "sdtt": (80, 500), "idlm": (300, 2000)}),
+                        iters={"mdlm": (800, 5000), "ar": (300, 2000), "sdtt": (80, 500), "idlm": (250, 2000)}),
 }
 
 
@@ -58,7 +58,7 @@ def train(method, setting, cfg, extra=()):
     kind = ["--distill", method] if method in ("sdtt", "idlm") else ["--model", method]
     if not finished(out / "ckpt.pt"):
         call("train.py", *kind, *spec["common"], "--iters", str(iters), "--out-dir", str(out), "--resume",
-             "--eval-samples", "32", *extra)
+             *extra)
     if method == "sdtt":  # the last round's student
         return out / f"round{checkpoint.read(out / 'ckpt.pt')['round']}.pt"
     return out / "ckpt.pt"

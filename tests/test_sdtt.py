@@ -212,6 +212,21 @@ def test_total_variation_is_at_most_one(seed, scale):
     assert sdtt.total_variation(disjoint[:1], disjoint[1:]).item() == 1.0
 
 
+@examples(20)
+@given(seed=seeds, draws=st.integers(2, 6), scale=st.sampled_from([0.3, 3.0]))
+def test_reverse_kl_to_random_targets_is_least_at_their_normalised_geometric_mean(seed, draws, scale):
+    """E_k KL(s || T_k) = KL(s || g) + const with g = softmax(mean_k log T_k): the identity
+    behind scripts/sdtt_target_entropy.py and the CPU presets' choice of the MSE."""
+    g = torch.Generator().manual_seed(seed)
+    targets = (scale * torch.randn(draws, 5, 7, generator=g, dtype=torch.float64)).log_softmax(-1)
+    geometric = targets.mean(0).log_softmax(-1)
+    students = (scale * torch.randn(3, 5, 7, generator=g, dtype=torch.float64)).log_softmax(-1)
+    expected = sdtt.reverse_kl(geometric.expand_as(targets), targets).mean(0)
+    for s in students:
+        excess = sdtt.reverse_kl(s.expand_as(targets), targets).mean(0) - expected
+        assert torch.allclose(excess, sdtt.reverse_kl(s, geometric), atol=1e-10)
+
+
 # ----------------------------------------------------------------------------- teacher samplers
 
 @examples(25)
