@@ -125,3 +125,12 @@ def test_wrong_checkpoint_kind_is_refused(tmp_path):
     result = train(*TINY, "--distill", "sdtt", "--teacher", str(tmp_path / "ar" / "ckpt.pt"),
                    "--out-dir", str(tmp_path / "sdtt"), check=False)
     assert result.returncode != 0 and "holds a ar model; expected mdlm or sdtt or idlm" in result.stderr
+
+
+def test_sdtt_divergence_is_the_papers_at_full_size_the_mse_on_cpu_presets_and_a_flag_overrides_both():
+    import train
+    cpu, full = 128, 768
+    assert train.resolve(train.TrainConfig(distill="sdtt"), full).divergence == "reverse_kl"
+    assert train.resolve(train.TrainConfig(distill="sdtt"), cpu).divergence == "mse"
+    chosen = train.TrainConfig(distill="sdtt", divergence="reverse_kl")
+    assert train.resolve(chosen, cpu).divergence == "reverse_kl"
