@@ -425,10 +425,15 @@ def main(argv=None):
             start = time.perf_counter()
             results[name] = sections[name](cfg, device, results)
             print(f"({name}: {time.perf_counter() - start:.0f} s)")
+    # --only reruns some sections: keep the file's other sections (each with the config it ran under)
     path = Path(cfg.json)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"config": asdict(cfg), "device": str(device), "torch": torch.__version__,
-                                "results": results}, indent=1))
+    saved = json.loads(path.read_text()) if path.exists() else {}
+    if saved.get("device") != str(device) or "configs" not in saved:
+        saved = {"results": {}, "configs": {}}
+    saved["results"].update(results)
+    saved["configs"].update({name: asdict(cfg) for name in results})
+    path.write_text(json.dumps({"device": str(device), "torch": torch.__version__, **saved}, indent=1))
     print(f"\nwrote {path}")
 
 

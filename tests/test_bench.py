@@ -99,3 +99,8 @@ def test_main_writes_the_json(tmp_path, capsys):
     saved = json.loads(path.read_text())
     assert set(saved["results"]) == {"latency", "roofline"}
     assert "| micro |" in capsys.readouterr().out
+    bench.main(["--only", "roofline", "--sizes", "micro", "--vocab-size", "64", "--seq-len", "32",
+                "--batch-sizes", "2", "--steps", "2", "--runs", "1", "--json", str(path)])
+    rerun = json.loads(path.read_text())
+    assert rerun["results"]["latency"] == saved["results"]["latency"]  # a partial rerun keeps the rest
+    assert rerun["configs"]["roofline"]["seq_len"] == 32 and rerun["configs"]["latency"]["seq_len"] == 16
