@@ -1,7 +1,7 @@
 """Reproduce the papers' headline claims at small scale, end to end, into results/.
 
-    python reproduce.py --quick      # both settings in about 45 minutes on a 2-core CPU
-    python reproduce.py              # longer training everywhere: several hours on a CPU
+    python reproduce.py --quick      # both settings: 34 minutes measured on a 2-core CPU
+    python reproduce.py              # 4-8x longer training: an estimated 2-4 hours on a CPU
 
 For each setting (the synthetic source, where GenPPL is exact; Shakespeare, judged by our AR
 model) it trains the MDLM teacher, the AR judge (Shakespeare), iterated SDTT and IDLM with
@@ -32,7 +32,7 @@ SETTINGS = {
 
 @dataclass
 class ReproduceConfig:
-    quick: bool = field(default=False, metadata={"help": "the short setting (about 45 minutes on 2 CPU cores)"})
+    quick: bool = field(default=False, metadata={"help": "the short setting (34 minutes measured on 2 CPU cores)"})
     settings: list[str] = field(default_factory=lambda: list(SETTINGS),
                                 metadata={"help": "which settings to run", "choices": list(SETTINGS)})
     out_dir: str = field(default="out/repro", metadata={"help": "checkpoints (large, not committed)"})
