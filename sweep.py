@@ -3,6 +3,9 @@ a PNG plot of GenPPL against steps (log2 axis), like the papers' figures; option
 and self-BLEU. The metrics themselves live in evaluate.py.
 
     python sweep.py --ckpts out/mdlm/ckpt.pt out/sdtt/round4.pt out/idlm/ckpt.pt --steps 4 8 16 32 64 128
+
+On the synthetic source, `--ckpts exact ...` adds the exact denoiser (exact.py): the best any
+MDLM teacher could sample at each number of steps.
 """
 import csv
 import math
@@ -16,6 +19,9 @@ from checkpoint import DIFFUSION_KINDS, load_model
 from data import load_data, source_from_meta, tokenizer_from_meta
 from evaluate import (CONTINUATIONS_PER_PROMPT, DEFAULT_AR_JUDGE, continuation_self_bleu, lambada,
                       lambada_examples, load_judge, markdown_table, quality_rows)
+from exact import ExactDenoiser
+
+EXACT = "exact"  # --ckpts name of the synthetic source's exact denoiser
 
 
 def write_tables(rows, columns, out, name):
@@ -63,7 +69,8 @@ def plot_sweep(rows, ar_labels, path):
 @dataclass
 class EvalConfig:
     ckpts: list[str] = field(default_factory=list, metadata={"help": "checkpoints to compare: diffusion "
-                             "(mdlm, sdtt, idlm) and AR ones (evaluated once, at steps = sample length)"})
+                             "(mdlm, sdtt, idlm) and AR ones (evaluated once, at steps = sample length); "
+                             f"'{EXACT}' adds the exact denoiser of the synthetic source (exact.py)"})
     steps: list[int] = field(default_factory=lambda: [4, 8, 16, 32, 64, 128],
                              metadata={"help": "sampling steps of the diffusion checkpoints"})
     judge: str = field(default="", metadata={"help": "GenPPL judge: 'exact' (synthetic source), our AR "
@@ -107,10 +114,19 @@ def main():
     if min(cfg.num_samples, cfg.batch_size, cfg.lambada_examples, cfg.bleu_prompts) < 1:
         raise cli.UserError("sample, batch, example and prompt counts must be at least 1")
     kinds = DIFFUSION_KINDS + ("ar",)
-    loaded = [(path, *load_model(path, kinds, cfg.weights, cfg.device)) for path in cfg.ckpts]
-    data_meta = loaded[0][2]["data_meta"]
-    if any(ckpt["data_meta"] != data_meta for _, _, ckpt in loaded):
+    loaded = {path: (path, *load_model(path, kinds, cfg.weights, cfg.device)) for path in cfg.ckpts
+              if path != EXACT}
+    if not loaded:
+        raise cli.UserError(f"--ckpts {EXACT} needs a checkpoint of the synthetic source beside it")
+    data_meta = next(iter(loaded.values()))[2]["data_meta"]
+    if any(ckpt["data_meta"] != data_meta for _, _, ckpt in loaded.values()):
         raise cli.UserError("the checkpoints use different tokenizers/vocabularies")
+    if EXACT in cfg.ckpts:
+        if source_from_meta(data_meta) is None:
+            raise cli.UserError(f"--ckpts {EXACT}: the exact denoiser exists only for the synthetic source")
+        exact = ExactDenoiser(source_from_meta(data_meta)).to(cfg.device)
+        loaded[EXACT] = (EXACT, exact, {"kind": "mdlm", "data_meta": data_meta})
+    loaded = [loaded[path] for path in cfg.ckpts]
     seq_len = cfg.seq_len or min(model.config.seq_len for _, model, _ in loaded)
     tokenizer = tokenizer_from_meta(data_meta)
     judge_spec = cfg.judge or ("exact" if data_meta["kind"] == "synthetic" else DEFAULT_AR_JUDGE)
