@@ -14,8 +14,9 @@ import torch
 from data import MarkovSource
 
 
-def posterior(source, z, mask_id):
-    """p(x_i = v | the non-MASK tokens of z) under the Markov source, [N, L, V] in float64.
+def posterior(initial, transition, z, mask_id):
+    """p(x_i = v | the non-MASK tokens of z) for the chain with start distribution `initial`
+    [V] and transition matrix `transition` [V, V], as [N, L, V] in float64.
 
     Forward-backward: a_i(v) = p(x_i = v, unmasked tokens up to i), b_i(v) = p(unmasked tokens
     after i | x_i = v); their product, normalised, is the posterior. Unmasked positions come
@@ -23,18 +24,19 @@ def posterior(source, z, mask_id):
     normalised value unchanged and keeps it in range for long sequences.
     """
     n, length = z.shape
-    transition = source.transition.to(z.device)
-    evidence = torch.ones(n, length, source.vocab_size, dtype=torch.float64, device=z.device)
+    vocab_size = initial.numel()
+    initial, transition = initial.double().to(z.device), transition.double().to(z.device)
+    evidence = torch.ones(n, length, vocab_size, dtype=torch.float64, device=z.device)
     known = z != mask_id
-    evidence[known] = torch.nn.functional.one_hot(z[known], source.vocab_size).double()
+    evidence[known] = torch.nn.functional.one_hot(z[known], vocab_size).double()
 
     def normalised(m):
         return m / m.sum(-1, keepdim=True)
 
-    forward = [normalised(source.initial.to(z.device) * evidence[:, 0])]
+    forward = [normalised(initial * evidence[:, 0])]
     for i in range(1, length):
         forward.append(normalised((forward[-1] @ transition) * evidence[:, i]))
-    backward = [torch.ones(n, source.vocab_size, dtype=torch.float64, device=z.device)]
+    backward = [torch.ones(n, vocab_size, dtype=torch.float64, device=z.device)]
     for i in range(length - 1, 0, -1):
         backward.append(normalised((evidence[:, i] * backward[-1]) @ transition.T))
     return normalised(torch.stack(forward, 1) * torch.stack(backward[::-1], 1))
@@ -46,17 +48,13 @@ class ExactDenoiser(torch.nn.Module):
 
     def __init__(self, source: MarkovSource):
         super().__init__()
-        self.source, self.mask_id = source, source.vocab_size
-        # the chain's tables, as parameters so that the samplers find the device
+        self.mask_id = source.vocab_size
+        # the chain's tables are this model's (frozen) weights; .to(device) moves them
         self.initial = torch.nn.Parameter(source.initial.clone(), requires_grad=False)
         self.transition = torch.nn.Parameter(source.transition.clone(), requires_grad=False)
         self.config = SimpleNamespace(seq_len=source.seq_len, time_conditioning=False)
 
     def forward(self, z, noise=None):
-        probs = posterior(self, z, self.mask_id)
+        probs = posterior(self.initial, self.transition, z, self.mask_id)
         never_mask = torch.zeros(*z.shape, 1, dtype=probs.dtype, device=z.device)
         return torch.cat([probs, never_mask], -1).clamp_min(1e-300).log().float()
-
-    @property
-    def vocab_size(self):
-        return self.source.vocab_size

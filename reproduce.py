@@ -109,12 +109,13 @@ def main():
     results = Path(cfg.results_dir)
     for setting in cfg.settings:
         seq_len = int(SETTINGS[setting]["common"][-1])
+        synthetic = setting.startswith("synthetic")
         teacher = train("mdlm", setting, cfg)
-        judge = ["--judge", "exact"] if setting.startswith("synthetic") else ["--judge", str(train("ar", setting, cfg))]
+        judge = ["--judge", "exact"] if synthetic else ["--judge", str(train("ar", setting, cfg))]
         sdtt = train("sdtt", setting, cfg, ["--teacher", str(teacher), *judge])
         idlm = train("idlm", setting, cfg, ["--teacher", str(teacher), *judge])
         labels = {"teacher": str(teacher), "sdtt": str(sdtt), "idlm": str(idlm)}
-        if setting.startswith("synthetic"):  # the reference: the perfect teacher, sampled in as many steps
+        if synthetic:  # the reference: the perfect teacher, sampled in as many steps
             labels["exact"] = "exact"
         steps = [str(seq_len // d) for d in (32, 16, 8, 4, 2, 1)]
         out = results / setting

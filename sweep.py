@@ -122,10 +122,10 @@ def main():
     if any(ckpt["data_meta"] != data_meta for _, _, ckpt in loaded.values()):
         raise cli.UserError("the checkpoints use different tokenizers/vocabularies")
     if EXACT in cfg.ckpts:
-        if source_from_meta(data_meta) is None:
+        source = source_from_meta(data_meta)
+        if source is None:
             raise cli.UserError(f"--ckpts {EXACT}: the exact denoiser exists only for the synthetic source")
-        exact = ExactDenoiser(source_from_meta(data_meta)).to(cfg.device)
-        loaded[EXACT] = (EXACT, exact, {"kind": "mdlm", "data_meta": data_meta})
+        loaded[EXACT] = (EXACT, ExactDenoiser(source).to(cfg.device), {"kind": "mdlm", "data_meta": data_meta})
     loaded = [loaded[path] for path in cfg.ckpts]
     seq_len = cfg.seq_len or min(model.config.seq_len for _, model, _ in loaded)
     tokenizer = tokenizer_from_meta(data_meta)

@@ -25,7 +25,7 @@ def test_posterior_is_the_conditional_of_each_masked_token_given_the_unmasked_on
     agrees = ((xs == z) | masked).all(-1)
     by_hand = torch.stack([torch.stack([(p * agrees * (xs[:, i] == v)).sum() for v in range(vocab)])
                            for i in range(length)])
-    assert torch.allclose(posterior(source, z, vocab)[0], by_hand / by_hand.sum(-1, keepdim=True))
+    assert torch.allclose(posterior(source.initial, source.transition, z, vocab)[0], by_hand / by_hand.sum(-1, keepdim=True))
 
 
 def test_exact_denoiser_predicts_log_posteriors_and_never_mask():
@@ -33,7 +33,7 @@ def test_exact_denoiser_predicts_log_posteriors_and_never_mask():
     z = torch.tensor([[6, 6, 2, 6, 6, 6, 0, 6, 6, 6], [6] * 10])
     out = ExactDenoiser(source)(z)
     assert out.shape == (2, 10, 7)
-    assert torch.allclose(subs_log_probs(out, z, 6)[..., :6].exp(), posterior(source, z, 6).float(), atol=1e-6)
+    assert torch.allclose(subs_log_probs(out, z, 6)[..., :6].exp(), posterior(source.initial, source.transition, z, 6).float(), atol=1e-6)
     assert (out[..., 6] < -600).all()
 
 
