@@ -19,6 +19,7 @@ from pathlib import Path
 
 import checkpoint
 import cli
+import sweep
 
 ROOT = Path(__file__).resolve().parent
 
@@ -64,8 +65,6 @@ def train(method, setting, cfg, extra=()):
     if not finished(out / "ckpt.pt"):
         call("train.py", *kind, *spec["common"], "--iters", str(iters), "--out-dir", str(out), "--resume",
              *extra)
-    if method == "sdtt":  # the last round's student
-        return out / f"round{checkpoint.read(out / 'ckpt.pt')['round']}.pt"
     return out / "ckpt.pt"
 
 
@@ -75,7 +74,9 @@ def rows_of(path):
 
 
 def check_claims(setting, sweep_rows, lambada_rows, labels, seq_len):
-    """The issue's targets, checked on the sweep: lines of markdown."""
+    """The issue's targets, checked on the sweep: lines of markdown. labels: sweep label of the
+    teacher, "sdtt" (every round's student at its own steps, as the SDTT paper evaluates them),
+    "sdtt_final" (the last round's student: LAMBADA), "idlm" and, on the synthetic source, "exact"."""
     def row(label, steps):
         return next(r for r in sweep_rows if r["label"] == labels[label] and int(r["steps"]) == steps)
     L = seq_len
@@ -86,7 +87,7 @@ def check_claims(setting, sweep_rows, lambada_rows, labels, seq_len):
         s = row(student, L // 16)
         ok = float(s["genppl"]) <= float(teacher["genppl"]) and float(s["entropy"]) >= 0.95 * float(teacher["entropy"])
         lines.append(f"- {student.upper()} at L/16 = {L // 16} steps: GenPPL {float(s['genppl']):.2f}, entropy "
-                     f"{float(s['entropy']):.2f} ({100 * float(s['entropy']) / float(teacher['entropy']):.0f}% of the "
+                     f"{float(s['entropy']):.2f} ({100 * float(s['entropy']) / float(teacher['entropy']):.1f}% of the "
                      f"teacher's) -> {'reproduced' if ok else 'NOT reproduced'} (target: GenPPL <= teacher at L, entropy >= 95%)")
     for steps in (L // 16, L // 32):
         i, s = float(row("idlm", steps)["genppl"]), float(row("sdtt", steps)["genppl"])
@@ -98,9 +99,9 @@ def check_claims(setting, sweep_rows, lambada_rows, labels, seq_len):
                      f"L/16 = {L // 16} steps and {exact_full:.2f} at L: a student at L/16 that matches the teacher "
                      f"at L must beat the perfect MDLM's few-step sampler {exact_few / float(teacher['genppl']):.1f}x")
     acc = {r["label"]: float(r["accuracy"]) for r in lambada_rows}
-    names = {"teacher": "teacher", "sdtt": "SDTT", "idlm": "IDLM", "exact": "exact denoiser"}
+    names = {"teacher": "teacher", "sdtt_final": "SDTT (last round)", "idlm": "IDLM", "exact": "exact denoiser"}
     lines.append("- LAMBADA-style one-pass suffix accuracy: " + ", ".join(
-        f"{names[name]} {acc[label]:.3f}" for name, label in labels.items()))
+        f"{names[name]} {acc[labels[name]]:.3f}" for name in names if name in labels))
     return lines + [""]
 
 
@@ -114,12 +115,15 @@ def main():
         judge = ["--judge", "exact"] if synthetic else ["--judge", str(train("ar", setting, cfg))]
         sdtt = train("sdtt", setting, cfg, ["--teacher", str(teacher), *judge])
         idlm = train("idlm", setting, cfg, ["--teacher", str(teacher), *judge])
-        labels = {"teacher": str(teacher), "sdtt": str(sdtt), "idlm": str(idlm)}
+        final = sdtt.parent / f"round{checkpoint.read(sdtt)['round']}.pt"  # the last round's student
+        ckpts = [str(teacher), str(final), str(idlm)] + (["exact"] if synthetic else [])
+        labels = {"teacher": str(teacher), "sdtt": sweep.rounds_label(sdtt.parent), "sdtt_final": str(final),
+                  "idlm": str(idlm)}
         if synthetic:  # the reference: the perfect teacher, sampled in as many steps
             labels["exact"] = "exact"
         steps = [str(seq_len // d) for d in (32, 16, 8, 4, 2, 1)]
         out = results / setting
-        call("sweep.py", "--ckpts", *labels.values(), "--steps", *steps, *judge,
+        call("sweep.py", "--ckpts", *ckpts, "--rounds", str(sdtt.parent), "--steps", *steps, *judge,
              "--num-samples", str(cfg.num_samples), "--data", setting, "--lambada", "--lambada-source", "local",
              "--self-bleu", "--out-dir", str(out))
         lines = check_claims(setting, rows_of(out / "sweep.csv"), rows_of(out / "lambada.csv"), labels, seq_len)

@@ -5,7 +5,9 @@ and self-BLEU. The metrics themselves live in evaluate.py.
     python sweep.py --ckpts out/mdlm/ckpt.pt out/sdtt/round4.pt out/idlm/ckpt.pt --steps 4 8 16 32 64 128
 
 On the synthetic source, `--ckpts exact ...` adds the exact denoiser (exact.py): the best any
-MDLM teacher could sample at each number of steps.
+MDLM teacher could sample at each number of steps. `--rounds out/sdtt` adds iterated SDTT as
+the paper plots it (its Figure 4): one line, each round's student sampled with the steps it
+was distilled for.
 """
 import csv
 import math
@@ -22,6 +24,20 @@ from evaluate import (CONTINUATIONS_PER_PROMPT, DEFAULT_AR_JUDGE, continuation_s
 from exact import ExactDenoiser
 
 EXACT = "exact"  # --ckpts name of the synthetic source's exact denoiser
+
+
+def rounds_label(run_dir):
+    """The sweep label of an SDTT run's students swept at their own steps (--rounds)."""
+    return str(Path(run_dir) / "round*.pt")
+
+
+def round_students(run_dir, weights, device):
+    """An SDTT run's students, [(model, checkpoint)], fewest sampling steps first."""
+    paths = sorted(Path(run_dir).glob("round*.pt"))
+    if not paths:
+        raise cli.UserError(f"--rounds {run_dir}: no SDTT round*.pt files there")
+    students = [load_model(path, ("sdtt",), weights, device) for path in paths]
+    return sorted(students, key=lambda student: student[1]["sampling_steps"])
 
 
 def write_tables(rows, columns, out, name):
@@ -71,6 +87,8 @@ class EvalConfig:
     ckpts: list[str] = field(default_factory=list, metadata={"help": "checkpoints to compare: diffusion "
                              "(mdlm, sdtt, idlm) and AR ones (evaluated once, at steps = sample length); "
                              f"'{EXACT}' adds the exact denoiser of the synthetic source (exact.py)"})
+    rounds: list[str] = field(default_factory=list, metadata={"help": "SDTT run folders, each swept as one "
+                              "line: every round's student (roundJ.pt) at the steps it was distilled for"})
     steps: list[int] = field(default_factory=lambda: [4, 8, 16, 32, 64, 128],
                              metadata={"help": "sampling steps of the diffusion checkpoints"})
     judge: str = field(default="", metadata={"help": "GenPPL judge: 'exact' (synthetic source), our AR "
@@ -107,8 +125,8 @@ def held_out_data(name, data_meta, vocab_size):
 
 def main():
     cfg = cli.parse_config(EvalConfig, "GenPPL/entropy sweep over checkpoints x sampling steps.")
-    if not cfg.ckpts:
-        raise cli.UserError("give the checkpoints to evaluate: --ckpts PATH [PATH ...]")
+    if not cfg.ckpts and not cfg.rounds:
+        raise cli.UserError("give the checkpoints to evaluate: --ckpts PATH [PATH ...] or --rounds DIR")
     if min(cfg.steps) < 1:
         raise cli.UserError(f"--steps must be at least 1, got {min(cfg.steps)}")
     if min(cfg.num_samples, cfg.batch_size, cfg.lambada_examples, cfg.bleu_prompts) < 1:
@@ -116,10 +134,12 @@ def main():
     kinds = DIFFUSION_KINDS + ("ar",)
     loaded = {path: (path, *load_model(path, kinds, cfg.weights, cfg.device)) for path in cfg.ckpts
               if path != EXACT}
-    if not loaded:
+    series = [(rounds_label(run_dir), model, ckpt) for run_dir in cfg.rounds
+              for model, ckpt in round_students(run_dir, cfg.weights, cfg.device)]
+    if not loaded and not series:
         raise cli.UserError(f"--ckpts {EXACT} needs a checkpoint of the synthetic source beside it")
-    data_meta = next(iter(loaded.values()))[2]["data_meta"]
-    if any(ckpt["data_meta"] != data_meta for _, _, ckpt in loaded.values()):
+    data_meta = (list(loaded.values()) + series)[0][2]["data_meta"]
+    if any(ckpt["data_meta"] != data_meta for _, _, ckpt in list(loaded.values()) + series):
         raise cli.UserError("the checkpoints use different tokenizers/vocabularies")
     if EXACT in cfg.ckpts:
         source = source_from_meta(data_meta)
@@ -127,7 +147,7 @@ def main():
             raise cli.UserError(f"--ckpts {EXACT}: the exact denoiser exists only for the synthetic source")
         loaded[EXACT] = (EXACT, ExactDenoiser(source).to(cfg.device), {"kind": "mdlm", "data_meta": data_meta})
     loaded = [loaded[path] for path in cfg.ckpts]
-    seq_len = cfg.seq_len or min(model.config.seq_len for _, model, _ in loaded)
+    seq_len = cfg.seq_len or min(model.config.seq_len for _, model, _ in loaded + series)
     tokenizer = tokenizer_from_meta(data_meta)
     judge_spec = cfg.judge or ("exact" if data_meta["kind"] == "synthetic" else DEFAULT_AR_JUDGE)
     if judge_spec == DEFAULT_AR_JUDGE and not Path(judge_spec).is_file():
@@ -142,6 +162,7 @@ def main():
 
     entries = [(path, model, ckpt["kind"], steps) for path, model, ckpt in loaded
                for steps in ([seq_len] if ckpt["kind"] == "ar" else cfg.steps)]
+    entries += [(label, model, "sdtt", ckpt["sampling_steps"]) for label, model, ckpt in series]
     rows = quality_rows(entries, judge, cfg.num_samples, cfg.batch_size, seq_len, cfg.seed, cfg.device,
                         bos_id=tokenizer.eos_id)
     columns = ["label", "steps", "genppl", "entropy", "nfe", "seconds"]

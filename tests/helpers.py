@@ -36,10 +36,10 @@ def random_dit(seed, vocab_size, seq_len):
     return model.eval()
 
 
-def save_tiny_checkpoint(path, kind="mdlm", data_meta=SYNTHETIC):
+def save_tiny_checkpoint(path, kind="mdlm", data_meta=SYNTHETIC, **fields):
     state = tiny_model(kind).state_dict()
     checkpoint.save({"kind": kind, "model_config": dataclasses.asdict(tiny_model(kind).config), "model": state,
-                     "ema": state, "data_meta": data_meta}, path)
+                     "ema": state, "data_meta": data_meta, **fields}, path)
     return path
 
 

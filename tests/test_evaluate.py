@@ -1,5 +1,6 @@
 """Tests of evaluate.py: exact GenPPL, entropy and self-BLEU invariants, the one-pass LAMBADA
 protocol, and one-line errors of the sweep CLI."""
+import csv
 import math
 
 import pytest
@@ -147,3 +148,24 @@ def test_cli_judge_with_another_vocabulary_is_one_error_line(tmp_path):
     judge = save_tiny_checkpoint(tmp_path / "ar.pt", "ar", {**SYNTHETIC, "vocab_size": V + 1})
     line = assert_one_error_line_of("sweep.py", "--ckpts", str(ckpt), "--judge", str(judge))
     assert "different tokenizer/vocabulary" in line
+
+
+def test_sweep_rounds_samples_each_sdtt_student_only_with_its_own_steps(tmp_path):
+    """--rounds DIR: one line, round j's student at the steps it was distilled for (the SDTT
+    paper's Figure 4), whatever --steps says; --steps applies to --ckpts only."""
+    run = tmp_path / "sdtt"
+    run.mkdir()
+    for j, steps in enumerate((8, 4, 2)):
+        save_tiny_checkpoint(run / f"round{j}.pt", "sdtt", sampling_steps=steps)
+    teacher = save_tiny_checkpoint(tmp_path / "mdlm.pt")
+    result = run_script("sweep.py", "--ckpts", str(teacher), "--rounds", str(run), "--steps", "16", "3",
+                        "--num-samples", "4", "--out-dir", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    with open(tmp_path / "out" / "sweep.csv") as f:
+        rows = [(row["label"], int(row["steps"])) for row in csv.DictReader(f)]
+    series = str(run / "round*.pt")
+    assert rows == [(str(teacher), 16), (str(teacher), 3), (series, 2), (series, 4), (series, 8)]
+
+
+def test_sweep_rounds_of_a_folder_without_rounds_is_one_error_line(tmp_path):
+    assert "no SDTT round" in assert_one_error_line_of("sweep.py", "--rounds", str(tmp_path))
