@@ -2,7 +2,7 @@
 a PNG plot of GenPPL against steps (log2 axis), like the papers' figures; optionally LAMBADA
 and self-BLEU. The metrics themselves live in evaluate.py.
 
-    python sweep.py --ckpts out/mdlm/ckpt.pt out/sdtt/round4.pt out/idlm/ckpt.pt --steps 4 8 16 32 64 128
+    python sweep.py --ckpts out/mdlm/ckpt.pt out/idlm/ckpt.pt --rounds out/sdtt --steps 4 8 16 32 64 128
 
 On the synthetic source, `--ckpts exact ...` adds the exact denoiser (exact.py): the best any
 MDLM teacher could sample at each number of steps. `--rounds out/sdtt` adds iterated SDTT as
@@ -88,9 +88,9 @@ class EvalConfig:
                              "(mdlm, sdtt, idlm) and AR ones (evaluated once, at steps = sample length); "
                              f"'{EXACT}' adds the exact denoiser of the synthetic source (exact.py)"})
     rounds: list[str] = field(default_factory=list, metadata={"help": "SDTT run folders, each swept as one "
-                              "line: every round's student (roundJ.pt) at the steps it was distilled for"})
+                              "line: every round's student (roundJ.pt) at the steps it was distilled for (no LAMBADA)"})
     steps: list[int] = field(default_factory=lambda: [4, 8, 16, 32, 64, 128],
-                             metadata={"help": "sampling steps of the diffusion checkpoints"})
+                             metadata={"help": "sampling steps of the diffusion checkpoints of --ckpts"})
     judge: str = field(default="", metadata={"help": "GenPPL judge: 'exact' (synthetic source), our AR "
                        "checkpoint, or a Hugging Face name such as gpt2-large (needs transformers and a "
                        f"network); default: exact for synthetic data, else {DEFAULT_AR_JUDGE}"})
@@ -136,10 +136,11 @@ def main():
               if path != EXACT}
     series = [(rounds_label(run_dir), model, ckpt) for run_dir in cfg.rounds
               for model, ckpt in round_students(run_dir, cfg.weights, cfg.device)]
-    if not loaded and not series:
+    checkpoints = list(loaded.values()) + series
+    if not checkpoints:
         raise cli.UserError(f"--ckpts {EXACT} needs a checkpoint of the synthetic source beside it")
-    data_meta = (list(loaded.values()) + series)[0][2]["data_meta"]
-    if any(ckpt["data_meta"] != data_meta for _, _, ckpt in list(loaded.values()) + series):
+    data_meta = checkpoints[0][2]["data_meta"]
+    if any(ckpt["data_meta"] != data_meta for _, _, ckpt in checkpoints):
         raise cli.UserError("the checkpoints use different tokenizers/vocabularies")
     if EXACT in cfg.ckpts:
         source = source_from_meta(data_meta)
