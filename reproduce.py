@@ -116,11 +116,11 @@ def main():
         sdtt = train("sdtt", setting, cfg, ["--teacher", str(teacher), *judge])
         idlm = train("idlm", setting, cfg, ["--teacher", str(teacher), *judge])
         final = sdtt.parent / f"round{checkpoint.read(sdtt)['round']}.pt"  # the last round's student
-        ckpts = [str(teacher), str(final), str(idlm)] + (["exact"] if synthetic else [])
         labels = {"teacher": str(teacher), "sdtt": sweep.rounds_label(sdtt.parent), "sdtt_final": str(final),
                   "idlm": str(idlm)}
         if synthetic:  # the reference: the perfect teacher, sampled in as many steps
-            labels["exact"] = "exact"
+            labels["exact"] = sweep.EXACT
+        ckpts = [label for name, label in labels.items() if name != "sdtt"]  # "sdtt" comes from --rounds
         steps = [str(seq_len // d) for d in (32, 16, 8, 4, 2, 1)]
         out = results / setting
         call("sweep.py", "--ckpts", *ckpts, "--rounds", str(sdtt.parent), "--steps", *steps, *judge,

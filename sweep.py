@@ -33,10 +33,9 @@ def rounds_label(run_dir):
 
 def round_students(run_dir, weights, device):
     """An SDTT run's students, [(model, checkpoint)], fewest sampling steps first."""
-    paths = sorted(Path(run_dir).glob("round*.pt"))
-    if not paths:
+    students = [load_model(path, ("sdtt",), weights, device) for path in Path(run_dir).glob("round*.pt")]
+    if not students:
         raise cli.UserError(f"--rounds {run_dir}: no SDTT round*.pt files there")
-    students = [load_model(path, ("sdtt",), weights, device) for path in paths]
     return sorted(students, key=lambda student: student[1]["sampling_steps"])
 
 
