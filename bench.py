@@ -11,29 +11,28 @@ diffusion model makes k full forward passes from all-MASK. Timings synchronise t
 the models run under bf16 autocast (flash-attn when installed, else SDPA's kernels); on a CPU
 the same code runs in float32. Sections other than latency use the first of --sizes.
 """
-import contextlib
-import copy
 import json
 import multiprocessing
-import re
 import statistics
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Optional
 
 import torch
 
-import idlm
-import sdtt
-from cli import UserError, parse_config, run
-from diffusion import alpha, antithetic_times, nelbo_loss, sample
-from model import GPT, PRESETS, DiT, config_for, count_params
-from train import frozen, matmul_peak_flops
+import devices
+from cli import check_bounds, flag, parse_config, run
+from devices import autocast, peak_memory, sync
+from diffusion import MaskingProcess, antithetic_times, sample, time_grid
+from distill import idlm_phases, sdtt_phases, trainable_copy
+from flops import GPUS, forward_flops, matmul_params, matmul_peak_flops
+from model import GPT, PRESETS, DiT, config_for, count_params, frozen
+from train import Env, TrainConfig, make_ema, pretrain_phases, resolve as resolve_training, train_step
 
 SECTIONS = ["latency", "overhead", "cache", "kv", "roofline", "train"]
-GPUS = {"a100": (312e12, 2.039e12), "h100": (989e12, 3.35e12), "h200": (989e12, 4.8e12)}  # bf16 FLOP/s, HBM B/s
 SDTT_SETTING = dict(sizes=["small", "medium", "large", "1.3B"], vocab_size=50257, seq_len=1024)
-# Flags left at 0 / empty take the device's value. A CPU is ~1000x slower than an A100: fewer
+# Flags left unset (None) take the device's value. A CPU is ~1000x slower than an A100: fewer
 # step counts and runs (3, so that one disturbed run cannot move the median), and the AR run
 # without a cache at batch 1 (at batch 8 it takes minutes).
 PROFILES = {
@@ -47,64 +46,49 @@ PROFILES = {
 }
 
 
-def opt(default, help, **kw):
-    return field(default_factory=lambda: list(default), metadata={"help": help, **kw}) \
-        if isinstance(default, list) else field(default=default, metadata={"help": help, **kw})
-
-
 @dataclass
 class BenchConfig:
-    only: str = opt(",".join(SECTIONS), "comma-separated sections to run")
-    sizes: list[str] = opt([], f"model sizes ({', '.join(PRESETS)}); "
-                               "default: mini on CPU, small medium large 1.3B on CUDA")
-    vocab_size: int = opt(0, "vocabulary; 0 = GPT-2's 50257 on CUDA, 4096 on CPU")
-    seq_len: int = opt(0, "tokens per sequence; 0 = 1024 on CUDA (SDTT), 256 on CPU")
-    batch_sizes: list[int] = opt([], "batch sizes; default 8 4 (SDTT figs. 19-20)")
-    steps: list[int] = opt([], "diffusion step counts k; default 16 32 64 128 256 on CUDA, 16 32 on CPU")
-    runs: int = opt(0, "timed runs after the warm-up; 0 = 10 on CUDA (SDTT), 3 on CPU")
-    cache_steps: int = opt(0, "prediction caching: sampling steps; 0 = 1024")
-    cache_seq_len: int = opt(0, "prediction caching: sequence length; 0 = 128")
-    cache_batch_sizes: list[int] = opt([], "prediction caching: batch sizes; default 1 on CPU, 1 8 on CUDA "
-                                           "(a step reuses the prediction only if no sequence changed)")
-    kv_batch_size: int = opt(0, "batch of the AR run with vs without KV cache; 0 = 8 on CUDA, 1 on CPU")
-    gpu: str = opt("", "GPU of the roofline; default: this GPU if known, else a100 (SDTT's)", choices=["", *GPUS])
-    train_runs: int = opt(0, "timed training steps per method after a warm-up step; 0 = 10 on CUDA, 3 on CPU")
-    quick: bool = opt(False, "tiny model, short sequences, one run: checks that everything works")
-    device: str = opt("auto", "auto, cpu or cuda", choices=["auto", "cpu", "cuda"])
-    threads: int = opt(0, "CPU threads; 0 = torch's default, one per core. On a machine shared with other work, "
-                          "fewer avoid OpenMP threads stalling each other")
-    json: str = opt("results/bench.json", "where to write every figure as JSON")
-    seed: int = opt(0, "random seed")
+    only: str = flag(",".join(SECTIONS), "comma-separated sections to run")
+    sizes: Optional[list[str]] = flag(None, f"model sizes ({', '.join(PRESETS)}); "
+                                            "default: mini on CPU, small medium large 1.3B on CUDA", choices=list(PRESETS))
+    vocab_size: Optional[int] = flag(None, "vocabulary; default: GPT-2's 50257 on CUDA, 4096 on CPU", at_least=1)
+    seq_len: Optional[int] = flag(None, "tokens per sequence; default: 1024 on CUDA (SDTT), 256 on CPU", at_least=1)
+    batch_sizes: Optional[list[int]] = flag(None, "batch sizes; default 8 4 (SDTT figs. 19-20)", at_least=1)
+    steps: Optional[list[int]] = flag(None, "diffusion step counts k; default 16 32 64 128 256 on CUDA, 16 32 on CPU",
+                                      at_least=1)
+    runs: Optional[int] = flag(None, "timed runs after the warm-up; default 10 on CUDA (SDTT), 3 on CPU", at_least=1)
+    cache_steps: Optional[int] = flag(None, "prediction caching: sampling steps; default 1024", at_least=1)
+    cache_seq_len: Optional[int] = flag(None, "prediction caching: sequence length; default 128", at_least=1)
+    cache_batch_sizes: Optional[list[int]] = flag(None, "prediction caching: batch sizes; default 1 on CPU, 1 8 on "
+                                                        "CUDA (a step reuses the prediction only if no sequence "
+                                                        "changed)", at_least=1)
+    kv_batch_size: Optional[int] = flag(None, "batch of the AR run with vs without KV cache; default 8 on CUDA, "
+                                              "1 on CPU", at_least=1)
+    gpu: Optional[str] = flag(None, "GPU of the roofline; default: this GPU if known, else a100 (SDTT's)",
+                              choices=list(GPUS))
+    train_runs: Optional[int] = flag(None, "timed training steps per method after a warm-up step; default 10 on "
+                                           "CUDA, 3 on CPU", at_least=1)
+    quick: bool = flag(False, "tiny model, short sequences, one run: checks that everything works")
+    device: str = flag("auto", "where to run", choices=devices.DEVICES)
+    threads: Optional[int] = flag(None, "CPU threads; default: torch's, one per core. On a machine shared with "
+                                        "other work, fewer avoid OpenMP threads stalling each other", at_least=1)
+    json: str = flag("results/bench.json", "where to write every figure as JSON")
+    seed: int = flag(0, "random seed")
 
 
 def resolve(cfg, device):
-    """Fill the flags left at 0 / empty from the device's profile, then check them."""
+    """Fill the flags left unset from the device's profile, then check them."""
     profile = PROFILES["quick" if cfg.quick else device.type]
-    cfg = replace(cfg, **{k: v for k, v in profile.items() if not getattr(cfg, k)})
-    if not cfg.gpu:
+    cfg = check_bounds(replace(cfg, **{k: v for k, v in profile.items() if getattr(cfg, k) is None}))
+    if cfg.gpu is None:
         name = torch.cuda.get_device_name(device).lower() if device.type == "cuda" else ""
         cfg = replace(cfg, gpu=next((g for g in GPUS if g in name), "a100"))
     if set(cfg.only.split(",")) - set(SECTIONS):
-        raise UserError(f"--only {cfg.only}: sections are {', '.join(SECTIONS)}")
-    if not set(cfg.sizes) <= set(PRESETS):
-        raise UserError(f"--sizes {' '.join(cfg.sizes)}: sizes are {', '.join(PRESETS)}")
-    if min(cfg.steps + cfg.batch_sizes + cfg.cache_batch_sizes + [cfg.runs, cfg.train_runs, cfg.seq_len,
-           cfg.cache_steps, cfg.cache_seq_len, cfg.kv_batch_size, cfg.vocab_size]) < 1:
-        raise UserError("step counts, batch sizes, runs, lengths and the vocabulary must be at least 1")
+        raise ValueError(f"--only {cfg.only}: sections are {', '.join(SECTIONS)}")
     return cfg
 
 
 # ----------------------------------------------------------------------------- timing
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def autocast(device):
-    """bf16 on CUDA (autocast caches each weight's bf16 copy for the call); float32 on a CPU."""
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-
 
 def timed(fn, runs, device, warmup=None):
     """{median_s, min_s, runs} and the results of `runs` calls of fn, after one call of warmup
@@ -140,9 +124,10 @@ def ar_generate(gpt, batch, new_tokens, use_cache=True):
 def diffusion_sample(dit, batch, seq_len, steps, cache=False):
     """Number of forward passes of sampling from all-MASK: k, or k+1 when a MASK survives to the
     final noise-removal pass (as in MDLM's sampler); with cache=True, fewer."""
-    z = torch.full((batch, seq_len), dit.mask_id, device=device_of(dit))
+    process = MaskingProcess(dit.config.vocab_size)
+    z = process.prior(batch, seq_len, device_of(dit))
     with autocast(z.device):
-        return sample(dit, z, steps, dit.mask_id, cache=cache)[1]
+        return sample(dit, process, z, steps, cache=cache)[1]
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -193,7 +178,8 @@ def overhead(cfg, device, results):
     precomputed output, which times the sampler's own work alone."""
     dit = untrained("mdlm", cfg.sizes[0], cfg.vocab_size, cfg.seq_len, device)
     batch, k = cfg.batch_sizes[0], cfg.steps[0]
-    z, sigma = torch.full((batch, cfg.seq_len), dit.mask_id, device=device), torch.zeros(batch, device=device)
+    process = MaskingProcess(dit.config.vocab_size)
+    z, sigma = process.prior(batch, cfg.seq_len, device), torch.zeros(batch, device=device)
     with torch.no_grad(), autocast(device):
         logits = dit(z, sigma)  # warm-up, and the output that stands in for the network below
         forward, _ = timed(lambda: dit(z, sigma).shape, cfg.runs, device)  # .shape: keep no logits alive
@@ -206,8 +192,8 @@ def overhead(cfg, device, results):
 
     def network(tokens, noise):  # the DiT's output, at no cost
         return logits
-    sampler_only, _ = timed(lambda: sample(network, z, k, dit.mask_id, cache=False), cfg.runs, device,
-                            warmup=lambda: sample(network, z, 1, dit.mask_id))
+    sampler_only, _ = timed(lambda: sample(network, process, z, k, cache=False), cfg.runs, device,
+                            warmup=lambda: sample(network, process, z, 1))
     fwd = forward["median_s"]
     ratio = sampling["median_s"] / (sampling["forward_passes"] * fwd)
     per_step = sampler_only["median_s"] / k
@@ -221,13 +207,13 @@ def overhead(cfg, device, results):
             "sampler_only_fraction": per_step / fwd, "flop_per_s": flop_per_s}
 
 
-def expected_cached_passes(steps, positions, t_min=1e-5):
+def expected_cached_passes(steps, positions):
     """Passes of the cached sampler from all-MASK: one at the start, then one after each step
     that unmasked something. A position unmasks at step i with probability
     p_i = (alpha_s - alpha_t) / (1 - alpha_1), independently of the others, so a step over n
     positions changes something with probability 1 - (1 - p_i)^n (final pass left out)."""
-    times = torch.linspace(1.0, t_min, steps + 1, dtype=torch.float64)
-    p = (alpha(times[1:]) - alpha(times[:-1])) / (1 - alpha(times[0]))
+    alpha = MaskingProcess(1).alpha(time_grid(steps))
+    p = (alpha[1:] - alpha[:-1]) / (1 - alpha[0])
     return 1 + (1 - (1 - p[:-1]) ** positions).sum().item()
 
 
@@ -268,18 +254,6 @@ def kv(cfg, device, results):
 
 
 # ----------------------------------------------------------------------------- roofline
-
-def matmul_params(model):
-    """Parameters applied at every position: not the embedding (a gather), nor the time
-    embedding and adaLN modulation (once per sequence)."""
-    return sum(p.numel() for name, p in model.named_parameters()
-               if not any(part in name for part in ("vocab_embed", "sigma_map", "adaLN")))
-
-
-def forward_flops(dit, batch, seq_len):
-    d, n = dit.config.n_embd, dit.config.n_layer
-    return 2 * matmul_params(dit) * batch * seq_len + 4 * batch * seq_len ** 2 * d * n
-
 
 def lower_bounds(dit, gpt, batch, seq_len, steps, gpu):
     """Roofline lower bounds in seconds, in bf16 (2 bytes a value): a forward pass takes at
@@ -325,43 +299,25 @@ def roofline(cfg, device, results):
 # ----------------------------------------------------------------------------- training cost
 
 def training_step(method, size, vocab_size, seq_len, batch, device):
-    """One training step of `method` on a fixed batch, with its models and optimizers built as
-    in train.py: MDLM's loss; SDTT with two teacher steps per target (section 3.1); IDLM's fake
-    step then student step (Algorithm 1). Returns (step function, number of optimizers)."""
+    """One training step of `method` on a fixed batch, with the phases built by the functions
+    that train.py and distill.py build them with (MDLM's loss; SDTT's first round, its teacher at
+    L steps; IDLM's fake step then student step), run by train.py's own `train_step` with the
+    EMA update. Returns (step function, number of optimizers)."""
     model = untrained("mdlm", size, vocab_size, seq_len, device).train()
-    mask_id, adamw = model.mask_id, (lambda m: torch.optim.AdamW(m.parameters(), lr=1e-4))
+    cfg = resolve_training(TrainConfig(distill=None if method == "mdlm" else method, seq_len=seq_len,
+                                       batch_size=batch), model.config.n_embd)
+    env, process = Env(device), MaskingProcess(vocab_size)
     if method == "mdlm":
-        phases = [(adamw(model), lambda x, t, u: nelbo_loss(model, x, t, u, mask_id))]
+        phases = pretrain_phases(cfg, env, model, process)
     elif method == "sdtt":
-        teacher = frozen(model)
-        phases = [(adamw(model), lambda x, t, u: sdtt.distillation_loss(model, teacher, x, t, u, mask_id, 2, 1 / 64))]
+        phases = sdtt_phases(cfg, env, model, process)
+        phases[0].loss.start_round(frozen(model), cfg.start_steps)
     else:
-        teacher, fake = frozen(model), copy.deepcopy(model)
-        phases = [(adamw(fake), lambda x, t, u: idlm.fake_loss(fake, model, x, t, u, mask_id)),
-                  (adamw(model), lambda x, t, u: idlm.student_loss(model, teacher, fake, x, t, u, mask_id)[0])]
+        phases = idlm_phases(cfg, env, frozen(model), model, trainable_copy(model), process)
+    ema = make_ema(model, cfg.ema)
     x = torch.randint(vocab_size, (batch, seq_len), device=device)
     t, u = antithetic_times(torch.rand(()).item(), batch).to(device), torch.rand(x.shape, device=device)
-
-    def step():
-        for optimizer, loss in phases:
-            optimizer.zero_grad(set_to_none=True)
-            with autocast(device):
-                loss(x, t, u).backward()
-            optimizer.step()
-    return step, len(phases)
-
-
-def peak_memory(device, reset=False):
-    """Peak bytes since the last reset (right after one: the current bytes). CUDA: the allocator's
-    peak. CPU (Linux): the peak resident set VmHWM, reset to the current size by writing 5 to
-    /proc/self/clear_refs. (ru_maxrss cannot be reset, and a spawned child inherits the parent's.)"""
-    if device.type == "cuda":
-        if reset:
-            torch.cuda.reset_peak_memory_stats(device)
-        return torch.cuda.max_memory_allocated(device)
-    if reset:
-        Path("/proc/self/clear_refs").write_text("5")
-    return int(re.search(r"VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text())[1]) * 1024
+    return lambda: train_step(phases, [(x, t, u)], env, cfg.grad_clip, ema), len(phases)
 
 
 def train_step_cost(method, size, vocab_size, seq_len, batch, runs, device_name, threads=None, seed=0):
@@ -408,10 +364,7 @@ def print_table(title, header, rows):
 
 def main(argv=None):
     cfg = parse_config(BenchConfig, __doc__.split("\n\n")[0], argv)
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda, but no CUDA GPU is available")
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if cfg.device == "auto" else cfg.device)
+    device = devices.pick(cfg.device)
     cfg = resolve(cfg, device)
     torch.manual_seed(cfg.seed)
     if cfg.threads:

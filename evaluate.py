@@ -15,10 +15,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-import cli
 from checkpoint import load_model
 from data import MarkovSource, source_from_meta, tokenizer_from_meta
-from diffusion import antithetic_times, denoise, nelbo_loss, sample
+from diffusion import antithetic_times, sample
 
 DEFAULT_AR_JUDGE = "out/ar/ckpt.pt"
 CONTINUATIONS_PER_PROMPT = 5  # SDTT appendix A (as Lou et al. for MAUVE)
@@ -37,7 +36,7 @@ class ARJudge:
         """Mean NLL (nats) per token of each sequence of tokens [N, L] -> [N]."""
         context = self.model.config.seq_len
         if tokens.shape[1] > context:
-            raise cli.UserError(f"samples of {tokens.shape[1]} tokens are longer than the judge's "
+            raise ValueError(f"samples of {tokens.shape[1]} tokens are longer than the judge's "
                                 f"context of {context}")
         device = next(self.model.parameters()).device
         nll = []
@@ -66,13 +65,13 @@ class HFJudge:
         try:
             import transformers
         except ImportError:
-            raise cli.UserError(f"judge {name!r} is not 'exact' or a checkpoint file; a Hugging Face "
+            raise ValueError(f"judge {name!r} is not 'exact' or a checkpoint file; a Hugging Face "
                                 "judge needs `pip install transformers`") from None
         try:
             self.hf_tokenizer = transformers.AutoTokenizer.from_pretrained(name)
             self.model = transformers.AutoModelForCausalLM.from_pretrained(name).to(device).eval()
         except (OSError, ValueError):  # what from_pretrained raises for an unknown name or no network
-            raise cli.UserError(f"could not load judge {name!r} from the Hugging Face hub") from None
+            raise ValueError(f"could not load judge {name!r} from the Hugging Face hub") from None
         self.tokenizer, self.device = tokenizer, device
         bos_id = self.hf_tokenizer.bos_token_id
         self.bos_id = self.hf_tokenizer.eos_token_id if bos_id is None else bos_id
@@ -93,15 +92,15 @@ def load_judge(spec, data_meta, device):
     if spec == "exact":
         source = source_from_meta(data_meta)
         if source is None:
-            raise cli.UserError("the exact judge needs the synthetic source; these models saw text")
+            raise ValueError("the exact judge needs the synthetic source; these models saw text")
         return ExactJudge(source)
     if spec.endswith(".pt") or Path(spec).exists():
         model, ckpt = load_model(spec, kinds=("ar",), device=device)
         if ckpt["data_meta"] != data_meta:
-            raise cli.UserError(f"judge {spec} uses a different tokenizer/vocabulary than the samples")
+            raise ValueError(f"judge {spec} uses a different tokenizer/vocabulary than the samples")
         bos_id = tokenizer_from_meta(data_meta).eos_id
         if bos_id is None:
-            raise cli.UserError("an AR judge needs a start token; for the synthetic source use --judge exact")
+            raise ValueError("an AR judge needs a start token; for the synthetic source use --judge exact")
         return ARJudge(model, bos_id)
     return HFJudge(spec, tokenizer_from_meta(data_meta), device)
 
@@ -163,46 +162,40 @@ def eval_mode(model):
 
 
 @torch.no_grad()
-def generate(model, kind, n, seq_len, steps, *, prompt=(), bos_id=None, batch_size=64, generator=None,
+def generate(model, process, n, seq_len, steps, *, prompt=(), bos_id=None, batch_size=64, generator=None,
              final="argmax", cache=True, top_p=1.0, temperature=1.0, progress=None):
     """n samples of seq_len tokens that start with `prompt` (kept fixed), made in batches.
 
-    Diffusion kinds: ancestral sampling in `steps` steps from all-MASK after the prompt
-    (diffusion.sample). "ar": the GPT continues [BOS] + prompt with its KV cache, one forward
-    pass per new token (`steps` unused). Returns (tokens [n, seq_len] on the CPU, forward
+    A diffusion model (process given): ancestral sampling in `steps` steps from the process's
+    prior after the prompt (diffusion.sample). An AR model (process None): the GPT continues
+    [BOS] + prompt with its KV cache, one forward pass per new token (`steps` unused). Returns (tokens [n, seq_len] on the CPU, forward
     passes per batch, averaged over the batches).
     """
     context = model.config.seq_len
     if seq_len > context:
-        raise cli.UserError(f"samples of {seq_len} tokens do not fit the model's context of {context}")
+        raise ValueError(f"samples of {seq_len} tokens do not fit the model's context of {context}")
     if len(prompt) >= seq_len:
-        raise cli.UserError(f"the prompt has {len(prompt)} tokens: it must be shorter than the "
+        raise ValueError(f"the prompt has {len(prompt)} tokens: it must be shorter than the "
                             f"{seq_len} tokens of a sample")
-    if kind != "ar" and steps < 1:
-        raise cli.UserError(f"steps must be at least 1, got {steps}")
     device = next(model.parameters()).device
     prompt = torch.tensor(list(prompt), dtype=torch.long, device=device)
-    if kind == "ar":
+    if process is None:
         start = prompt if bos_id is None else torch.cat([prompt.new_tensor([bos_id]), prompt])
         if len(start) == 0:
-            raise cli.UserError("this AR model's vocabulary has no start token: give a prompt")
+            raise ValueError("this AR model's vocabulary has no start token: give a prompt")
     samples, passes = [], []
     with eval_mode(model):
         for first in range(0, n, batch_size):
             size = min(batch_size, n - first)
-            if kind == "ar":
-                try:
-                    tokens = model.generate(start.expand(size, -1), seq_len - len(prompt), top_p=top_p,
-                                            temperature=temperature, generator=generator)[:, -seq_len:]
-                except ValueError as e:  # prompt and new tokens overflow the context
-                    raise cli.UserError(str(e)) from None
+            if process is None:
+                tokens = model.generate(start.expand(size, -1), seq_len - len(prompt), top_p=top_p,
+                                        temperature=temperature, generator=generator)[:, -seq_len:]
                 nfe = seq_len - len(prompt)
             else:
-                z = torch.full((size, seq_len), model.mask_id, device=device)
+                z = process.prior(size, seq_len, device)
                 z[:, :len(prompt)] = prompt
-                tokens, nfe = sample(model, z, steps, model.mask_id, final=final, cache=cache,
-                                     time_conditioned=model.config.time_conditioning,
-                                     generator=generator, progress=progress)
+                tokens, nfe = sample(model, process, z, steps, final=final, cache=cache, generator=generator,
+                                     progress=progress)
             samples.append(tokens.cpu())
             passes.append(nfe)
     return torch.cat(samples), sum(passes) / len(passes)
@@ -210,12 +203,12 @@ def generate(model, kind, n, seq_len, steps, *, prompt=(), bos_id=None, batch_si
 
 def quality_rows(entries, judge, num_samples, batch_size, seq_len, seed, device, bos_id=None):
     """GenPPL, entropy and forward passes of unconditional samples, one row per entry
-    (label, model, kind, steps). Every entry samples with the same seed. bos_id: the AR
-    models' start token (the tokenizer's EOS)."""
+    (label, model, process, steps), process None for an AR model. Every entry samples with the
+    same seed. bos_id: the AR models' start token (the tokenizer's EOS)."""
     rows = []
-    for label, model, kind, steps in entries:
+    for label, model, process, steps in entries:
         start = time.perf_counter()
-        tokens, nfe = generate(model.to(device), kind, num_samples, seq_len, steps, bos_id=bos_id,
+        tokens, nfe = generate(model.to(device), process, num_samples, seq_len, steps, bos_id=bos_id,
                                batch_size=batch_size, generator=torch.Generator().manual_seed(seed))
         seconds = time.perf_counter() - start
         nll = judge.nll_per_token(tokens).double()
@@ -224,14 +217,14 @@ def quality_rows(entries, judge, num_samples, batch_size, seq_len, seed, device,
     return rows
 
 
-def continuation_self_bleu(model, kind, data, seq_len, steps, prompts, seed, bos_id=None, batch_size=64):
+def continuation_self_bleu(model, process, data, seq_len, steps, prompts, seed, bos_id=None, batch_size=64):
     """SDTT appendix A: 5 continuations of each held-out prompt (the first half of a validation
     window), self-BLEU of the continuations of each prompt, averaged over prompts."""
     generator = torch.Generator().manual_seed(seed)
     scores = []
     for window in data.batch("val", prompts, seq_len, generator):
         prompt = window[:seq_len // 2].tolist()
-        tokens, _ = generate(model, kind, CONTINUATIONS_PER_PROMPT, seq_len, steps, prompt=prompt,
+        tokens, _ = generate(model, process, CONTINUATIONS_PER_PROMPT, seq_len, steps, prompt=prompt,
                              bos_id=bos_id, batch_size=batch_size, generator=generator)
         scores.append(self_bleu([row[len(prompt):].tolist() for row in tokens]))
     return sum(scores) / len(scores)
@@ -250,14 +243,14 @@ def lambada_split(text, tokenizer):
 
 
 @torch.no_grad()
-def lambada(model, examples, tokenizer, mask_id, device, nelbo_samples=16, seed=0):
+def lambada(model, process, examples, tokenizer, device, nelbo_samples=16, seed=0):
     """LAMBADA protocol (SDTT section 4): mask every token of each text's last word, decode
     them all in ONE forward pass with the argmax of x_theta; correct only if all are right.
 
     ppl_bound: the NELBO (SDTT eq. 3) bound on the perplexity per token of the last word given
     its context, a fixed-seed Monte-Carlo estimate in which only the word is ever masked.
     """
-    seq_len, time_conditioned = model.config.seq_len, model.config.time_conditioning
+    seq_len = model.config.seq_len
     generator = torch.Generator().manual_seed(seed)
     correct = n = word_tokens = 0
     nelbo_nats = 0.0
@@ -269,17 +262,17 @@ def lambada(model, examples, tokenizer, mask_id, device, nelbo_samples=16, seed=
             x = torch.tensor(context[len(word) - seq_len:] + word, device=device)[None]
             is_word = torch.arange(x.shape[1], device=device) >= x.shape[1] - len(word)
             t = torch.full((1,), len(word) / x.shape[1], device=device)  # used if time-conditioned
-            prediction = denoise(model, torch.where(is_word, mask_id, x), t, mask_id, time_conditioned)
+            prediction = process.denoise(model, torch.where(is_word, process.mask_id, x), t)
             correct += bool((prediction.argmax(-1)[0, is_word] == x[0, is_word]).all())
             # a uniform of 1 is never below the move chance, so the context is never masked
             copies = x.expand(nelbo_samples, -1)
             t = antithetic_times(torch.rand((), generator=generator), nelbo_samples).to(device)
             u = torch.where(is_word, torch.rand(copies.shape, generator=generator).to(device), 1.0)
-            nelbo_nats += nelbo_loss(model, copies, t, u, mask_id, time_conditioned).item() * x.shape[1]
+            nelbo_nats += process.loss(model, copies, t, u).item() * x.shape[1]
             word_tokens += len(word)
             n += 1
     if n == 0:
-        raise cli.UserError("no usable LAMBADA examples (each needs a context and a last word)")
+        raise ValueError("no usable LAMBADA examples (each needs a context and a last word)")
     return {"accuracy": correct / n, "ppl_bound": math.exp(nelbo_nats / word_tokens),
             "forward_passes": n, "n": n}
 
@@ -289,7 +282,7 @@ def lambada_examples(source, data, limit, seed=0):
     held-out lines of the local corpus; for the synthetic source, sampled sequences."""
     if isinstance(data, MarkovSource):
         if source == "hf":
-            raise cli.UserError("LAMBADA from the hub is English text; these models saw the synthetic source")
+            raise ValueError("LAMBADA from the hub is English text; these models saw the synthetic source")
         sequences = data.sample(limit, torch.Generator().manual_seed(seed))
         return [data.tokenizer.decode(row) for row in sequences]
     if source in ("auto", "hf"):
@@ -298,8 +291,8 @@ def lambada_examples(source, data, limit, seed=0):
             return datasets.load_dataset("EleutherAI/lambada_openai", "en", split="test")["text"][:limit]
         except Exception as e:  # no package, no network, hub down: all mean "not available"
             if source == "hf":
-                raise cli.UserError("could not load LAMBADA from the Hugging Face hub (needs the "
-                                    f"datasets package and a network): {type(e).__name__}") from None
+                raise ValueError("could not load LAMBADA from the Hugging Face hub (needs the "
+                                 f"datasets package and a network): {type(e).__name__}") from None
             print("LAMBADA is not available from the hub: using held-out lines of the local corpus")
     return data.val_texts()[:limit]
 
@@ -311,12 +304,12 @@ def next_token_nll(model, x):
 
 
 @torch.no_grad()
-def validation_loss(kind, model, batches):
+def validation_loss(model, process, batches):
     """Mean loss over validation batches of (x, t, u): the NELBO per token (SDTT eq. 3) of a
-    diffusion model, whose exp bounds its perplexity, or an AR model's next-token NLL."""
+    diffusion model, whose exp bounds its perplexity, or (process None) an AR model's
+    next-token NLL."""
     with eval_mode(model):
-        losses = [(next_token_nll(model, x) if kind == "ar" else
-                   nelbo_loss(model, x, t, u, model.mask_id, model.config.time_conditioning)).item()
+        losses = [(next_token_nll(model, x) if process is None else process.loss(model, x, t, u)).item()
                   for x, t, u in batches]
     return sum(losses) / len(losses)
 

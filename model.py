@@ -3,6 +3,7 @@
 The DiT follows MDLM's published layout fact for fact (SPEC section 2), and its modules carry
 MDLM's parameter names, so MDLM's checkpoints load by stripping the `backbone.` prefix.
 """
+import copy
 import math
 from dataclasses import dataclass
 
@@ -187,10 +188,6 @@ class DiT(nn.Module):
         self.blocks = nn.ModuleList(DiTBlock(cfg) for _ in range(cfg.n_layer))
         self.output_layer = FinalLayer(cfg, cfg.vocab_size + 1)
 
-    @property
-    def mask_id(self):
-        return self.config.vocab_size
-
     def forward(self, tokens, sigma):
         x = self.vocab_embed(tokens)
         c = F.silu(self.sigma_map(sigma))
@@ -303,6 +300,14 @@ def top_p_filter(probs, top_p):
 
 def build_model(kind, cfg: ModelConfig):
     return GPT(cfg) if kind == "ar" else DiT(cfg)
+
+
+def frozen(model):
+    """A copy in eval mode that takes no gradient: a teacher, or the fixed half of a step."""
+    model = copy.deepcopy(model).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
 
 
 def count_params(model, non_embedding=False):

@@ -14,7 +14,7 @@ only re-evaluates, and a killed call resumes.
 import csv
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import checkpoint
@@ -37,19 +37,18 @@ SETTINGS = {
 
 @dataclass
 class ReproduceConfig:
-    quick: bool = field(default=False, metadata={"help": "the short setting (34 minutes measured on 2 CPU cores)"})
-    settings: list[str] = field(default_factory=lambda: ["synthetic", "shakespeare"],
-                                metadata={"help": "which settings to run (synthetic256 only when named: "
-                                          "26 more minutes with --quick)", "choices": list(SETTINGS)})
-    out_dir: str = field(default="out/repro", metadata={"help": "checkpoints (large, not committed)"})
-    results_dir: str = field(default="results", metadata={"help": "tables and figures (small, committed)"})
-    num_samples: int = field(default=64, metadata={"help": "samples per sweep row"})
+    quick: bool = cli.flag(False, "the short setting (34 minutes measured on 2 CPU cores)")
+    settings: list[str] = cli.flag(["synthetic", "shakespeare"], "which settings to run (synthetic256 only when "
+                                   "named: 26 more minutes with --quick)", choices=list(SETTINGS))
+    out_dir: str = cli.flag("out/repro", "checkpoints (large, not committed)")
+    results_dir: str = cli.flag("results", "tables and figures (small, committed)")
+    num_samples: int = cli.flag(64, "samples per sweep row", at_least=1)
 
 
 def call(*args):
     print("+", " ".join(args), flush=True)
     if subprocess.run([sys.executable, *args], cwd=ROOT).returncode != 0:
-        raise cli.UserError(f"{args[0]} failed: {' '.join(args)}")
+        raise ValueError(f"{args[0]} failed: {' '.join(args)}")
 
 
 def finished(path):

@@ -3,12 +3,12 @@
 A student learns to do in one sampling step what the teacher does in n. Targets come from
 running n ancestral teacher steps (Algorithm 1); the student matches them under a divergence
 (appendix B) on the positions masked in x_t (Algorithm 2). Iterating rounds, each distilling
-the previous student, halves the number of steps per round (section 3.1): the loop over
-rounds lives in train.py, the math here.
+the previous student, halves the number of steps per round (section 3.1): the rounds are
+orchestrated in distill.py, the loop is train.py's, the math is here.
 """
 import torch
 
-from diffusion import T_MIN, alpha, denoise, forward_mask, reveal, reverse_step, sigma
+from diffusion import T_MIN, reveal, step_size
 
 
 # ----------------------------------------------------------------------------- divergences
@@ -40,7 +40,7 @@ DIVERGENCES = {"reverse_kl": reverse_kl, "forward_kl": forward_kl,
 
 # ----------------------------------------------------------------------------- teacher targets
 
-def analytic_step(log_x, z_t, t_s, t_t, mask_id, generator=None):
+def analytic_step(log_x, z_t, t_s, t_t, process, generator=None):
     """The analytic (Tweedie tau-leaping) update of SEDD/Campbell et al. for the absorbing
     process, written with the score ratio p_t(v)/p_t(MASK) = x[v] alpha_t / (1 - alpha_t).
 
@@ -49,22 +49,22 @@ def analytic_step(log_x, z_t, t_s, t_t, mask_id, generator=None):
     from x. For the absorbing process this is algebraically the ancestral posterior of SDTT
     eq. 2, which is why the paper's ablation (its figs. 10-11) finds no difference.
     """
-    s_t, s_s = (sigma(torch.as_tensor(v, dtype=torch.float64)) for v in (t_t, t_s))
+    s_t, s_s = (process.schedule.sigma(torch.as_tensor(v, dtype=torch.float64)) for v in (t_t, t_s))
     score_mass = torch.exp(-s_t) / -torch.expm1(-s_t)     # sum_v score[v], as x sums to 1
-    return reveal(log_x, z_t, torch.expm1(s_t - s_s) * score_mass, mask_id, generator)
+    return reveal(log_x, z_t, torch.expm1(s_t - s_s) * score_mass, process.mask_id, generator)
 
 
-def ancestral_step(log_x, z_t, t_s, t_t, mask_id, generator=None):
+def ancestral_step(log_x, z_t, t_s, t_t, process, generator=None):
     """One ancestral step z_t -> z_s from the exact posterior (SDTT eq. 2) with x = x_theta."""
-    return reverse_step(log_x, z_t, alpha(t_s), alpha(t_t), mask_id, generator)
+    return process.reverse_step(log_x, z_t, t_s, t_t, generator)
 
 
 TEACHER_SAMPLERS = {"ancestral": ancestral_step, "analytic": analytic_step}
 
 
 @torch.no_grad()
-def teacher_targets(teacher, x_t, t_start, n_steps, delta, mask_id, t_min=T_MIN,
-                    sampler="ancestral", time_conditioned=False, generator=None):
+def teacher_targets(teacher, x_t, t_start, n_steps, delta, process, t_min=T_MIN, sampler="ancestral",
+                    generator=None):
     """SDTT Algorithm 1: log-prob targets [N, L, V+1] from n_steps teacher steps of size delta.
 
     A position denoised at step i takes the teacher's log-probs of step i (lines 9-10); a
@@ -72,33 +72,52 @@ def teacher_targets(teacher, x_t, t_start, n_steps, delta, mask_id, t_min=T_MIN,
     masked in x_t keep zeros: the loss never reads them.
     """
     step = TEACHER_SAMPLERS[sampler]
-    target = torch.zeros(*x_t.shape, mask_id + 1, device=x_t.device)
-    z = x_t
+    target, z = None, x_t
     for i in range(n_steps):
         t_cur = (t_start - i * delta).clamp(min=t_min)                       # line 7
-        log_x = denoise(teacher, z, t_cur, mask_id, time_conditioned)
-        z_new = step(log_x, z, (t_cur - delta).clamp(min=0), t_cur, mask_id, generator)  # line 8
+        log_x = process.denoise(teacher, z, t_cur)
+        if target is None:
+            target = torch.zeros_like(log_x)
+        z_new = step(log_x, z, (t_cur - delta).clamp(min=0), t_cur, process, generator)  # line 8
         denoised = z_new != z                                                # line 9
         target[denoised] = log_x[denoised]                                   # line 10
         z = z_new                                                            # line 11
-    still_masked = z == mask_id
+    still_masked = process.loss_positions(z)
     target[still_masked] = log_x[still_masked]                               # line 13
     return target
 
 
-def distillation_loss(student, teacher, x, t_start, u, mask_id, n_steps, delta,
-                      divergence="reverse_kl", sampler="ancestral", time_conditioned=False):
+def distillation_loss(student, teacher, x, t_start, u, process, n_steps, delta, divergence="reverse_kl",
+                      sampler="ancestral"):
     """SDTT Algorithm 2, lines 8-11: noise x to x_t at t_start, compare the student's one-step
     prediction with the teacher's n-step targets on the positions masked in x_t."""
-    x_t = forward_mask(x, alpha(t_start), u, mask_id)                        # line 8
-    student_log = denoise(student, x_t, t_start, mask_id, time_conditioned)   # line 9
-    target = teacher_targets(teacher, x_t, t_start, n_steps, delta, mask_id,  # line 10
-                             sampler=sampler, time_conditioned=time_conditioned)
-    masked = x_t == mask_id
+    x_t = process.forward_sample(x, t_start, u)                              # line 8
+    student_log = process.denoise(student, x_t, t_start)                     # line 9
+    target = teacher_targets(teacher, x_t, t_start, n_steps, delta, process, sampler=sampler)  # line 10
+    masked = process.loss_positions(x_t)
     if not masked.any():
         return student_log.sum() * 0.0
-    per_position = DIVERGENCES[divergence](student_log[masked][:, :mask_id], target[masked][:, :mask_id])
+    real = slice(0, process.vocab_size)
+    per_position = DIVERGENCES[divergence](student_log[masked][:, real], target[masked][:, real])
     return per_position.mean()                                               # line 11
+
+
+class RoundLoss:
+    """The loss of one SDTT round as the training loop calls it, loss(x, t, u) -> (loss, logs).
+    Between rounds the orchestration swaps in the next teacher and step size (section 3.1)."""
+
+    def __init__(self, student, process, teacher_steps, divergence, sampler):
+        self.student, self.process = student, process
+        self.teacher_steps, self.divergence, self.sampler = teacher_steps, divergence, sampler
+        self.teacher, self.delta = None, None
+
+    def start_round(self, teacher, sampling_steps):
+        """Round j: `teacher` samples with `sampling_steps`; each of its steps is delta long."""
+        self.teacher, self.delta = teacher, step_size(sampling_steps)
+
+    def __call__(self, x, t, u):
+        return distillation_loss(self.student, self.teacher, x, t, u, self.process, self.teacher_steps,
+                                 self.delta, self.divergence, self.sampler), {}
 
 
 def step_schedule(start_steps, teacher_steps_per_target, rounds):

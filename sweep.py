@@ -11,16 +11,18 @@ was distilled for.
 """
 import csv
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import Optional
 
 import cli
-from checkpoint import DIFFUSION_KINDS, load_model
+import devices
+from checkpoint import DIFFUSION_KINDS, load_model, process_of
+from cli import flag
 from data import load_data, source_from_meta, tokenizer_from_meta
 from evaluate import (CONTINUATIONS_PER_PROMPT, DEFAULT_AR_JUDGE, continuation_self_bleu, lambada,
                       lambada_examples, load_judge, markdown_table, quality_rows)
+from diffusion import MaskingProcess
 from exact import ExactDenoiser
 
 EXACT = "exact"  # --ckpts name of the synthetic source's exact denoiser
@@ -35,7 +37,7 @@ def round_students(run_dir, weights, device):
     """An SDTT run's students, [(model, checkpoint)], fewest sampling steps first."""
     students = [load_model(path, ("sdtt",), weights, device) for path in Path(run_dir).glob("round*.pt")]
     if not students:
-        raise cli.UserError(f"--rounds {run_dir}: no SDTT round*.pt files there")
+        raise ValueError(f"--rounds {run_dir}: no SDTT round*.pt files there")
     return sorted(students, key=lambda student: student[1]["sampling_steps"])
 
 
@@ -83,32 +85,32 @@ def plot_sweep(rows, ar_labels, path):
 
 @dataclass
 class EvalConfig:
-    ckpts: list[str] = field(default_factory=list, metadata={"help": "checkpoints to compare: diffusion "
-                             "(mdlm, sdtt, idlm) and AR ones (evaluated once, at steps = sample length); "
-                             f"'{EXACT}' adds the exact denoiser of the synthetic source (exact.py)"})
-    rounds: list[str] = field(default_factory=list, metadata={"help": "SDTT run folders, each swept as one "
-                              "line: every round's student (roundJ.pt) at the steps it was distilled for (no LAMBADA)"})
-    steps: list[int] = field(default_factory=lambda: [4, 8, 16, 32, 64, 128],
-                             metadata={"help": "sampling steps of the diffusion checkpoints of --ckpts"})
-    judge: str = field(default="", metadata={"help": "GenPPL judge: 'exact' (synthetic source), our AR "
-                       "checkpoint, or a Hugging Face name such as gpt2-large (needs transformers and a "
-                       f"network); default: exact for synthetic data, else {DEFAULT_AR_JUDGE}"})
-    num_samples: int = field(default=64, metadata={"help": "unconditional samples per row"})
-    batch_size: int = field(default=16, metadata={"help": "samples generated together"})
-    seq_len: int = field(default=0, metadata={"help": "sample length; 0: the shortest checkpoint context"})
-    seed: int = field(default=0, metadata={"help": "every row samples with this seed"})
-    weights: str = field(default="ema", metadata={"help": "weights to load", "choices": ["ema", "raw"]})
-    out_dir: str = field(default="results/sweep", metadata={"help": "where the CSV, tables and plot go"})
-    lambada: bool = field(default=False, metadata={"help": "also run LAMBADA on the diffusion checkpoints"})
-    lambada_source: str = field(default="auto", metadata={"choices": ["auto", "hf", "local"], "help":
-                                "LAMBADA texts: the Hugging Face test set (auto: when reachable) or local text"})
-    lambada_examples: int = field(default=256, metadata={"help": "number of LAMBADA texts"})
-    self_bleu: bool = field(default=False, metadata={"help": "also compute self-BLEU of "
-                            f"{CONTINUATIONS_PER_PROMPT} continuations of each held-out prompt"})
-    bleu_prompts: int = field(default=8, metadata={"help": "held-out prompts for --self-bleu"})
-    data: str = field(default="shakespeare", metadata={"help": "the corpus the checkpoints saw, for held-out "
-                      "text (LAMBADA local, self-BLEU prompts); ignored for the synthetic source"})
-    device: str = field(default="cuda" if torch.cuda.is_available() else "cpu", metadata={"help": "cpu, cuda"})
+    ckpts: list[str] = flag([], "checkpoints to compare: diffusion (mdlm, sdtt, idlm) and AR ones (evaluated once, "
+                                f"at steps = sample length); '{EXACT}' adds the exact denoiser of the synthetic "
+                                "source (exact.py)")
+    rounds: list[str] = flag([], "SDTT run folders, each swept as one line: every round's student (roundJ.pt) at the "
+                                 "steps it was distilled for (no LAMBADA)")
+    steps: list[int] = flag([4, 8, 16, 32, 64, 128], "sampling steps of the diffusion checkpoints of --ckpts",
+                            at_least=1)
+    judge: Optional[str] = flag(None, "GenPPL judge: 'exact' (synthetic source), our AR checkpoint, or a Hugging "
+                                      "Face name such as gpt2-large (needs transformers and a network); default: "
+                                      f"exact for synthetic data, else {DEFAULT_AR_JUDGE}")
+    num_samples: int = flag(64, "unconditional samples per row", at_least=1)
+    batch_size: int = flag(16, "samples generated together", at_least=1)
+    seq_len: Optional[int] = flag(None, "sample length (default: the shortest checkpoint context)", at_least=1)
+    seed: int = flag(0, "every row samples with this seed")
+    weights: str = flag("ema", "weights to load", choices=["ema", "raw"])
+    out_dir: str = flag("results/sweep", "where the CSV, tables and plot go")
+    lambada: bool = flag(False, "also run LAMBADA on the diffusion checkpoints")
+    lambada_source: str = flag("auto", "LAMBADA texts: the Hugging Face test set (auto: when reachable) or local "
+                                       "text", choices=["auto", "hf", "local"])
+    lambada_examples: int = flag(256, "number of LAMBADA texts", at_least=1)
+    self_bleu: bool = flag(False, f"also compute self-BLEU of {CONTINUATIONS_PER_PROMPT} continuations of each "
+                                  "held-out prompt")
+    bleu_prompts: int = flag(8, "held-out prompts for --self-bleu", at_least=1)
+    data: str = flag("shakespeare", "the corpus the checkpoints saw, for held-out text (LAMBADA local, self-BLEU "
+                                    "prompts); ignored for the synthetic source")
+    device: str = flag("auto", "where to sample", choices=devices.DEVICES)
 
 
 def held_out_data(name, data_meta, vocab_size):
@@ -118,68 +120,73 @@ def held_out_data(name, data_meta, vocab_size):
         return source
     data = load_data(name, vocab_size)
     if data.meta() != data_meta:
-        raise cli.UserError(f"--data {name} has a different tokenizer/vocabulary than the checkpoints")
+        raise ValueError(f"--data {name} has a different tokenizer/vocabulary than the checkpoints")
     return data
+
+
+def load_checkpoints(cfg, device):
+    """--ckpts in their order and --rounds' students, as (label, model, process, checkpoint)."""
+    kinds = DIFFUSION_KINDS + ("ar",)
+    loaded = {path: (path, *load_model(path, kinds, cfg.weights, device)) for path in cfg.ckpts if path != EXACT}
+    loaded = {path: (label, model, process_of(ckpt), ckpt) for path, (label, model, ckpt) in loaded.items()}
+    series = [(rounds_label(run_dir), model, process_of(ckpt), ckpt) for run_dir in cfg.rounds
+              for model, ckpt in round_students(run_dir, cfg.weights, device)]
+    found = list(loaded.values()) + series
+    if not found:
+        raise ValueError(f"--ckpts {EXACT} needs a checkpoint of the synthetic source beside it")
+    data_meta = found[0][3]["data_meta"]
+    if any(ckpt["data_meta"] != data_meta for *_, ckpt in found):
+        raise ValueError("the checkpoints use different tokenizers/vocabularies")
+    if EXACT in cfg.ckpts:
+        source = source_from_meta(data_meta)
+        if source is None:
+            raise ValueError(f"--ckpts {EXACT}: the exact denoiser exists only for the synthetic source")
+        loaded[EXACT] = (EXACT, ExactDenoiser(source).to(device), MaskingProcess(source.vocab_size),
+                         {"kind": "mdlm", "data_meta": data_meta})
+    return [loaded[path] for path in cfg.ckpts], series, data_meta
+
+
+def default_judge(cfg, data_meta):
+    judge = cfg.judge or ("exact" if data_meta["kind"] == "synthetic" else DEFAULT_AR_JUDGE)
+    if judge == DEFAULT_AR_JUDGE and not Path(judge).is_file():
+        raise ValueError(f"no judge: {judge} does not exist; train one (python train.py --model ar) or pass --judge")
+    return judge
 
 
 def main():
     cfg = cli.parse_config(EvalConfig, "GenPPL/entropy sweep over checkpoints x sampling steps.")
     if not cfg.ckpts and not cfg.rounds:
-        raise cli.UserError("give the checkpoints to evaluate: --ckpts PATH [PATH ...] or --rounds DIR")
-    if min(cfg.steps) < 1:
-        raise cli.UserError(f"--steps must be at least 1, got {min(cfg.steps)}")
-    if min(cfg.num_samples, cfg.batch_size, cfg.lambada_examples, cfg.bleu_prompts) < 1:
-        raise cli.UserError("sample, batch, example and prompt counts must be at least 1")
-    kinds = DIFFUSION_KINDS + ("ar",)
-    loaded = {path: (path, *load_model(path, kinds, cfg.weights, cfg.device)) for path in cfg.ckpts
-              if path != EXACT}
-    series = [(rounds_label(run_dir), model, ckpt) for run_dir in cfg.rounds
-              for model, ckpt in round_students(run_dir, cfg.weights, cfg.device)]
-    checkpoints = list(loaded.values()) + series
-    if not checkpoints:
-        raise cli.UserError(f"--ckpts {EXACT} needs a checkpoint of the synthetic source beside it")
-    data_meta = checkpoints[0][2]["data_meta"]
-    if any(ckpt["data_meta"] != data_meta for _, _, ckpt in checkpoints):
-        raise cli.UserError("the checkpoints use different tokenizers/vocabularies")
-    if EXACT in cfg.ckpts:
-        source = source_from_meta(data_meta)
-        if source is None:
-            raise cli.UserError(f"--ckpts {EXACT}: the exact denoiser exists only for the synthetic source")
-        loaded[EXACT] = (EXACT, ExactDenoiser(source).to(cfg.device), {"kind": "mdlm", "data_meta": data_meta})
-    loaded = [loaded[path] for path in cfg.ckpts]
-    seq_len = cfg.seq_len or min(model.config.seq_len for _, model, _ in loaded + series)
+        raise ValueError("give the checkpoints to evaluate: --ckpts PATH [PATH ...] or --rounds DIR")
+    device = devices.pick(cfg.device)
+    loaded, series, data_meta = load_checkpoints(cfg, device)
+    seq_len = cfg.seq_len or min(model.config.seq_len for _, model, _, _ in loaded + series)
     tokenizer = tokenizer_from_meta(data_meta)
-    judge_spec = cfg.judge or ("exact" if data_meta["kind"] == "synthetic" else DEFAULT_AR_JUDGE)
-    if judge_spec == DEFAULT_AR_JUDGE and not Path(judge_spec).is_file():
-        raise cli.UserError(f"no judge: {judge_spec} does not exist; train one (python train.py --model ar) "
-                            "or pass --judge")
-    judge = load_judge(judge_spec, data_meta, cfg.device)
-
+    judge_spec = default_judge(cfg, data_meta)
+    judge = load_judge(judge_spec, data_meta, device)
     if cfg.lambada or cfg.self_bleu:
         data = held_out_data(cfg.data, data_meta, tokenizer.vocab_size)
-    if cfg.lambada:
-        examples = lambada_examples(cfg.lambada_source, data, cfg.lambada_examples, cfg.seed)
 
-    entries = [(path, model, ckpt["kind"], steps) for path, model, ckpt in loaded
-               for steps in ([seq_len] if ckpt["kind"] == "ar" else cfg.steps)]
-    entries += [(label, model, "sdtt", ckpt["sampling_steps"]) for label, model, ckpt in series]
-    rows = quality_rows(entries, judge, cfg.num_samples, cfg.batch_size, seq_len, cfg.seed, cfg.device,
+    entries = [(label, model, process, steps) for label, model, process, _ in loaded
+               for steps in ([seq_len] if process is None else cfg.steps)]
+    entries += [(label, model, process, ckpt["sampling_steps"]) for label, model, process, ckpt in series]
+    rows = quality_rows(entries, judge, cfg.num_samples, cfg.batch_size, seq_len, cfg.seed, device,
                         bos_id=tokenizer.eos_id)
     columns = ["label", "steps", "genppl", "entropy", "nfe", "seconds"]
     if cfg.self_bleu:
-        for row, (_, model, kind, steps) in zip(rows, entries):
-            row["self_bleu"] = continuation_self_bleu(model, kind, data, seq_len, steps, cfg.bleu_prompts,
+        for row, (_, model, process, steps) in zip(rows, entries):
+            row["self_bleu"] = continuation_self_bleu(model, process, data, seq_len, steps, cfg.bleu_prompts,
                                                       cfg.seed, tokenizer.eos_id, cfg.batch_size)
         columns.append("self_bleu")
 
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     table = write_tables(rows, columns, out, "sweep")
-    plot_sweep(rows, {path for path, _, ckpt in loaded if ckpt["kind"] == "ar"}, out / "genppl.png")
+    plot_sweep(rows, {label for label, _, process, _ in loaded if process is None}, out / "genppl.png")
     print(f"judge: {judge_spec}; {cfg.num_samples} samples of {seq_len} tokens per row\n\n{table}\n")
     if cfg.lambada:
-        lambada_rows = [{"label": path, **lambada(model, examples, tokenizer, model.mask_id, cfg.device)}
-                        for path, model, ckpt in loaded if ckpt["kind"] != "ar"]
+        examples = lambada_examples(cfg.lambada_source, data, cfg.lambada_examples, cfg.seed)
+        lambada_rows = [{"label": label, **lambada(model, process, examples, tokenizer, device)}
+                        for label, model, process, _ in loaded if process is not None]
         table = write_tables(lambada_rows, ["label", "accuracy", "ppl_bound", "n"], out, "lambada")
         print(f"LAMBADA, last word decoded in one forward pass\n\n{table}\n")
     print(f"results in {out}/")

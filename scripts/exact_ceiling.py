@@ -10,7 +10,7 @@ couples. A distilled student that matches the teacher at L in L/16 steps must cl
 """
 import math
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -18,16 +18,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import cli  # noqa: E402
 from data import load_data  # noqa: E402
-from diffusion import sample  # noqa: E402
+from diffusion import MaskingProcess, sample  # noqa: E402
 from evaluate import markdown_table, token_entropy  # noqa: E402
 from exact import ExactDenoiser  # noqa: E402
 
 
 @dataclass
 class Config:
-    seq_lens: list[int] = field(default_factory=lambda: [64, 128, 256], metadata={"help": "sequence lengths L"})
-    num_samples: int = field(default=256, metadata={"help": "samples per row"})
-    seed: int = field(default=0, metadata={"help": "sampling seed"})
+    seq_lens: list[int] = cli.flag([64, 128, 256], "sequence lengths L (32 or more)")
+    num_samples: int = cli.flag(256, "samples per row", at_least=1)
+    seed: int = cli.flag(0, "sampling seed")
 
 
 def main():
@@ -35,12 +35,11 @@ def main():
     rows = []
     for seq_len in cfg.seq_lens:
         if seq_len < 32:
-            raise cli.UserError(f"--seq-lens: {seq_len} is below 32, so L/32 steps would be none")
+            raise ValueError(f"--seq-lens: {seq_len} is below 32, so L/32 steps would be none")
         source = load_data("synthetic", seq_len=seq_len)
-        denoiser = ExactDenoiser(source)
+        denoiser, process = ExactDenoiser(source), MaskingProcess(source.vocab_size)
         for divisor in (32, 16, 8, 4, 2, 1):
-            z = torch.full((cfg.num_samples, seq_len), denoiser.mask_id)
-            x, _ = sample(denoiser, z, seq_len // divisor, denoiser.mask_id,
+            x, _ = sample(denoiser, process, process.prior(cfg.num_samples, seq_len, "cpu"), seq_len // divisor,
                           generator=torch.Generator().manual_seed(cfg.seed))
             rows.append({"L": seq_len, "steps": f"L/{divisor} = {seq_len // divisor}",
                          "genppl": math.exp(-source.log_prob(x).mean().item() / seq_len),

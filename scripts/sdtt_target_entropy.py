@@ -11,7 +11,7 @@ geometric mean of `--draws` target draws. If the geometric mean is flatter than 
 distilling with the reverse KL raises the student's entropy instead of sharpening it.
 """
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -19,15 +19,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import checkpoint, cli, sdtt  # noqa: E402
 from data import load_data  # noqa: E402
-from diffusion import alpha, denoise, forward_mask  # noqa: E402
 
 
 @dataclass
 class Config:
-    ckpt: str = field(default="out/mdlm/ckpt.pt", metadata={"help": "an MDLM checkpoint"})
-    steps: int = field(default=8, metadata={"help": "the teacher's sampling steps (step size 1/steps)"})
-    draws: int = field(default=16, metadata={"help": "target draws per noised batch"})
-    batch_size: int = field(default=32, metadata={"help": "validation sequences"})
+    ckpt: str = cli.flag("out/mdlm/ckpt.pt", "an MDLM checkpoint")
+    steps: int = cli.flag(8, "the teacher's sampling steps (step size 1/steps)", at_least=1)
+    draws: int = cli.flag(16, "target draws per noised batch", at_least=1)
+    batch_size: int = cli.flag(32, "validation sequences", at_least=1)
 
 
 def entropy(log_p):
@@ -38,18 +37,18 @@ def entropy(log_p):
 def main():
     cfg = cli.parse_config(Config, __doc__.split("\n\n")[0])
     model, ckpt = checkpoint.load_model(cfg.ckpt, device="cpu")
-    model.eval()
-    mask_id, seq_len = model.mask_id, model.config.seq_len
+    process, seq_len = checkpoint.process_of(ckpt), model.config.seq_len
+    real = slice(0, process.vocab_size)
     trained = ckpt["train_config"]
     data = load_data(trained["data"], trained["vocab_size"], seq_len)
     x = data.batch("val", cfg.batch_size, seq_len, torch.Generator().manual_seed(0))
     torch.manual_seed(0)
     for t_value in (0.9, 0.6, 0.3):
         t = torch.full((len(x),), t_value)
-        x_t = forward_mask(x, alpha(t)[:, None], torch.rand(x.shape), mask_id)
-        masked = x_t == mask_id
-        teacher = denoise(model, x_t, t, mask_id, False)[masked][:, :mask_id]
-        targets = torch.stack([sdtt.teacher_targets(model, x_t, t, 2, 1 / cfg.steps, mask_id)[masked][:, :mask_id]
+        x_t = process.forward_sample(x, t, torch.rand(x.shape))
+        masked = process.loss_positions(x_t)
+        teacher = process.denoise(model, x_t, t)[masked][:, real]
+        targets = torch.stack([sdtt.teacher_targets(model, x_t, t, 2, 1 / cfg.steps, process)[masked][:, real]
                                for _ in range(cfg.draws)])
         arithmetic = torch.logsumexp(targets, 0) - torch.log(torch.tensor(float(cfg.draws)))
         geometric = torch.log_softmax(targets.mean(0), -1)

@@ -1,11 +1,16 @@
-"""Shared by the tests: a tiny checkpoint on disk, and running a script to check its errors."""
+"""Shared by the tests: hypothesis settings, tiny enumerable worlds and their optimal denoiser,
+tiny models and checkpoints on disk, and running a script to check its errors."""
 import dataclasses
+import itertools
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
+from hypothesis import settings
+from hypothesis import strategies as st
 
 import checkpoint
 from model import GPT, DiT, ModelConfig, config_for
@@ -13,6 +18,41 @@ from model import GPT, DiT, ModelConfig, config_for
 ROOT = Path(__file__).resolve().parents[1]
 V, L = 8, 16
 SYNTHETIC = {"kind": "synthetic", "vocab_size": V, "seq_len": L, "branching": 3, "seed": 0}
+seeds = st.integers(0, 2**31 - 1)
+
+
+def examples(n):
+    """Few, reproducible hypothesis examples: the suite shares two CPU cores."""
+    return settings(max_examples=n, deadline=None, derandomize=True)
+
+
+# ----------------------------------------------------------------------------- tiny worlds
+
+def all_sequences(V, L):
+    """Every sequence of V^L, in lexicographic order, as rows of an int array."""
+    return np.array(list(itertools.product(range(V), repeat=L)))
+
+
+def tiny_world(V, L, seed):
+    """Every sequence of V^L and a random distribution p over them (seeded Dirichlet)."""
+    xs = all_sequences(V, L)
+    return xs, np.random.default_rng(seed).dirichlet(np.ones(len(xs)))
+
+
+def optimal_denoiser(xs, p, z, V):
+    """x*(z)[i] = p(x_i | revealed positions of z), [L, V]; one-hot at revealed positions (MASK = V)."""
+    consistent = np.all((z == V) | (xs == z), axis=1)
+    weights = p * consistent
+    return np.stack([np.bincount(xs[:, i], weights=weights, minlength=V)
+                     for i in range(xs.shape[1])]) / weights.sum()
+
+
+def mask_patterns(L):
+    """Every subset of positions with at least one masked, as boolean rows."""
+    return [np.array(bits, dtype=bool) for bits in itertools.product([False, True], repeat=L) if any(bits)]
+
+
+# ----------------------------------------------------------------------------- tiny models
 
 
 def tiny_model(kind="mdlm"):

@@ -6,43 +6,13 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import diffusion
+from helpers import all_sequences, examples, mask_patterns, optimal_denoiser, seeds, tiny_world
 
-
-def examples(n):
-    """Few, reproducible hypothesis examples: the suite shares two CPU cores."""
-    return settings(max_examples=n, deadline=None, derandomize=True)
-
-
-seeds = st.integers(0, 2**31 - 1)
-
-
-# ----------------------------------------------------------------------------- a tiny world
-
-def all_sequences(V, L):
-    return np.array(list(itertools.product(range(V), repeat=L)))
-
-
-def tiny_world(V, L, seed):
-    """Every sequence of V^L and a random distribution p over them (seeded Dirichlet)."""
-    xs = all_sequences(V, L)
-    return xs, np.random.default_rng(seed).dirichlet(np.ones(len(xs)))
-
-
-def optimal_denoiser(xs, p, z, V):
-    """x*(z)[i] = p(x_i | revealed positions of z), [L, V]; one-hot at revealed positions."""
-    consistent = np.all((z == V) | (xs == z), axis=1)
-    weights = p * consistent
-    return np.stack([np.bincount(xs[:, i], weights=weights, minlength=V)
-                     for i in range(xs.shape[1])]) / weights.sum()
-
-
-def mask_patterns(L):
-    """Every subset of positions with at least one masked, as boolean rows."""
-    return [np.array(bits, dtype=bool) for bits in itertools.product([False, True], repeat=L) if any(bits)]
+SCHEDULES = [diffusion.LogLinear, diffusion.Cosine]
 
 
 def pattern_nll(denoiser, x, masked, V):
@@ -51,14 +21,14 @@ def pattern_nll(denoiser, x, masked, V):
     return -np.log(denoiser(z)[masked, x[masked]]).sum()
 
 
-def schedule_pattern_weight(k, L, eps):
-    """integral_0^1 w(t) (1-alpha_t)^k alpha_t^(L-k) dt from the code's schedule; the integrand
-    w(t) (1-alpha_t)^k alpha_t^(L-k) is a polynomial of degree L-1 (k >= 1), so 16-point
-    Gauss-Legendre is exact."""
-    nodes, weights = np.polynomial.legendre.leggauss(16)
+def schedule_pattern_weight(k, L, schedule):
+    """integral_0^1 w(t) (1-alpha_t)^k alpha_t^(L-k) dt from the code's schedule. For the
+    log-linear schedule the integrand is a polynomial of degree L-1 (k >= 1), so Gauss-Legendre
+    is exact; for the cosine schedule it is analytic on [0, 1] and 64 nodes converge to 1e-13."""
+    nodes, weights = np.polynomial.legendre.leggauss(64)
     t = torch.tensor((nodes + 1) / 2, dtype=torch.float64)
-    a = diffusion.alpha(t, eps)
-    integrand = diffusion.loss_weight(t, eps) * (1 - a) ** k * a ** (L - k)
+    a = schedule.alpha(t)
+    integrand = schedule.loss_weight(t) * (1 - a) ** k * a ** (L - k)
     return float((torch.tensor(weights / 2) * integrand).sum())
 
 
@@ -69,28 +39,33 @@ def exact_nelbo(denoiser, x, V, weight):
 worlds = st.tuples(st.integers(2, 3), st.integers(2, 3), seeds)
 
 
+@pytest.mark.parametrize("schedule", SCHEDULES)
 @examples(10)
 @given(L=st.integers(1, 6))
-def test_schedule_weight_of_a_pattern_with_k_masked_is_beta_k_l_minus_k_plus_1(L):
+def test_schedule_weight_of_a_pattern_with_k_masked_is_beta_k_l_minus_k_plus_1(schedule, L):
+    """Whatever the schedule: w(t) dt = -d alpha / (1 - alpha) turns the t-integral into
+    integral_0^1 (1-a)^(k-1) a^(L-k) da (at eps = 0), so the NELBO does not depend on it."""
     for k in range(1, L + 1):
         beta = math.factorial(k - 1) * math.factorial(L - k) / math.factorial(L)
-        assert schedule_pattern_weight(k, L, eps=0.0) == pytest.approx(beta, rel=1e-12)
+        assert schedule_pattern_weight(k, L, schedule(eps=0.0)) == pytest.approx(beta, rel=1e-10)
 
 
+@pytest.mark.parametrize("schedule", SCHEDULES)
 @examples(12)
 @given(world=worlds)
-def test_nelbo_of_optimal_denoiser_equals_exact_nll(world):
+def test_nelbo_of_optimal_denoiser_equals_exact_nll(schedule, world):
     V, L, seed = world
     xs, p = tiny_world(V, L, seed)
     denoiser = lambda z: optimal_denoiser(xs, p, z, V)
-    weight = lambda k: schedule_pattern_weight(k, L, eps=0.0)
+    weight = lambda k: schedule_pattern_weight(k, L, schedule(eps=0.0))
     for x, px in zip(xs, p):
         assert exact_nelbo(denoiser, x, V, weight) == pytest.approx(-math.log(px), rel=0, abs=1e-9)
 
 
+@pytest.mark.parametrize("schedule", SCHEDULES)
 @examples(12)
 @given(world=worlds, mix=st.floats(0.05, 1.0), random_denoiser=st.booleans())
-def test_nelbo_of_any_other_denoiser_exceeds_entropy_in_expectation(world, mix, random_denoiser):
+def test_nelbo_of_any_other_denoiser_exceeds_entropy_in_expectation(schedule, world, mix, random_denoiser):
     V, L, seed = world
     xs, p = tiny_world(V, L, seed)
     rng = np.random.default_rng(seed + 1)
@@ -100,7 +75,7 @@ def test_nelbo_of_any_other_denoiser_exceeds_entropy_in_expectation(world, mix, 
     else:  # mix with uniform at masked positions only: revealed ones are carried over anyway
         other = lambda z: np.where((z == V)[:, None], (1 - mix) * optimal_denoiser(xs, p, z, V) + mix / V,
                                    optimal_denoiser(xs, p, z, V))
-    weight = lambda k: schedule_pattern_weight(k, L, eps=0.0)
+    weight = lambda k: schedule_pattern_weight(k, L, schedule(eps=0.0))
     entropy = -(p * np.log(p)).sum()
     expected_nelbo = sum(px * exact_nelbo(other, x, V, weight) for x, px in zip(xs, p))
     assert expected_nelbo > entropy + 1e-9
@@ -122,20 +97,39 @@ def test_antithetic_times_lie_in_range_and_are_stratified(u0, n, sampling_eps):
     assert offset.max() - offset.min() < 1e-6
 
 
+@pytest.mark.parametrize("schedule", SCHEDULES)
 @examples(25)
 @given(t=st.floats(1e-4, 1.0), eps=st.sampled_from([0.0, 1e-3, 0.1]))
-def test_alpha_is_exp_of_minus_sigma(t, eps):
+def test_alpha_is_exp_of_minus_sigma(schedule, t, eps):
     t = torch.tensor(t, dtype=torch.float64)
-    assert torch.allclose(diffusion.alpha(t, eps), torch.exp(-diffusion.sigma(t, eps)), rtol=1e-12)
+    s = schedule(eps)
+    assert torch.allclose(s.alpha(t), torch.exp(-s.sigma(t)), rtol=1e-12)
 
 
+@pytest.mark.parametrize("schedule", SCHEDULES)
 @examples(25)
 @given(t=st.floats(1e-4, 1.0), eps=st.sampled_from([0.0, 1e-3, 0.1]))
-def test_loss_weight_is_minus_alpha_derivative_over_move_chance(t, eps):
+def test_loss_weight_is_minus_alpha_derivative_over_move_chance(schedule, t, eps):
+    s = schedule(eps)
     t = torch.tensor(t, dtype=torch.float64, requires_grad=True)
-    a = diffusion.alpha(t, eps)
+    a = s.alpha(t)
     (d_alpha,) = torch.autograd.grad(a, t)
-    assert torch.allclose(diffusion.loss_weight(t.detach(), eps), -d_alpha / (1 - a.detach()), rtol=1e-12)
+    assert torch.allclose(s.alpha_prime(t.detach()), d_alpha, rtol=1e-12)
+    assert torch.allclose(s.loss_weight(t.detach()), -d_alpha / (1 - a.detach()), rtol=1e-12)
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+@pytest.mark.parametrize("eps", [0.0, 1e-3, 0.1])
+def test_alpha_falls_from_one_at_t0_to_eps_at_t1(schedule, eps):
+    t = torch.linspace(0, 1, 101, dtype=torch.float64)
+    a = schedule(eps).alpha(t)
+    assert a[0] == 1 and a[-1] == pytest.approx(eps, abs=1e-15)
+    assert (a[1:] < a[:-1]).all()
+
+
+def test_log_linear_weight_is_one_over_t():
+    t = torch.tensor([1e-3, 0.25, 1.0], dtype=torch.float64)
+    assert torch.allclose(diffusion.LogLinear(eps=0.0).loss_weight(t), 1 / t, rtol=1e-12)
 
 
 # ----------------------------------------------------------------------------- forward process
@@ -214,15 +208,11 @@ def test_subs_log_probs_has_no_mass_on_mask_carries_over_unmasked_and_is_normali
 
 # ----------------------------------------------------------------------------- reverse posterior
 
-@examples(40)
-@given(V=st.integers(1, 3), alpha_t=st.floats(0.0, 0.999), gap=st.floats(1e-3, 1.0),
-       hard=st.booleans(), seed=seeds)
-def test_reverse_posterior_equals_bayes_rule_on_forward_marginals(V, alpha_t, gap, hard, seed):
-    alpha_s = alpha_t + gap * (1 - alpha_t)
-    rng = np.random.default_rng(seed)
-    x = np.eye(V)[rng.integers(V)] if hard else rng.dirichlet(np.ones(V))
+def bayes_posterior(x, alpha_s, alpha_t):
+    """q(z_s | z_t, x) by Bayes' rule from the forward marginal q(z_s | x) and the one-step kernel
+    q(z_t | z_s) (alpha_{t|s} = alpha_t / alpha_s): [z_t, z_s] rows, None where q(z_t | x) = 0."""
+    V = len(x)
     K = V + 1
-    # forward marginal q(z_s | x) and one-step kernel q(z_t | z_s), alpha_{t|s} = alpha_t / alpha_s
     q_s = np.append(alpha_s * x, 1 - alpha_s)
     kernel = np.zeros((K, K))
     for v in range(V):
@@ -231,12 +221,40 @@ def test_reverse_posterior_equals_bayes_rule_on_forward_marginals(V, alpha_t, ga
     joint = q_s[:, None] * kernel                         # [z_s, z_t]
     q_t = joint.sum(0)
     assert np.allclose(q_t, np.append(alpha_t * x, 1 - alpha_t))  # the chain gives q(z_t | x)
-    z_t = torch.arange(K)[None]                          # every z_t at once, one per position
-    x_probs = torch.tensor(x)[None, None].expand(1, K, V)
-    posterior = diffusion.reverse_posterior(z_t, x_probs, alpha_s, alpha_t, V)[0].numpy()
-    for zt in range(K):
-        if q_t[zt] > 0:
-            assert np.allclose(posterior[zt], joint[:, zt] / q_t[zt], rtol=1e-9, atol=1e-12)
+    return [joint[:, zt] / q_t[zt] if q_t[zt] > 0 else None for zt in range(K)]
+
+
+def assert_posterior_is_bayes(posterior, x, alpha_s, alpha_t):
+    for zt, expected in enumerate(bayes_posterior(x, alpha_s, alpha_t)):
+        if expected is not None:
+            assert np.allclose(posterior[zt], expected, rtol=1e-9, atol=1e-12)
+
+
+@examples(40)
+@given(V=st.integers(1, 3), alpha_t=st.floats(0.0, 0.999), gap=st.floats(1e-3, 1.0),
+       hard=st.booleans(), seed=seeds)
+def test_reverse_posterior_equals_bayes_rule_on_forward_marginals(V, alpha_t, gap, hard, seed):
+    alpha_s = alpha_t + gap * (1 - alpha_t)
+    rng = np.random.default_rng(seed)
+    x = np.eye(V)[rng.integers(V)] if hard else rng.dirichlet(np.ones(V))
+    z_t = torch.arange(V + 1)[None]                      # every z_t at once, one per position
+    x_probs = torch.tensor(x)[None, None].expand(1, V + 1, V)
+    assert_posterior_is_bayes(diffusion.reverse_posterior(z_t, x_probs, alpha_s, alpha_t, V)[0].numpy(),
+                              x, alpha_s, alpha_t)
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+@examples(20)
+@given(V=st.integers(1, 3), t=st.floats(1e-3, 1.0), gap=st.floats(1e-3, 1.0), hard=st.booleans(), seed=seeds)
+def test_process_posterior_at_times_s_t_is_bayes_rule_under_its_schedule(schedule, V, t, gap, hard, seed):
+    process = diffusion.MaskingProcess(V, schedule(eps=1e-3))
+    s = t * (1 - gap)
+    rng = np.random.default_rng(seed)
+    x = np.eye(V)[rng.integers(V)] if hard else rng.dirichlet(np.ones(V))
+    z_t = torch.arange(V + 1)[None]
+    x_probs = torch.tensor(x)[None, None].expand(1, V + 1, V)
+    alpha = lambda time: float(process.alpha(torch.tensor(time, dtype=torch.float64)))
+    assert_posterior_is_bayes(process.posterior(z_t, x_probs, s, t)[0].numpy(), x, alpha(s), alpha(t))
 
 
 # ----------------------------------------------------------------------------- sampler
@@ -272,7 +290,8 @@ def run_adversarial_sampler(run):
     P = min(run["prompt_len"], L)
     z[:, :P] = torch.randint(0, V, (N, P), generator=g)
     net = AdversarialDenoiser(V, run["seed"], run["scale"], run["mask_logit"])
-    out, passes = diffusion.sample(net, z.clone(), run["steps"], V, t_min=run["t_min"], final=run["final"],
+    out, passes = diffusion.sample(net, diffusion.MaskingProcess(V), z.clone(), run["steps"], t_min=run["t_min"],
+                                   final=run["final"],
                                    cache=False, generator=g)
     assert passes == len(net.calls)
     assert torch.equal(net.calls[0], z)
@@ -321,14 +340,13 @@ def test_reverse_step_never_remasks_or_adds_masks_for_any_log_x(seed, V, scale, 
     """Even for log_x that is not SUBS-shaped (raw log-softmax over V+1, mass on MASK)."""
     g = torch.Generator().manual_seed(seed)
     N, L, steps = 2, 6, 6
-    net = AdversarialDenoiser(V, seed, scale, mask_logit)
+    net, process = AdversarialDenoiser(V, seed, scale, mask_logit), diffusion.MaskingProcess(V)
     z = torch.full((N, L), V)
     times = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
     for i in range(steps):
         logits = net(z, None)
         log_x = logits.log_softmax(-1) if raw else diffusion.subs_log_probs(logits, z, V)
-        z_new = diffusion.reverse_step(log_x, z, diffusion.alpha(times[i + 1]), diffusion.alpha(times[i]),
-                                       V, generator=g)
+        z_new = process.reverse_step(log_x, z, times[i + 1], times[i], generator=g)
         revealed = z != V
         assert torch.equal(z_new[revealed], z[revealed])
         assert ((z_new >= 0) & (z_new <= V)).all()
@@ -364,14 +382,14 @@ cache_runs = st.fixed_dictionaries(dict(
 
 
 def sample_recorded(run, cache, time_conditioned=False):
+    process = diffusion.MaskingProcess(run["V"], time_conditioned=time_conditioned)
     V, L, N = run["V"], run["L"], run["N"]
     z = torch.full((N, L), V)
     P = min(run["prompt_len"], L)
     z[:, :P] = torch.arange(P) % V
     net = Recorder(TinyDeterministicNet(V, L, run["seed"]))
     g = torch.Generator().manual_seed(run["seed"])
-    out, passes = diffusion.sample(net, z, run["steps"], V, t_min=run["t_min"], cache=cache,
-                                   time_conditioned=time_conditioned, generator=g)
+    out, passes = diffusion.sample(net, process, z, run["steps"], t_min=run["t_min"], cache=cache, generator=g)
     return out, passes, net.calls
 
 
@@ -417,7 +435,7 @@ def test_time_conditioned_sampler_never_reuses_predictions(run):
     assert passes == uncached_passes >= run["steps"]
 
 
-def exact_sampler_distribution(xs, p, V, steps, t_min):
+def exact_sampler_distribution(xs, p, V, steps, t_min, schedule):
     """Output distribution of `steps` ancestral steps plus the argmax fill, by propagating a
     distribution over all (V+1)^L states with the optimal denoiser of the tiny world."""
     L = xs.shape[1]
@@ -428,7 +446,7 @@ def exact_sampler_distribution(xs, p, V, steps, t_min):
     dist = np.zeros(len(states))
     dist[index[(V,) * L]] = 1.0
     for t, s in zip(times[:-1], times[1:]):
-        alpha_t, alpha_s = 1 - (1 - diffusion.SCHEDULE_EPS) * t, 1 - (1 - diffusion.SCHEDULE_EPS) * s
+        alpha_t, alpha_s = (float(schedule.alpha(torch.tensor(time, dtype=torch.float64))) for time in (t, s))
         unmask, stay_masked = (alpha_s - alpha_t) / (1 - alpha_t), (1 - alpha_s) / (1 - alpha_t)
         new = np.zeros_like(dist)
         for j, z in enumerate(states):
@@ -446,24 +464,26 @@ def exact_sampler_distribution(xs, p, V, steps, t_min):
     return out
 
 
-@examples(8)
+@pytest.mark.parametrize("schedule", SCHEDULES)
+@examples(6)
 @given(world=worlds, steps=st.integers(1, 5), t_min=st.sampled_from([diffusion.T_MIN, 0.4]))
-def test_sampler_draws_from_the_exact_ancestral_chain(world, steps, t_min):
+def test_sampler_draws_from_the_exact_ancestral_chain(schedule, world, steps, t_min):
     V, L, seed = world
     xs, p = tiny_world(V, L, seed)
     N = 20_000
-    out, _ = diffusion.sample(OptimalDenoiserNet(xs, p, V), torch.full((N, L), V), steps, V, t_min=t_min,
+    process = diffusion.MaskingProcess(V, schedule())
+    out, _ = diffusion.sample(OptimalDenoiserNet(xs, p, V), process, torch.full((N, L), V), steps, t_min=t_min,
                               generator=torch.Generator().manual_seed(seed))
     powers = V ** np.arange(L - 1, -1, -1)
     counts = np.bincount(out.numpy() @ powers, minlength=len(xs))   # xs enumerates in this order
-    expected = exact_sampler_distribution(xs, p, V, steps, t_min)
+    expected = exact_sampler_distribution(xs, p, V, steps, t_min, process.schedule)
     # each sequence's count ~ Binomial(N, q): 6 standard deviations (+1e-6 for q = 0)
     assert (np.abs(counts - N * expected) <= 6 * np.sqrt(N * expected * (1 - expected)) + 1e-6).all()
 
 
 def test_sample_rejects_fewer_than_one_step():
     with pytest.raises(ValueError):
-        diffusion.sample(TinyDeterministicNet(2, 2, 0), torch.full((1, 2), 2), 0, 2)
+        diffusion.sample(TinyDeterministicNet(2, 2, 0), diffusion.MaskingProcess(2), torch.full((1, 2), 2), 0)
 
 
 # ----------------------------------------------------------------------------- categorical draws
@@ -562,7 +582,7 @@ def test_nelbo_loss_estimator_is_unbiased_for_its_exact_expectation(world):
     draws = []
     for _ in range(1000):
         times = diffusion.antithetic_times(torch.rand((), generator=g, dtype=torch.float64), len(x), a)
-        draws.append(diffusion.nelbo_loss(net, x, times, torch.rand(x.shape, generator=g), V).item())
+        draws.append(diffusion.MaskingProcess(V).loss(net, x, times, torch.rand(x.shape, generator=g)).item())
     draws = np.array(draws)
     standard_error = draws.std(ddof=1) / math.sqrt(len(draws))
     assert abs(draws.mean() - expectation) <= 5 * standard_error

@@ -1,6 +1,5 @@
 """Tests of evaluate.py: exact GenPPL, entropy and self-BLEU invariants, the one-pass LAMBADA
-protocol, and one-line errors of the sweep CLI."""
-import csv
+protocol."""
 import math
 
 import pytest
@@ -9,14 +8,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import evaluate
-from cli import UserError
 from data import MarkovSource
-from helpers import L, SYNTHETIC, V, assert_one_error_line, run_script, save_tiny_checkpoint, tiny_model
+from diffusion import MaskingProcess
+from helpers import L, SYNTHETIC, V, save_tiny_checkpoint, tiny_model
 token_rows = st.lists(st.integers(0, 50), min_size=1, max_size=40)
-
-
-def assert_one_error_line_of(*args):
-    return assert_one_error_line(run_script(*args))
 
 
 # ----------------------------------------------------------------------------- GenPPL
@@ -42,7 +37,8 @@ def test_ar_judge_scores_tokens_after_bos_and_batching_does_not_matter():
 def test_quality_rows_sample_with_the_same_seed_and_count_forward_passes():
     model = tiny_model()
     judge = evaluate.ExactJudge(MarkovSource(V, L, 3, 0))
-    entries = [("a", model, "mdlm", 4), ("b", model, "mdlm", 4), ("c", model, "mdlm", 64)]
+    process = MaskingProcess(V)
+    entries = [("a", model, process, 4), ("b", model, process, 4), ("c", model, process, 64)]
     rows = evaluate.quality_rows(entries, judge, num_samples=3, batch_size=1, seq_len=L, seed=0, device="cpu")
     assert set(rows[0]) == {"label", "steps", "genppl", "entropy", "nfe", "seconds"}
     assert rows[0]["genppl"] == rows[1]["genppl"] and rows[0]["entropy"] == rows[1]["entropy"]
@@ -51,16 +47,16 @@ def test_quality_rows_sample_with_the_same_seed_and_count_forward_passes():
 
 
 def test_ar_generation_is_one_forward_pass_per_token_after_bos():
-    tokens, nfe = evaluate.generate(tiny_model("ar"), "ar", 3, L - 1, steps=1, bos_id=0, batch_size=2,
+    tokens, nfe = evaluate.generate(tiny_model("ar"), None, 3, L - 1, steps=1, bos_id=0, batch_size=2,
                                     generator=torch.Generator().manual_seed(0))
     assert tokens.shape == (3, L - 1) and nfe == L - 1
 
 
 def test_load_judge_refuses_mismatched_vocabularies(tmp_path):
     judge_path = save_tiny_checkpoint(tmp_path / "ar.pt", "ar", {**SYNTHETIC, "vocab_size": V + 1})
-    with pytest.raises(UserError, match="different tokenizer/vocabulary"):
+    with pytest.raises(ValueError, match="different tokenizer/vocabulary"):
         evaluate.load_judge(str(judge_path), SYNTHETIC, "cpu")
-    with pytest.raises(UserError, match="synthetic"):
+    with pytest.raises(ValueError, match="synthetic"):
         evaluate.load_judge("exact", {"kind": "gpt2", "gpt2_ids": None}, "cpu")
 
 
@@ -122,7 +118,7 @@ class CharTokenizer:
 def test_lambada_decodes_each_last_word_in_one_forward_pass():
     examples = ["the cat sat on the mat", "a b ccc", "one two three four", "x" * 40 + " yz"]
     model = CountingModel(tiny_model())
-    result = evaluate.lambada(model, examples, CharTokenizer(), V, "cpu", nelbo_samples=4)
+    result = evaluate.lambada(model, MaskingProcess(V), examples, CharTokenizer(), "cpu", nelbo_samples=4)
     decoding = [z for z in model.calls if z.shape[0] == 1]
     assert result["n"] == result["forward_passes"] == len(examples) == len(decoding)
     assert len(model.calls) == 2 * len(examples)  # plus one batched NELBO estimate per example
@@ -130,42 +126,3 @@ def test_lambada_decodes_each_last_word_in_one_forward_pass():
         word = len(text.rsplit(maxsplit=1)[1]) + 1  # the space belongs to the word, as in GPT-2
         assert (z[0, -word:] == V).all() and (z[0, :-word] != V).all() and z.shape[1] <= L
     assert 0 <= result["accuracy"] <= 1 and 1 < result["ppl_bound"] < math.inf
-
-
-# ----------------------------------------------------------------------------- command line
-
-def test_cli_without_checkpoint_is_one_error_line(tmp_path):
-    assert "does not exist" in assert_one_error_line_of("sweep.py", "--ckpts", str(tmp_path / "missing.pt"))
-
-
-def test_cli_steps_below_one_is_one_error_line(tmp_path):
-    ckpt = save_tiny_checkpoint(tmp_path / "mdlm.pt")
-    assert "at least 1" in assert_one_error_line_of("sweep.py", "--ckpts", str(ckpt), "--steps", "0")
-
-
-def test_cli_judge_with_another_vocabulary_is_one_error_line(tmp_path):
-    ckpt = save_tiny_checkpoint(tmp_path / "mdlm.pt")
-    judge = save_tiny_checkpoint(tmp_path / "ar.pt", "ar", {**SYNTHETIC, "vocab_size": V + 1})
-    line = assert_one_error_line_of("sweep.py", "--ckpts", str(ckpt), "--judge", str(judge))
-    assert "different tokenizer/vocabulary" in line
-
-
-def test_sweep_rounds_samples_each_sdtt_student_only_with_its_own_steps(tmp_path):
-    """--rounds DIR: one line, round j's student at the steps it was distilled for (the SDTT
-    paper's Figure 4), whatever --steps says; --steps applies to --ckpts only."""
-    run = tmp_path / "sdtt"
-    run.mkdir()
-    for j, steps in enumerate((8, 4, 2)):
-        save_tiny_checkpoint(run / f"round{j}.pt", "sdtt", sampling_steps=steps)
-    teacher = save_tiny_checkpoint(tmp_path / "mdlm.pt")
-    result = run_script("sweep.py", "--ckpts", str(teacher), "--rounds", str(run), "--steps", "16", "3",
-                        "--num-samples", "4", "--out-dir", str(tmp_path / "out"))
-    assert result.returncode == 0, result.stderr
-    with open(tmp_path / "out" / "sweep.csv") as f:
-        rows = [(row["label"], int(row["steps"])) for row in csv.DictReader(f)]
-    series = str(run / "round*.pt")
-    assert rows == [(str(teacher), 16), (str(teacher), 3), (series, 2), (series, 4), (series, 8)]
-
-
-def test_sweep_rounds_of_a_folder_without_rounds_is_one_error_line(tmp_path):
-    assert "no SDTT round" in assert_one_error_line_of("sweep.py", "--rounds", str(tmp_path))

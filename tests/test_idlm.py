@@ -8,24 +8,17 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import diffusion
 import helpers
 import idlm
+from helpers import all_sequences, examples, mask_patterns, seeds
 
 V, L = 6, 8
 MASK = V
-
-
-def examples(n):
-    """Few, reproducible hypothesis examples: the suite shares two CPU cores."""
-    return settings(max_examples=n, deadline=None, derandomize=True)
-
-
-seeds = st.integers(0, 2**31 - 1)
-
+PROCESS = diffusion.MaskingProcess(V)
 
 
 # ----------------------------------------------------------------------------- Theorem 3.1, exactly
@@ -35,15 +28,6 @@ seeds = st.integers(0, 2**31 - 1)
 #     L(f, x) = sum over patterns of B(k, L-k+1) * sum over masked i of -log f(z)[i][x_i],
 # z being x with the pattern's positions replaced by MASK (id V).
 
-def all_sequences(vocab, length):
-    return np.array(list(itertools.product(range(vocab), repeat=length)))
-
-
-def mask_patterns(length):
-    """Every set of positions with at least one masked, as boolean rows."""
-    return [np.array(bits) for bits in itertools.product([False, True], repeat=length) if any(bits)]
-
-
 def pattern_weight(k, length):
     """B(k, L-k+1) = (k-1)! (L-k)! / L!."""
     return math.factorial(k - 1) * math.factorial(length - k) / math.factorial(length)
@@ -51,11 +35,7 @@ def pattern_weight(k, length):
 
 def optimal_denoiser(xs, p, vocab):
     """f_p(z)[i][v] = p(x_i = v | the revealed positions of z): [L, V] per z."""
-    def f(z):
-        consistent = p * np.all((z == vocab) | (xs == z), axis=1)
-        return np.stack([np.bincount(xs[:, i], weights=consistent, minlength=vocab)
-                         for i in range(xs.shape[1])]) / consistent.sum()
-    return f
+    return lambda z: helpers.optimal_denoiser(xs, p, z, vocab)
 
 
 def mdlm_loss(f, x, vocab):
@@ -124,7 +104,7 @@ def test_student_objective_gradient_is_w_times_log_fake_minus_log_teacher_on_mas
     log_teacher, log_fake = (diffusion.subs_log_probs(2 * torch.randn(n, L, V + 1, generator=g), z_t, MASK)[..., :V]
                              for _ in range(2))
     x0_soft = torch.randn(n, L, V, generator=g).softmax(-1).requires_grad_()
-    loss = idlm.student_objective(x0_soft, log_teacher, log_fake, z_t, t, MASK)
+    loss = idlm.student_objective(x0_soft, log_teacher, log_fake, z_t, t, PROCESS)
     (grad,) = torch.autograd.grad(loss, x0_soft)
     masked = (z_t == MASK).unsqueeze(-1)
     w = 1 / t  # the log-linear schedule's weight
@@ -151,7 +131,7 @@ def test_student_loss_is_zero_when_student_fake_and_teacher_are_one_network(seed
     teacher = random_dit(seed % 1000)
     student, fake = copy.deepcopy(teacher), copy.deepcopy(teacher)
     torch.manual_seed(seed)
-    loss, logs = idlm.student_loss(student, teacher, fake, *batch(seed), MASK)
+    loss, logs = idlm.student_loss(student, teacher, fake, *batch(seed), PROCESS)
     assert loss.item() == 0.0
     assert logs["teacher_loss"] == logs["fake_loss_on_student"] > 0
 
@@ -169,11 +149,11 @@ def test_alternating_steps_train_only_their_own_network_and_never_the_teacher():
         torch.manual_seed(step)
         fake_optimizer.zero_grad(set_to_none=True)
         student_optimizer.zero_grad(set_to_none=True)
-        idlm.fake_loss(fake, student, *batch(step), MASK).backward()
+        idlm.fake_loss(fake, student, *batch(step), PROCESS).backward()
         assert all(p.grad is None for p in student.parameters())
         fake_optimizer.step()
         fake_optimizer.zero_grad(set_to_none=True)
-        idlm.student_loss(student, teacher, fake, *batch(100 + step), MASK)[0].backward()
+        idlm.student_loss(student, teacher, fake, *batch(100 + step), PROCESS)[0].backward()
         assert all(p.grad is None for p in fake.parameters())
         student_optimizer.step()
     assert all(p.grad is None for p in teacher.parameters())
@@ -192,7 +172,7 @@ def test_fake_steps_on_the_student_samples_lower_the_fake_loss():
 
     def loss():
         torch.manual_seed(0)
-        return idlm.fake_loss(fake, student, x, t, u, MASK)
+        return idlm.fake_loss(fake, student, x, t, u, PROCESS)
 
     before = loss().item()
     optimizer = torch.optim.AdamW(fake.parameters(), lr=3e-3)
@@ -210,9 +190,9 @@ def test_fake_steps_on_the_student_samples_lower_the_fake_loss():
 def test_soft_mdlm_loss_of_a_one_hot_target_equals_the_hard_mdlm_loss(seed):
     model = random_dit(seed % 1000)
     x, t, u = batch(seed)
-    z_t = diffusion.forward_mask(x, diffusion.alpha(t), u, MASK)
-    log_x = diffusion.denoise(model, z_t, t, MASK)
-    hard = (diffusion.loss_weight(t)[:, None] * diffusion.masked_nll(log_x, x, z_t, MASK)).sum() / x.numel()
-    soft = idlm.soft_mdlm_loss(log_x[..., :V], F.one_hot(x, V).float(), z_t, t, MASK)
+    z_t = PROCESS.forward_sample(x, t, u)
+    log_x = PROCESS.denoise(model, z_t, t)
+    hard = (PROCESS.loss_weight(t)[:, None] * diffusion.masked_nll(log_x, x, z_t, MASK)).sum() / x.numel()
+    soft = PROCESS.soft_loss(log_x[..., :V], F.one_hot(x, V).float(), z_t, t)
     assert torch.allclose(soft, hard, rtol=1e-6)
-    assert torch.allclose(soft, diffusion.nelbo_loss(model, x, t, u, MASK), rtol=1e-6)
+    assert torch.allclose(soft, PROCESS.loss(model, x, t, u), rtol=1e-6)

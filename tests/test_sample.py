@@ -3,6 +3,7 @@ import json
 
 import torch
 
+from diffusion import MaskingProcess
 from evaluate import generate
 from helpers import L, V, assert_one_error_line, run_script, save_tiny_checkpoint, tiny_model
 
@@ -18,7 +19,7 @@ def run_sample(*args):
 def test_same_seed_same_samples_and_prompt_positions_never_change():
     model, prompt = tiny_dit(), [1, 2, 3]
     def draw(seed):
-        return generate(model, "mdlm", 5, L, 8, prompt=prompt, batch_size=2,
+        return generate(model, MaskingProcess(V), 5, L, 8, prompt=prompt, batch_size=2,
                         generator=torch.Generator().manual_seed(seed))[0]
     first = draw(0)
     assert torch.equal(first, draw(0)) and not torch.equal(first, draw(1))

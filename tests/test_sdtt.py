@@ -1,37 +1,23 @@
 """Invariants of SDTT (SPEC section 3): Algorithm 1's targets, the divergences of appendix B,
-the two teacher samplers, the step schedule, one round of Algorithm 2, and (through train.py)
-rounds that chain, each teacher being the previous round's student."""
+the two teacher samplers, the step schedule, and one round of Algorithm 2. Rounds that chain
+are tested through train.py in test_distill.py."""
 import copy
-import dataclasses
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn as nn
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
-import checkpoint
 import data
 import diffusion
 import helpers
 import sdtt
+from helpers import examples, seeds
 
-ROOT = Path(__file__).resolve().parents[1]
 V, L = 6, 8
 MASK = V
-
-
-def examples(n):
-    """Few, reproducible hypothesis examples: the suite shares two CPU cores."""
-    return settings(max_examples=n, deadline=None, derandomize=True)
-
-
-seeds = st.integers(0, 2**31 - 1)
-
+PROCESS = diffusion.MaskingProcess(V)
 
 
 def random_dit(seed, vocab_size=V, seq_len=L):
@@ -93,12 +79,12 @@ class TableDenoiser(nn.Module):
 def test_one_step_targets_are_the_teachers_log_probs_so_a_copy_of_the_teacher_has_zero_loss(divergence, seed):
     teacher = random_dit(seed % 1000)
     x, t, u = noised_batch(seed)
-    x_t = diffusion.forward_mask(x, diffusion.alpha(t), u, MASK)
+    x_t = PROCESS.forward_sample(x, t, u)
     masked = x_t == MASK
     assert masked.any()
-    target = sdtt.teacher_targets(teacher, x_t, t, 1, 0.1, MASK)
-    assert torch.equal(target[masked], diffusion.denoise(teacher, x_t, t, MASK)[masked])
-    loss = sdtt.distillation_loss(copy.deepcopy(teacher), teacher, x, t, u, MASK, 1, 0.1, divergence)
+    target = sdtt.teacher_targets(teacher, x_t, t, 1, 0.1, PROCESS)
+    assert torch.equal(target[masked], PROCESS.denoise(teacher, x_t, t)[masked])
+    loss = sdtt.distillation_loss(copy.deepcopy(teacher), teacher, x, t, u, PROCESS, 1, 0.1, divergence)
     assert loss.item() == 0.0
 
 
@@ -109,16 +95,16 @@ def test_two_step_targets_hold_the_log_probs_of_the_step_that_unmasked_each_posi
     log-probs; one still MASK after the last step carries the last step's."""
     x, t, u = noised_batch(seed, n=16, t_low=0.6)
     delta = 0.2
-    x_t = diffusion.forward_mask(x, diffusion.alpha(t), u, MASK)
+    x_t = PROCESS.forward_sample(x, t, u)
     teacher = RecordingTeacher(seed)
-    target = sdtt.teacher_targets(teacher, x_t, t, 2, delta, MASK, sampler=sampler,
+    target = sdtt.teacher_targets(teacher, x_t, t, 2, delta, PROCESS, sampler=sampler,
                                   generator=torch.Generator().manual_seed(seed))
 
     step, g = sdtt.TEACHER_SAMPLERS[sampler], torch.Generator().manual_seed(seed)
     log_x0 = diffusion.subs_log_probs(teacher.outputs[0], x_t, MASK)
-    z1 = step(log_x0, x_t, t - delta, t, MASK, g)
+    z1 = step(log_x0, x_t, t - delta, t, PROCESS, g)
     log_x1 = diffusion.subs_log_probs(teacher.outputs[1], z1, MASK)
-    z2 = step(log_x1, z1, t - delta - delta, t - delta, MASK, g)
+    z2 = step(log_x1, z1, t - delta - delta, t - delta, PROCESS, g)
     assert len(teacher.inputs) == 2
     assert torch.equal(teacher.inputs[0], x_t) and torch.equal(teacher.inputs[1], z1)
 
@@ -135,9 +121,9 @@ def test_two_step_targets_hold_the_log_probs_of_the_step_that_unmasked_each_posi
 def test_targets_at_masked_positions_are_log_distributions_with_no_mass_on_mask(seed, n_steps, sampler):
     teacher = random_dit(seed % 1000)
     x, t, u = noised_batch(seed)
-    x_t = diffusion.forward_mask(x, diffusion.alpha(t), u, MASK)
+    x_t = PROCESS.forward_sample(x, t, u)
     torch.manual_seed(seed)
-    target = sdtt.teacher_targets(teacher, x_t, t, n_steps, 0.15, MASK, sampler=sampler)[x_t == MASK]
+    target = sdtt.teacher_targets(teacher, x_t, t, n_steps, 0.15, PROCESS, sampler=sampler)[x_t == MASK]
     assert target.shape[0] > 0
     assert torch.allclose(target[:, :V].logsumexp(-1), torch.zeros(target.shape[0]), atol=1e-5)
     assert (target[:, MASK] == -torch.inf).all()
@@ -151,12 +137,12 @@ def test_positions_unmasked_in_x_t_contribute_no_loss(divergence, seed):
     not MASK leaves the loss unchanged (the teacher's draws are re-seeded each time)."""
     x, t, u = noised_batch(seed)
     student, teacher = TableDenoiser(seed, len(x)), TableDenoiser(seed + 1, len(x))
-    revealed = diffusion.forward_mask(x, diffusion.alpha(t), u, MASK) != MASK
+    revealed = PROCESS.forward_sample(x, t, u) != MASK
     assert revealed.any()
 
     def loss(student, x):
         torch.manual_seed(seed)
-        return sdtt.distillation_loss(student, teacher, x, t, u, MASK, 2, 0.1, divergence).item()
+        return sdtt.distillation_loss(student, teacher, x, t, u, PROCESS, 2, 0.1, divergence).item()
 
     other_student = copy.deepcopy(student)
     with torch.no_grad():
@@ -173,14 +159,14 @@ def test_loss_is_the_mean_over_masked_positions_of_each_positions_loss(divergenc
     x, _, u = noised_batch(0)
     t = torch.full((len(x),), 0.5)
     student, teacher = TableDenoiser(1, len(x)), TableDenoiser(2, len(x))
-    masked = u < 1 - diffusion.alpha(t)[:, None]
+    masked = u < 1 - PROCESS.alpha(t)[:, None]
     assert 1 < masked.sum() < masked.numel()
     singles = []
     for n, i in masked.nonzero().tolist():
         only = torch.ones_like(u)
         only[n, i] = 0.0
-        singles.append(sdtt.distillation_loss(student, teacher, x, t, only, MASK, 1, 0.1, divergence))
-    loss = sdtt.distillation_loss(student, teacher, x, t, u, MASK, 1, 0.1, divergence)
+        singles.append(sdtt.distillation_loss(student, teacher, x, t, only, PROCESS, 1, 0.1, divergence))
+    loss = sdtt.distillation_loss(student, teacher, x, t, u, PROCESS, 1, 0.1, divergence)
     assert torch.allclose(loss, torch.stack(singles).mean(), rtol=1e-5)
 
 
@@ -239,8 +225,8 @@ def test_analytic_and_ancestral_teacher_steps_make_the_same_draws_for_the_same_s
     log_x = diffusion.subs_log_probs(2 * torch.randn(n, L, V + 1, generator=g), z_t, MASK)
     t_t = 0.01 + 0.99 * torch.rand(n, generator=g)
     t_s = torch.zeros(n) if last_step else t_t * torch.rand(n, generator=g)
-    ancestral = sdtt.ancestral_step(log_x, z_t, t_s, t_t, MASK, torch.Generator().manual_seed(seed))
-    analytic = sdtt.analytic_step(log_x, z_t, t_s, t_t, MASK, torch.Generator().manual_seed(seed))
+    ancestral = sdtt.ancestral_step(log_x, z_t, t_s, t_t, PROCESS, torch.Generator().manual_seed(seed))
+    analytic = sdtt.analytic_step(log_x, z_t, t_s, t_t, PROCESS, torch.Generator().manual_seed(seed))
     assert torch.equal(ancestral, analytic)
 
 
@@ -273,7 +259,7 @@ def test_teacher_gets_no_gradient_and_keeps_its_weights_during_a_round():
     for step in range(3):
         x, t, u = noised_batch(step)
         optimizer.zero_grad()
-        sdtt.distillation_loss(student, teacher, x, t, u, MASK, 2, 0.1).backward()
+        sdtt.distillation_loss(student, teacher, x, t, u, PROCESS, 2, 0.1).backward()
         optimizer.step()
     assert all(p.grad is None for p in teacher.parameters())
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
@@ -284,6 +270,7 @@ def test_a_short_round_lowers_the_distillation_loss():
     """A perturbed copy of a (random) micro teacher, 30 AdamW steps on Markov-chain data: the
     loss on a fixed batch, with the teacher's draws fixed by a seed, goes down."""
     source = data.MarkovSource(vocab_size=8, seq_len=8)
+    process = diffusion.MaskingProcess(8)
     teacher = random_dit(0, vocab_size=8, seq_len=8)
     student = perturbed_copy(teacher, 1)
     g = torch.Generator().manual_seed(0)
@@ -297,61 +284,13 @@ def test_a_short_round_lowers_the_distillation_loss():
     @torch.no_grad()
     def fixed_loss():
         torch.manual_seed(0)
-        return sdtt.distillation_loss(student, teacher, *fixed, 8, 2, 0.05).item()
+        return sdtt.distillation_loss(student, teacher, *fixed, process, 2, 0.05).item()
 
     before = fixed_loss()
     assert before > 0
     optimizer = torch.optim.AdamW(student.parameters(), lr=3e-3)
     for _ in range(30):
         optimizer.zero_grad()
-        sdtt.distillation_loss(student, teacher, *batch(32), 8, 2, 0.05).backward()
+        sdtt.distillation_loss(student, teacher, *batch(32), process, 2, 0.05).backward()
         optimizer.step()
     assert fixed_loss() < 0.8 * before
-
-
-# ----------------------------------------------------------------------------- rounds (train.py)
-
-# train.py run as a script, with sdtt.distillation_loss wrapped to save the weights of the
-# teacher it is given at the first call of each round (a round is known by its step size).
-RECORDING_RUN = """
-import inspect, runpy, sys, torch, sdtt
-original, teachers, record = sdtt.distillation_loss, {}, sys.argv[1]
-def recording(*args, **kwargs):
-    bound = inspect.signature(original).bind(*args, **kwargs)
-    delta = bound.arguments["delta"]
-    if delta not in teachers:
-        teachers[delta] = {k: v.clone() for k, v in bound.arguments["teacher"].state_dict().items()}
-        torch.save(teachers, record)
-    return original(*args, **kwargs)
-sdtt.distillation_loss = recording
-sys.argv = ["train.py"] + sys.argv[2:]
-runpy.run_path("train.py", run_name="__main__")
-"""
-
-
-def test_two_rounds_of_train_py_halve_the_steps_and_round_1_is_taught_by_round_0s_student(tmp_path):
-    seq_len = 16
-    synthetic = data.load_data("synthetic", seq_len=seq_len)
-    teacher = random_dit(0, vocab_size=synthetic.vocab_size, seq_len=seq_len)
-    state = teacher.state_dict()
-    checkpoint.save({"kind": "mdlm", "model_config": dataclasses.asdict(teacher.config), "model": state,
-                     "ema": state, "data_meta": synthetic.meta(), "finished": True}, tmp_path / "teacher.pt")
-    out, recorded = tmp_path / "sdtt", tmp_path / "teachers.pt"
-    result = subprocess.run(
-        [sys.executable, "-c", RECORDING_RUN, str(recorded), "--distill", "sdtt", "--data", "synthetic",
-         "--size", "micro", "--seq-len", str(seq_len), "--batch-size", "4", "--iters", "3", "--rounds", "2",
-         "--eval-every", "0", "--eval-batches", "1", "--ckpt-every", "1", "--teacher", str(tmp_path / "teacher.pt"),
-         "--judge", "exact", "--eval-samples", "4", "--out-dir", str(out)],
-        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-
-    rounds = [checkpoint.read(out / f"round{j}.pt") for j in range(2)]
-    assert [r["kind"] for r in rounds] == ["sdtt", "sdtt"]
-    assert [r["sampling_steps"] for r in rounds] == [seq_len // 2, seq_len // 4]
-
-    teachers = torch.load(recorded, weights_only=True)
-    assert sorted(teachers) == pytest.approx([1 / seq_len, 2 / seq_len], rel=1e-4)  # 16 -> 8 -> 4 steps
-    round0_teacher, round1_teacher = (teachers[d] for d in sorted(teachers))
-    assert all(torch.equal(round0_teacher[k], v) for k, v in state.items())
-    assert all(torch.equal(round1_teacher[k], v) for k, v in rounds[0]["model"].items())
-    assert any(not torch.equal(state[k], v) for k, v in rounds[0]["model"].items())  # round 0 did learn

@@ -12,7 +12,6 @@ import pytest
 import torch
 
 import checkpoint
-from cli import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--data", "synthetic", "--size", "micro", "--seq-len", "16", "--batch-size", "8", "--eval-every", "0"]
@@ -97,7 +96,7 @@ def test_checkpoints_load_with_weights_only_and_truncation_is_a_clear_error(tmp_
     model, _ = checkpoint.load_model(path)
     assert model.config.seq_len == 16
     path.write_bytes(path.read_bytes()[:1000])
-    with pytest.raises(UserError, match="truncated or corrupt"):
+    with pytest.raises(ValueError, match="truncated or corrupt"):
         checkpoint.read(path)
     result = train(*TINY, "--iters", "4", "--out-dir", str(tmp_path), "--resume", check=False)
     lines = result.stderr.strip().splitlines()

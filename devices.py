@@ -1,0 +1,47 @@
+"""Where the work runs: choosing the device, its precision, synchronising it for timings, and
+reading its peak memory. Every entry point asks here, so the choice is made once."""
+import contextlib
+import re
+from pathlib import Path
+
+import torch
+
+DEVICES = ["auto", "cpu", "cuda"]
+
+
+def pick(name="auto"):
+    """--device: "auto" takes the GPU when there is one. Asking for CUDA without one is a ValueError."""
+    if name not in DEVICES:
+        raise ValueError(f"--device {name}: choose from {', '.join(DEVICES)}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda, but no CUDA GPU is available")
+    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
+
+
+def autocast(device):
+    """bf16 autocast on CUDA (autocast caches each weight's bf16 copy for the call); full float32
+    on a CPU, whose fp32 path is the fast one (no bf16 units on most)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def sync(device):
+    """Wait for the GPU's queue to drain (a no-op on a CPU): timings must include the work."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_memory(device, reset=False):
+    """Peak bytes since the last reset (right after one: the current bytes). CUDA: the allocator's
+    peak. CPU (Linux): the peak resident set VmHWM, reset to the current size by writing 5 to
+    /proc/self/clear_refs. (ru_maxrss cannot be reset, and a spawned child inherits the parent's.)"""
+    device = torch.device(device)
+    if device.type == "cuda":
+        if reset:
+            torch.cuda.reset_peak_memory_stats(device)
+        return torch.cuda.max_memory_allocated(device)
+    if reset:
+        Path("/proc/self/clear_refs").write_text("5")
+    return int(re.search(r"VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text())[1]) * 1024

@@ -1,0 +1,101 @@
+"""checkpoint.py: atomic saves, safe loads, the one record layout (it rebuilds the model and its
+process, and resumes training exactly), and MDLM's published state dicts."""
+import argparse
+import dataclasses
+import os
+
+import pytest
+import torch
+
+import checkpoint
+import train
+from diffusion import Cosine, MaskingProcess
+from helpers import SYNTHETIC, save_tiny_checkpoint, tiny_model
+
+
+def test_save_is_atomic_a_failed_write_leaves_the_previous_file_and_no_temporary(tmp_path, monkeypatch):
+    path = tmp_path / "ckpt.pt"
+    checkpoint.save({"step": 1}, path)
+
+    def crash(obj, f):
+        with open(f, "wb") as out:
+            out.write(b"half a file")
+        raise OSError("disk full")
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError):
+        checkpoint.save({"step": 2}, path)
+    monkeypatch.undo()
+    assert checkpoint.read(path) == {"step": 1}
+    assert sorted(os.listdir(tmp_path)) == ["ckpt.pt", "ckpt.pt.tmp"]  # the next save overwrites it
+    checkpoint.save({"step": 3}, path)
+    assert sorted(os.listdir(tmp_path)) == ["ckpt.pt"] and checkpoint.read(path) == {"step": 3}
+
+
+def test_read_refuses_a_missing_or_damaged_file_and_pickled_code(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        checkpoint.read(tmp_path / "none.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="truncated or corrupt"):
+        checkpoint.read(tmp_path / "junk.pt")
+    torch.save({"object": argparse.Namespace(a=1)}, tmp_path / "pickle.pt")
+    with pytest.raises(ValueError, match="truncated or corrupt"):  # weights_only refuses arbitrary objects
+        checkpoint.read(tmp_path / "pickle.pt")
+
+
+def test_record_rebuilds_the_model_and_its_process_and_restores_the_training_state(tmp_path):
+    model = tiny_model()
+    cfg = train.TrainConfig(lr=1e-3, warmup=2, batch_size=2)
+    env = train.Env(torch.device("cpu"))
+    process = MaskingProcess(model.config.vocab_size, Cosine(0.01))
+    phases = train.pretrain_phases(cfg, env, model, process)
+    ema = train.make_ema(model, 0.5)
+    x = torch.randint(0, model.config.vocab_size, (2, model.config.seq_len))
+    batch = [(x, torch.tensor([0.3, 0.8]), torch.rand(x.shape))]
+    train.train_step(phases, batch, env, 1.0, ema)
+    point = checkpoint.record("mdlm", dataclasses.asdict(model.config), process, SYNTHETIC, {}, model, ema, phases,
+                              1, False, round=3)
+    checkpoint.save(point, tmp_path / "ckpt.pt")
+
+    loaded, ckpt = checkpoint.load_model(tmp_path / "ckpt.pt", weights="raw")
+    assert ckpt["round"] == 3 and ckpt["step"] == 1 and not ckpt["finished"]
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+    rebuilt = checkpoint.process_of(ckpt)
+    assert rebuilt.config() == process.config() and rebuilt.schedule == Cosine(0.01)
+
+    # a copy restored from the record takes the same next step as the original
+    copy = tiny_model()
+    copy.load_state_dict(ckpt["model"])
+    copy_phases, copy_ema = train.pretrain_phases(cfg, env, copy, process), train.make_ema(copy, 0.5)
+    checkpoint.restore(ckpt, copy_phases, copy_ema)
+    torch.manual_seed(0)
+    train.train_step(phases, batch, env, 1.0, ema)
+    torch.manual_seed(0)
+    train.train_step(copy_phases, batch, env, 1.0, copy_ema)
+    for a, b in zip(model.state_dict().values(), copy.state_dict().values()):
+        assert torch.equal(a, b)
+    for a, b in zip(ema.module.state_dict().values(), copy_ema.module.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_a_checkpoint_from_before_processes_were_recorded_is_absorbing_and_log_linear(tmp_path):
+    path = save_tiny_checkpoint(tmp_path / "old.pt")
+    ckpt = checkpoint.read(path)
+    assert "process" not in ckpt
+    assert checkpoint.process_of(ckpt).config() == {"kind": "absorbing", "schedule": "loglinear", "eps": 1e-3}
+    assert checkpoint.process_of(checkpoint.read(save_tiny_checkpoint(tmp_path / "ar.pt", "ar"))) is None
+
+
+def test_load_model_refuses_the_wrong_kind(tmp_path):
+    path = save_tiny_checkpoint(tmp_path / "ar.pt", "ar")
+    with pytest.raises(ValueError, match="holds a ar model; expected mdlm or sdtt"):
+        checkpoint.load_model(path, kinds=checkpoint.DIFFUSION_KINDS)
+
+
+def test_a_bare_mdlm_state_dict_loads_as_an_mdlm_checkpoint(tmp_path):
+    model = tiny_model()
+    torch.save({"backbone." + k: v for k, v in model.state_dict().items()}, tmp_path / "mdlm.pt")
+    loaded, ckpt = checkpoint.load_model(tmp_path / "mdlm.pt", mdlm_config=model.config)
+    assert ckpt["kind"] == "mdlm" and checkpoint.process_of(ckpt).kind == "absorbing"
+    tokens = torch.randint(0, model.config.vocab_size + 1, (2, model.config.seq_len))
+    sigma = torch.zeros(2)
+    assert torch.equal(loaded(tokens, sigma), model(tokens, sigma))

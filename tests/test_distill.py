@@ -1,0 +1,110 @@
+"""distill.py, through `python train.py --distill ...`: SDTT rounds that chain (each teacher is
+the previous round's student), a run resumed at a round boundary, IDLM end to end, and the
+entry point's errors."""
+import dataclasses
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import checkpoint
+import data
+import helpers
+from helpers import ROOT, assert_one_error_line, run_script
+
+SEQ_LEN = 16
+
+
+def synthetic_teacher(path):
+    """A random micro DiT saved as a finished MDLM checkpoint of the synthetic source."""
+    synthetic = data.load_data("synthetic", seq_len=SEQ_LEN)
+    teacher = helpers.random_dit(0, synthetic.vocab_size, SEQ_LEN)
+    state = teacher.state_dict()
+    checkpoint.save({"kind": "mdlm", "model_config": dataclasses.asdict(teacher.config), "model": state,
+                     "ema": state, "data_meta": synthetic.meta(), "finished": True}, path)
+    return state
+
+
+def distill(*args):
+    micro = ["--data", "synthetic", "--size", "micro", "--seq-len", str(SEQ_LEN), "--batch-size", "4",
+             "--eval-every", "0", "--eval-batches", "1", "--judge", "exact", "--eval-samples", "4"]
+    result = run_script("train.py", *micro, *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+# train.py run as a script, with sdtt.distillation_loss wrapped to save the weights of the
+# teacher it is given at the first call of each round (a round is known by its step size).
+RECORDING_RUN = """
+import inspect, runpy, sys, torch, sdtt
+original, teachers, record = sdtt.distillation_loss, {}, sys.argv[1]
+def recording(*args, **kwargs):
+    bound = inspect.signature(original).bind(*args, **kwargs)
+    delta = bound.arguments["delta"]
+    if delta not in teachers:
+        teachers[delta] = {k: v.clone() for k, v in bound.arguments["teacher"].state_dict().items()}
+        torch.save(teachers, record)
+    return original(*args, **kwargs)
+sdtt.distillation_loss = recording
+sys.argv = ["train.py"] + sys.argv[2:]
+runpy.run_path("train.py", run_name="__main__")
+"""
+
+
+def test_two_rounds_of_train_py_halve_the_steps_and_round_1_is_taught_by_round_0s_student(tmp_path):
+    seq_len = SEQ_LEN
+    state = synthetic_teacher(tmp_path / "teacher.pt")
+    out, recorded = tmp_path / "sdtt", tmp_path / "teachers.pt"
+    result = subprocess.run(
+        [sys.executable, "-c", RECORDING_RUN, str(recorded), "--distill", "sdtt", "--data", "synthetic",
+         "--size", "micro", "--seq-len", str(seq_len), "--batch-size", "4", "--iters", "3", "--rounds", "2",
+         "--eval-every", "0", "--eval-batches", "1", "--ckpt-every", "1", "--teacher", str(tmp_path / "teacher.pt"),
+         "--judge", "exact", "--eval-samples", "4", "--out-dir", str(out)],
+        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    rounds = [checkpoint.read(out / f"round{j}.pt") for j in range(2)]
+    assert [r["kind"] for r in rounds] == ["sdtt", "sdtt"]
+    assert [r["sampling_steps"] for r in rounds] == [seq_len // 2, seq_len // 4]
+
+    teachers = torch.load(recorded, weights_only=True)
+    assert sorted(teachers) == pytest.approx([1 / seq_len, 2 / seq_len], rel=1e-4)  # 16 -> 8 -> 4 steps
+    round0_teacher, round1_teacher = (teachers[d] for d in sorted(teachers))
+    assert all(torch.equal(round0_teacher[k], v) for k, v in state.items())
+    assert all(torch.equal(round1_teacher[k], v) for k, v in rounds[0]["model"].items())
+    assert any(not torch.equal(state[k], v) for k, v in rounds[0]["model"].items())  # round 0 did learn
+
+
+def test_a_run_resumed_at_a_round_boundary_ends_where_an_uninterrupted_run_does(tmp_path):
+    """Round 0 alone, then --resume with two rounds: round 1 is taught by the saved round-0 student
+    and continues the optimizer and EMA, so every weight equals that of a straight two-round run."""
+    synthetic_teacher(tmp_path / "teacher.pt")
+    common = ["--distill", "sdtt", "--iters", "3", "--teacher", str(tmp_path / "teacher.pt")]
+    distill(*common, "--rounds", "2", "--out-dir", str(tmp_path / "straight"))
+    distill(*common, "--rounds", "1", "--out-dir", str(tmp_path / "split"))
+    distill(*common, "--rounds", "2", "--out-dir", str(tmp_path / "split"), "--resume")
+    for name in ("round0.pt", "round1.pt"):
+        straight, split = (checkpoint.read(tmp_path / run / name) for run in ("straight", "split"))
+        for key in ("model", "ema"):
+            assert straight[key].keys() == split[key].keys()
+            assert all(torch.equal(straight[key][k], split[key][k]) for k in straight[key]), (name, key)
+
+
+def test_idlm_runs_end_to_end_and_its_checkpoint_rebuilds_the_student_and_the_fake(tmp_path):
+    synthetic_teacher(tmp_path / "teacher.pt")
+    result = distill("--distill", "idlm", "--iters", "2", "--teacher", str(tmp_path / "teacher.pt"),
+                     "--out-dir", str(tmp_path / "idlm"))
+    assert "| IDLM |" in result.stdout and "| teacher |" in result.stdout
+    ckpt = checkpoint.read(tmp_path / "idlm" / "ckpt.pt")
+    assert ckpt["kind"] == "idlm" and ckpt["finished"]
+    assert ckpt["sampling_steps"] == 1  # L/32 steps, at least one
+    assert ckpt["process"] == {"kind": "absorbing", "schedule": "loglinear", "eps": 1e-3}
+    assert ckpt["fake"].keys() == ckpt["model"].keys() and len(ckpt["optimizers"]) == 2
+    model, _ = checkpoint.load_model(tmp_path / "idlm" / "ckpt.pt")
+    assert model.config.seq_len == SEQ_LEN
+
+
+def test_distill_py_without_a_method_is_one_error_line():
+    assert "--distill" in assert_one_error_line(run_script("distill.py"))
