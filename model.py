@@ -172,7 +172,9 @@ class FinalLayer(nn.Module):
             nn.init.zeros_(layer.bias)
 
     def forward(self, x, c):
-        shift, scale = self.adaLN_modulation(c)[:, None].chunk(2, dim=2)
+        """x: hidden states [N, L, width] with c [N, cond_dim], or rows [M, width] with their own c [M, cond_dim]."""
+        modulation = self.adaLN_modulation(c)
+        shift, scale = (modulation[:, None] if x.dim() == 3 else modulation).chunk(2, dim=-1)
         return self.linear(modulate(self.norm_final(x), shift, scale))
 
 
@@ -188,13 +190,24 @@ class DiT(nn.Module):
         self.blocks = nn.ModuleList(DiTBlock(cfg) for _ in range(cfg.n_layer))
         self.output_layer = FinalLayer(cfg, cfg.vocab_size + 1)
 
-    def forward(self, tokens, sigma):
+    def trunk(self, tokens, sigma):
+        """Everything but the output layer: final hidden states [N, L, width] and the time
+        conditioning c [N, cond_dim]. With `head`, a caller can apply the output layer (V+1 wide,
+        often the largest matmul) only at the rows it needs."""
         x = self.vocab_embed(tokens)
         c = F.silu(self.sigma_map(sigma))
         cos, sin = self.rotary_emb(torch.arange(tokens.shape[1], device=tokens.device))
         for block in self.blocks:
             x = block(x, c, cos, sin)
-        return self.output_layer(x, c)
+        return x, c
+
+    def head(self, hidden, c):
+        """The output layer: logits of hidden states [N, L, width] (c [N, cond_dim]) or of selected
+        rows [M, width] (c [M, cond_dim], each row's own sequence's conditioning)."""
+        return self.output_layer(hidden, c)
+
+    def forward(self, tokens, sigma):
+        return self.head(*self.trunk(tokens, sigma))
 
 
 def load_mdlm_state_dict(model: DiT, state_dict):

@@ -209,6 +209,23 @@ def test_dit_at_init_outputs_zero_logits_of_shape_n_l_v_plus_1(N, L, sigma, seed
     assert (logits == 0).all()
 
 
+@examples(10)
+@given(seed=seeds, N=st.integers(1, 3), L=st.integers(1, 16))
+def test_head_on_selected_rows_equals_the_same_rows_of_the_full_output(seed, N, L):
+    """The output layer applied to any subset of hidden rows, each with its own sequence's time
+    conditioning, gives exactly those rows of the full forward pass."""
+    net = model.load_mdlm_state_dict(model.DiT(CFG), mdlm_state_dict(CFG, seed)).eval()
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, CFG.vocab_size + 1, (N, L), generator=g)
+    sigma = 3 * torch.rand(N, generator=g)
+    rows = torch.rand(N, L, generator=g) < 0.5
+    with torch.no_grad():
+        full = net(tokens, sigma)
+        hidden, c = net.trunk(tokens, sigma)
+        picked = net.head(hidden[rows], c[:, None].expand(N, L, -1)[rows])
+    assert torch.allclose(picked, full[rows], atol=1e-5, rtol=1e-5)
+
+
 # ----------------------------------------------------------------------------- GPT
 
 GPT_CFG = model.ModelConfig(vocab_size=13, seq_len=16, n_layer=2, n_head=2, n_embd=32)
