@@ -44,8 +44,9 @@ class Schedule:
         return -torch.log(self.alpha(as_time(t)))
 
     def loss_weight(self, t):
-        """w(t) = -alpha'_t / (1 - alpha_t), the NELBO weight of SDTT eq. 3."""
-        return -self.alpha_prime(t) / (1 - self.alpha(t))
+        """w(t) = -alpha'_t / (1 - alpha_t), the NELBO weight of SDTT eq. 3. (Written as a product
+        with the reciprocal: the rounding of the first release's 1/t weights, bit for bit.)"""
+        return -self.alpha_prime(t) * (1 / (1 - self.alpha(t)))
 
 
 @dataclass(frozen=True)
