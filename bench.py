@@ -6,8 +6,10 @@
     python bench.py --quick                      # a smoke run of every section
 
 SDTT's protocol: untrained models (latency does not depend on the weights), one warm-up step,
-then timed runs; the AR baseline generates L tokens with its KV cache from a 1-token prompt, the
-diffusion model makes k full forward passes from all-MASK. Timings synchronise the GPU. On CUDA
+then timed runs; the AR baseline generates L tokens with its static KV cache from a 1-token
+prompt, the diffusion model samples in k steps from all-MASK, with the plain ancestral sampler
+(whole output every forward) and with the default one (samplers.py: output layer at revealed
+rows, trunk cached per sequence): the same tokens, less work. Timings synchronise the GPU. On CUDA
 the models run under bf16 autocast (flash-attn when installed, else SDPA's kernels); on a CPU
 the same code runs in float32. Sections other than latency use the first of --sizes.
 """
@@ -24,23 +26,24 @@ import torch
 import devices
 from cli import check_bounds, flag, parse_config, run
 from devices import autocast, peak_memory, sync
-from diffusion import MaskingProcess, antithetic_times, sample, time_grid
+from diffusion import MaskingProcess, antithetic_times
 from distill import idlm_phases, sdtt_phases, trainable_copy
 from flops import GPUS, forward_flops, matmul_params, matmul_peak_flops
-from model import GPT, PRESETS, DiT, config_for, count_params, frozen
+from model import GPT, PRESETS, DiT, compile_blocks, config_for, count_params, frozen
+from samplers import Ancestral, Revealed, expected_forwards
 from train import Env, TrainConfig, make_ema, pretrain_phases, resolve as resolve_training, train_step
 
-SECTIONS = ["latency", "overhead", "cache", "kv", "roofline", "train"]
+SECTIONS = ["latency", "overhead", "work", "compile", "kv", "roofline", "train"]
 SDTT_SETTING = dict(sizes=["small", "medium", "large", "1.3B"], vocab_size=50257, seq_len=1024)
 # Flags left unset (None) take the device's value. A CPU is ~1000x slower than an A100: fewer
 # step counts and runs (3, so that one disturbed run cannot move the median), and the AR run
 # without a cache at batch 1 (at batch 8 it takes minutes).
 PROFILES = {
     "cuda": dict(sizes=["small", "medium", "large", "1.3B"], vocab_size=50257, seq_len=1024, batch_sizes=[8, 4],
-                 steps=[16, 32, 64, 128, 256], runs=10, train_runs=10, cache_steps=1024, cache_seq_len=128,
+                 steps=[16, 32, 64, 128, 256], runs=10, train_runs=10, cache_steps=1024, cache_seq_len=1024,
                  cache_batch_sizes=[1, 8], kv_batch_size=8),
     "cpu": dict(sizes=["mini"], vocab_size=4096, seq_len=256, batch_sizes=[8, 4], steps=[16, 32], runs=3,
-                train_runs=3, cache_steps=1024, cache_seq_len=128, cache_batch_sizes=[1], kv_batch_size=1),
+                train_runs=3, cache_steps=1024, cache_seq_len=1024, cache_batch_sizes=[1, 8], kv_batch_size=1),
     "quick": dict(sizes=["tiny"], vocab_size=4096, seq_len=64, batch_sizes=[4], steps=[4, 8], runs=1,
                   train_runs=1, cache_steps=128, cache_seq_len=32, cache_batch_sizes=[1], kv_batch_size=1),
 }
@@ -57,11 +60,9 @@ class BenchConfig:
     steps: Optional[list[int]] = flag(None, "diffusion step counts k; default 16 32 64 128 256 on CUDA, 16 32 on CPU",
                                       at_least=1)
     runs: Optional[int] = flag(None, "timed runs after the warm-up; default 10 on CUDA (SDTT), 3 on CPU", at_least=1)
-    cache_steps: Optional[int] = flag(None, "prediction caching: sampling steps; default 1024", at_least=1)
-    cache_seq_len: Optional[int] = flag(None, "prediction caching: sequence length; default 128", at_least=1)
-    cache_batch_sizes: Optional[list[int]] = flag(None, "prediction caching: batch sizes; default 1 on CPU, 1 8 on "
-                                                        "CUDA (a step reuses the prediction only if no sequence "
-                                                        "changed)", at_least=1)
+    cache_steps: Optional[int] = flag(None, "work: sampling steps (a teacher samples at L); default 1024", at_least=1)
+    cache_seq_len: Optional[int] = flag(None, "work: sequence length; default 1024", at_least=1)
+    cache_batch_sizes: Optional[list[int]] = flag(None, "work: batch sizes; default 1 8", at_least=1)
     kv_batch_size: Optional[int] = flag(None, "batch of the AR run with vs without KV cache; default 8 on CUDA, "
                                               "1 on CPU", at_least=1)
     gpu: Optional[str] = flag(None, "GPU of the roofline; default: this GPU if known, else a100 (SDTT's)",
@@ -121,13 +122,15 @@ def ar_generate(gpt, batch, new_tokens, use_cache=True):
         return gpt.generate(prompt, new_tokens, use_cache=use_cache)
 
 
-def diffusion_sample(dit, batch, seq_len, steps, cache=False):
-    """Number of forward passes of sampling from all-MASK: k, or k+1 when a MASK survives to the
-    final noise-removal pass (as in MDLM's sampler); with cache=True, fewer."""
+SAMPLERS = {"plain": Ancestral(), "default": Revealed()}  # the first release's sampler; the default one
+
+
+def diffusion_sample(dit, batch, seq_len, steps, sampler="default"):
+    """Sequence-forwards per sequence of sampling from all-MASK with the named sampler."""
     process = MaskingProcess(dit.config.vocab_size)
     z = process.prior(batch, seq_len, device_of(dit))
     with autocast(z.device):
-        return sample(dit, process, z, steps, cache=cache)[1]
+        return SAMPLERS[sampler](dit, process, z, steps, torch.Generator().manual_seed(0))[1] / batch
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -142,9 +145,11 @@ def time_size(cfg, device, size):
         row = {"size": size, "batch": batch, "ar_params": count_params(gpt), "params": count_params(dit), "ar": ar,
                "diffusion": {}, "bound": lower_bounds(dit, gpt, batch, cfg.seq_len, cfg.steps, cfg.gpu)}
         for k in cfg.steps:
-            d, passes = timed(lambda: diffusion_sample(dit, batch, cfg.seq_len, k), cfg.runs, device,
-                              warmup=lambda: diffusion_sample(dit, batch, cfg.seq_len, 1))
-            row["diffusion"][k] = {**d, "forward_passes": statistics.mean(passes)}
+            row["diffusion"][k] = {}
+            for name in SAMPLERS:
+                d, passes = timed(lambda: diffusion_sample(dit, batch, cfg.seq_len, k, name), cfg.runs, device,
+                                  warmup=lambda: diffusion_sample(dit, batch, cfg.seq_len, 1, name))
+                row["diffusion"][k][name] = {**d, "forward_passes": statistics.mean(passes)}
         rows.append(row)
     return rows
 
@@ -157,13 +162,16 @@ def latency(cfg, device, results):
     for r in rows:
         ar, ar_bound = r["ar"]["median_s"], r["bound"]["ar_s"]
         methods = [("AR + KV cache", r["ar_params"], r["ar"], ar_bound)]
-        methods += [(f"diffusion, {k} steps", r["params"], d, r["bound"]["diffusion_s"][k])
-                    for k, d in r["diffusion"].items()]
+        methods += [(f"diffusion, {k} steps, {name}", r["params"], d, r["bound"]["diffusion_s"][k])
+                    for k, by_name in r["diffusion"].items() for name, d in by_name.items()]
         for method, params, t, bound in methods:
             lines.append([r["size"], f"{params / 1e6:.1f}M", r["batch"], method, f"{t['median_s']:.3f}",
                           f"{t['min_s']:.3f}", f"{ar / t['median_s']:.2f}",
                           f"{r['batch'] * cfg.seq_len / t['median_s']:,.0f}",
                           f"{bound * 1e3:.2f}", f"{ar_bound / bound:.2f}", f"{t['median_s'] / bound:,.1f}"])
+        for k, by_name in r["diffusion"].items():
+            print(f"{r['size']}, batch {r['batch']}, {k} steps: default sampler "
+                  f"{by_name['plain']['median_s'] / by_name['default']['median_s']:.2f}x faster than plain")
     gpu = cfg.gpu.upper()
     print_table(f"Latency of {cfg.seq_len} tokens on {device.type} ({cfg.runs} runs after a warm-up step), "
                 f"and the lower bound on an {gpu}",
@@ -173,9 +181,9 @@ def latency(cfg, device, results):
 
 
 def overhead(cfg, device, results):
-    """The sampler's cost beyond its network, two ways: a k-step run over (its passes x one bare
-    pass), a ratio of two noisy timings; and the k steps run with the network replaced by its
-    precomputed output, which times the sampler's own work alone."""
+    """The plain sampler's cost beyond its network, two ways: a k-step run over (its passes x one
+    bare pass), a ratio of two noisy timings; and the k steps run with the network replaced by
+    its precomputed output, which times the sampler's own work alone."""
     dit = untrained("mdlm", cfg.sizes[0], cfg.vocab_size, cfg.seq_len, device)
     batch, k = cfg.batch_sizes[0], cfg.steps[0]
     process = MaskingProcess(dit.config.vocab_size)
@@ -183,17 +191,15 @@ def overhead(cfg, device, results):
     with torch.no_grad(), autocast(device):
         logits = dit(z, sigma)  # warm-up, and the output that stands in for the network below
         forward, _ = timed(lambda: dit(z, sigma).shape, cfg.runs, device)  # .shape: keep no logits alive
-    sampling = next((r["diffusion"][k] for r in results.get("latency", [])
+    sampling = next((r["diffusion"][k]["plain"] for r in results.get("latency", [])
                      if r["size"] == cfg.sizes[0] and r["batch"] == batch), None)
     if sampling is None:
-        sampling, passes = timed(lambda: diffusion_sample(dit, batch, cfg.seq_len, k), cfg.runs, device,
-                                 warmup=lambda: diffusion_sample(dit, batch, cfg.seq_len, 1))
+        sampling, passes = timed(lambda: diffusion_sample(dit, batch, cfg.seq_len, k, "plain"), cfg.runs, device,
+                                 warmup=lambda: diffusion_sample(dit, batch, cfg.seq_len, 1, "plain"))
         sampling["forward_passes"] = statistics.mean(passes)
-
-    def network(tokens, noise):  # the DiT's output, at no cost
-        return logits
-    sampler_only, _ = timed(lambda: sample(network, process, z, k, cache=False), cfg.runs, device,
-                            warmup=lambda: sample(network, process, z, 1))
+    plain = Ancestral(cache=False)
+    sampler_only, _ = timed(lambda: plain(lambda tokens, noise: logits, process, z, k), cfg.runs, device,
+                            warmup=lambda: plain(lambda tokens, noise: logits, process, z, 1))
     fwd = forward["median_s"]
     ratio = sampling["median_s"] / (sampling["forward_passes"] * fwd)
     per_step = sampler_only["median_s"] / k
@@ -207,35 +213,63 @@ def overhead(cfg, device, results):
             "sampler_only_fraction": per_step / fwd, "flop_per_s": flop_per_s}
 
 
-def expected_cached_passes(steps, positions):
-    """Passes of the cached sampler from all-MASK: one at the start, then one after each step
-    that unmasked something. A position unmasks at step i with probability
-    p_i = (alpha_s - alpha_t) / (1 - alpha_1), independently of the others, so a step over n
-    positions changes something with probability 1 - (1 - p_i)^n (final pass left out)."""
-    alpha = MaskingProcess(1).alpha(time_grid(steps))
-    p = (alpha[1:] - alpha[:-1]) / (1 - alpha[0])
-    return 1 + (1 - (1 - p[:-1]) ** positions).sum().item()
+class FreeTrunk:
+    """A trunk and head that cost nothing: counting forwards needs no network."""
+
+    def __init__(self, vocab_size, seq_len):
+        self.config = config_for("micro", vocab_size=vocab_size, seq_len=seq_len)
+
+    def trunk(self, z, sigma):
+        return z.new_zeros(*z.shape, 1, dtype=torch.float32), z.new_zeros(z.shape[0], 1, dtype=torch.float32)
+
+    def head(self, hidden, c):
+        return hidden.new_zeros(hidden.shape[0], self.config.vocab_size + 1)
 
 
-def cache(cfg, device, results):
-    """Prediction caching (MDLM): at many steps most steps unmask nothing and skip the network."""
-    dit = untrained("mdlm", cfg.sizes[0], cfg.vocab_size, cfg.cache_seq_len, device)
+def work(cfg, device, results):
+    """Forward work of a teacher sampling at L steps (the baseline of every table), counted in
+    sequence-forwards per sequence: the batch cache (the first release: the whole batch runs when
+    any sequence changed) vs the per-sequence cache, measured on one run each, and expected."""
+    steps, L = cfg.cache_steps, cfg.cache_seq_len
     rows = []
     for batch in cfg.cache_batch_sizes:
-        row = {"batch": batch,
-               "expected_cached_passes": expected_cached_passes(cfg.cache_steps, batch * cfg.cache_seq_len)}
-        for name, use_cache in (("cached", True), ("uncached", False)):
-            t, passes = timed(lambda: diffusion_sample(dit, batch, cfg.cache_seq_len, cfg.cache_steps, use_cache),
-                              1, device, warmup=lambda: diffusion_sample(dit, batch, cfg.cache_seq_len, 1))
-            row[name] = {"seconds": t["median_s"], "forward_passes": passes[0]}
+        row = {"batch": batch, "steps": steps, "seq_len": L}
+        for cache in ("batch", "sequence"):
+            process = MaskingProcess(cfg.vocab_size)
+            forwards = Revealed(cache=cache)(FreeTrunk(cfg.vocab_size, L), process, process.prior(batch, L, "cpu"),
+                                             steps, torch.Generator().manual_seed(cfg.seed))[1]
+            row[cache] = {"measured": forwards / batch, "expected": expected_forwards(steps, L, batch, cache)}
+        row["fewer"] = row["batch"]["measured"] / row["sequence"]["measured"]
         rows.append(row)
-    print_table(f"Prediction caching: {cfg.cache_steps} steps, L={cfg.cache_seq_len}, {cfg.sizes[0]}, one run",
-                ["batch", "passes cached", "expected", "passes uncached", "s cached", "s uncached", "fewer passes",
-                 "faster"],
-                [[r["batch"], r["cached"]["forward_passes"], f"{r['expected_cached_passes']:.0f}",
-                  r["uncached"]["forward_passes"], f"{r['cached']['seconds']:.2f}", f"{r['uncached']['seconds']:.2f}",
-                  f"{r['uncached']['forward_passes'] / r['cached']['forward_passes']:.1f}x",
-                  f"{r['uncached']['seconds'] / r['cached']['seconds']:.2f}x"] for r in rows])
+    print_table(f"Sequence-forwards per sequence at {steps} steps, L={L} (one run each; expected from the schedule)",
+                ["batch", "batch cache", "expected", "per-sequence cache", "expected", "fewer"],
+                [[r["batch"], f"{r['batch']['measured']:.0f}", f"{r['batch']['expected']:.0f}",
+                  f"{r['sequence']['measured']:.0f}", f"{r['sequence']['expected']:.0f}", f"{r['fewer']:.2f}x"]
+                 for r in rows])
+    print("Exact ancestral sampling needs a forward at every step that reveals a token of a sequence: at L steps "
+          "that is about (1 - 1/e) of the steps, so the per-sequence cache saves at most ~1.6x over a batch "
+          "cache that runs every step.")
+    return rows
+
+
+def compile_gain(cfg, device, results):
+    """torch.compile of the blocks for sampling: compile time (first call minus a warm call) and
+    the speed-up of the default sampler, per size, at the first batch size and step count."""
+    batch, k, rows = cfg.batch_sizes[0], cfg.steps[0], []
+    for size in cfg.sizes:
+        dit = untrained("mdlm", size, cfg.vocab_size, cfg.seq_len, device)
+        eager, _ = timed(lambda: diffusion_sample(dit, batch, cfg.seq_len, k), cfg.runs, device,
+                         warmup=lambda: diffusion_sample(dit, batch, cfg.seq_len, 1))
+        compiled = compile_blocks(untrained("mdlm", size, cfg.vocab_size, cfg.seq_len, device))
+        first, _ = timed(lambda: diffusion_sample(compiled, batch, cfg.seq_len, k), 1, device)
+        warm, _ = timed(lambda: diffusion_sample(compiled, batch, cfg.seq_len, k), cfg.runs, device)
+        rows.append({"size": size, "batch": batch, "steps": k, "eager": eager, "compiled": warm,
+                     "compile_s": first["median_s"] - warm["median_s"], "gain": eager["median_s"] / warm["median_s"]})
+    print_table(f"torch.compile for sampling ({device.type}, batch {batch}, L={cfg.seq_len}, {k} steps, default "
+                "sampler; compile time = first call minus a warm one)",
+                ["size", "eager s", "compiled s", "gain", "compile s", "default on (>= 1.15x)"],
+                [[r["size"], f"{r['eager']['median_s']:.3f}", f"{r['compiled']['median_s']:.3f}", f"{r['gain']:.2f}x",
+                  f"{r['compile_s']:.0f}", "yes" if r["gain"] >= 1.15 else "no"] for r in rows])
     return rows
 
 
@@ -248,7 +282,7 @@ def kv(cfg, device, results):
                      warmup=lambda: ar_generate(gpt, batch, 8, use_cache))
         row[name + "_s"] = t["median_s"]
     row["speedup"] = row["uncached_s"] / row["cached_s"]
-    print(f"\nKV cache ({cfg.sizes[0]}, batch {batch}, {cfg.seq_len} tokens, one run): {row['cached_s']:.2f} s with, "
+    print(f"\nStatic KV cache ({cfg.sizes[0]}, batch {batch}, {cfg.seq_len} tokens, one run): {row['cached_s']:.2f} s with, "
           f"{row['uncached_s']:.2f} s without: {row['speedup']:.1f}x faster (target >= 5x)")
     return row
 
@@ -370,8 +404,8 @@ def main(argv=None):
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     print(f"{device}, torch {torch.__version__}, {torch.get_num_threads()} threads; sections {cfg.only}")
-    sections = {"latency": latency, "overhead": overhead, "cache": cache, "kv": kv, "roofline": roofline,
-                "train": train}
+    sections = {"latency": latency, "overhead": overhead, "work": work, "compile": compile_gain, "kv": kv,
+                "roofline": roofline, "train": train}
     results = {}  # the overhead section reuses the latency section's sampling time
     for name in SECTIONS:
         if name in cfg.only.split(","):

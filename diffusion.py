@@ -189,6 +189,21 @@ def reverse_posterior(z_t, x_probs, alpha_s, alpha_t, mask_id):
     return torch.where((z_t == mask_id).unsqueeze(-1), from_mask, carry)
 
 
+def reveal_positions(z_t, p_unmask, mask_id, generator=None):
+    """The first stage of `reveal`: which MASK positions of z_t are revealed (each with
+    probability p_unmask, from one float64 uniform per position)."""
+    p_unmask = per_row(torch.as_tensor(p_unmask, dtype=torch.float64), z_t)
+    u = torch.rand(z_t.shape, dtype=torch.float64, generator=generator,
+                   device=generator_device(generator, z_t)).to(z_t.device)
+    return (z_t == mask_id) & (u < p_unmask)
+
+
+def draw_tokens(rows, mask_id, generator=None):
+    """The second stage of `reveal`: a token for each row of logits or log-probs [M, >= V],
+    drawn in float64 from the softmax over the real tokens (the MASK column is ignored)."""
+    return sample_categorical(rows[:, :mask_id].double().softmax(-1), generator)
+
+
 def reveal(log_x, z_t, p_unmask, mask_id, generator=None):
     """Draw z_s from eq. 2 in two stages that factor it exactly: each MASK is revealed with
     probability p_unmask, and a revealed position takes a token drawn from x_theta.
@@ -197,13 +212,12 @@ def reveal(log_x, z_t, p_unmask, mask_id, generator=None):
     a [N, L, V+1] posterior (3.3 GB in float64 for 8 x 1024 GPT-2 tokens). Only MASK
     positions are drawn, and only over real tokens, so log_x may be SUBS log-probs or the
     raw logits: a softmax over the real tokens of a revealed row gives x_theta either way.
+    (samplers.py's fast path runs the same two stages, with the output layer applied
+    between them to the revealed rows only.)
     """
-    p_unmask = per_row(torch.as_tensor(p_unmask, dtype=torch.float64), z_t)
-    u = torch.rand(z_t.shape, dtype=torch.float64, generator=generator,
-                   device=generator_device(generator, z_t)).to(z_t.device)
-    revealed = (z_t == mask_id) & (u < p_unmask)
+    revealed = reveal_positions(z_t, p_unmask, mask_id, generator)
     z_s = z_t.clone()
-    z_s[revealed] = sample_categorical(log_x[revealed][:, :mask_id].double().softmax(-1), generator)
+    z_s[revealed] = draw_tokens(log_x[revealed], mask_id, generator)
     return z_s
 
 
@@ -268,6 +282,18 @@ class MaskingProcess:
         """One ancestral step z_t -> z_s ~ p_theta(z_s | z_t) = q(z_s | z_t, x = x_theta(z_t))."""
         return reveal(log_x, z_t, unmask_probability(self.alpha(s), self.alpha(t)), self.mask_id, generator)
 
+    def reveal_positions(self, z_t, s, t, generator=None):
+        """The positions that `reverse_step` reveals from t to s, drawn first (the same draws)."""
+        return reveal_positions(z_t, unmask_probability(self.alpha(s), self.alpha(t)), self.mask_id, generator)
+
+    def draw(self, rows, generator=None):
+        """Tokens for revealed rows of x_theta's logits [M, V+1] (the same draws as `reverse_step`)."""
+        return draw_tokens(rows, self.mask_id, generator)
+
+    def final_tokens(self, rows, final, generator=None):
+        """Fill positions still MASK after the last step: "argmax" (MDLM's noise removal) or "sample"."""
+        return rows[:, :self.mask_id].argmax(-1) if final == "argmax" else self.draw(rows, generator)
+
     def loss(self, model, x, t, u):
         """Monte-Carlo estimate of the continuous-time NELBO (SDTT eq. 3), per token.
 
@@ -296,44 +322,3 @@ def process_from_config(config, vocab_size, time_conditioned=False):
     config = config or {"kind": "absorbing", "schedule": "loglinear", "eps": 1e-3}
     schedule = SCHEDULES[config["schedule"]](config["eps"])
     return PROCESSES[config["kind"]](vocab_size, schedule, time_conditioned)
-
-
-# ----------------------------------------------------------------------------- sampling
-
-@torch.no_grad()
-def sample(model, process, z, steps, *, t_min=T_MIN, final="argmax", cache=True, generator=None, progress=None):
-    """Ancestral sampling from z (all MASK, or MASK after a prompt) in `steps` uniform steps.
-
-    The grid runs from t=1 down to t_min. Positions that are not MASK in z (a prompt) are
-    never changed, because the posterior carries unmasked tokens over. At the end, positions
-    still MASK are filled with the model's prediction: argmax ("noise removal") or a sample.
-
-    Prediction caching: without time conditioning, x_theta depends on z alone, so when a
-    step changes no position the next step reuses the previous output.
-    SUBS is implicit here: only MASK positions are ever drawn, and only over real tokens, so
-    the raw logits serve and the full [N, L, V+1] log-softmax is never computed.
-    Returns (tokens, number of network forward passes).
-    """
-    times = time_grid(steps, t_min)
-    logits, forward_passes = None, 0
-
-    def predict(t):
-        return model(z, process.noise_input(t, z.shape[0], z.device))
-
-    for i in range(steps):
-        if logits is None:
-            logits, forward_passes = predict(times[i]), forward_passes + 1
-        z_new = process.reverse_step(logits, z, times[i + 1], times[i], generator)
-        if not (cache and not process.time_conditioned and torch.equal(z_new, z)):
-            logits = None
-        z = z_new
-        if progress is not None:
-            progress.update(1)
-    still_masked = z == process.mask_id
-    if still_masked.any():
-        if logits is None:
-            logits, forward_passes = predict(times[-1]), forward_passes + 1
-        real = logits[still_masked][:, :process.mask_id]
-        z[still_masked] = real.argmax(-1) if final == "argmax" else sample_categorical(
-            real.double().softmax(-1), generator)
-    return z, forward_passes

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 
 from checkpoint import load_model
 from data import MarkovSource, source_from_meta, tokenizer_from_meta
-from diffusion import antithetic_times, sample
+from diffusion import antithetic_times
+from samplers import make_sampler
 
 DEFAULT_AR_JUDGE = "out/ar/ckpt.pt"
 CONTINUATIONS_PER_PROMPT = 5  # SDTT appendix A (as Lou et al. for MAUVE)
@@ -162,18 +163,21 @@ def eval_mode(model):
 
 
 @torch.no_grad()
-def generate(model, process, n, seq_len, steps, *, prompt=(), bos_id=None, batch_size=64, generator=None,
-             final="argmax", cache=True, top_p=1.0, temperature=1.0, progress=None):
+def generate(model, process, n, seq_len, steps, *, sampler=None, prompt=(), bos_id=None, batch_size=64,
+             generator=None, top_p=1.0, temperature=1.0, on_step=None):
     """n samples of seq_len tokens that start with `prompt` (kept fixed), made in batches.
 
-    A diffusion model (process given): ancestral sampling in `steps` steps from the process's
-    prior after the prompt (diffusion.sample). An AR model (process None): the GPT continues
-    [BOS] + prompt with its KV cache, one forward pass per new token (`steps` unused). Returns (tokens [n, seq_len] on the CPU, forward
-    passes per batch, averaged over the batches).
+    A diffusion model (process given): `sampler` (samplers.py; default: the exact, cached one)
+    from the process's prior after the prompt, in `steps` steps. An AR model (process None): the
+    GPT continues [BOS] + prompt with its KV cache, one forward pass per new token (`steps`
+    unused). on_step(i, z) is called after each diffusion step. Returns (tokens [n, seq_len] on
+    the CPU, NFE: forward passes per sequence, averaged over the samples).
     """
+    sampler = make_sampler() if sampler is None else sampler
     context = model.config.seq_len
-    if seq_len > context:
-        raise ValueError(f"samples of {seq_len} tokens do not fit the model's context of {context}")
+    if seq_len > context and not (process is not None and sampler.extends_context):
+        raise ValueError(f"samples of {seq_len} tokens do not fit the model's context of {context} "
+                         "(the semi-ar sampler makes longer ones)")
     if len(prompt) >= seq_len:
         raise ValueError(f"the prompt has {len(prompt)} tokens: it must be shorter than the "
                             f"{seq_len} tokens of a sample")
@@ -183,33 +187,33 @@ def generate(model, process, n, seq_len, steps, *, prompt=(), bos_id=None, batch
         start = prompt if bos_id is None else torch.cat([prompt.new_tensor([bos_id]), prompt])
         if len(start) == 0:
             raise ValueError("this AR model's vocabulary has no start token: give a prompt")
-    samples, passes = [], []
+    samples, forwards = [], 0
     with eval_mode(model):
         for first in range(0, n, batch_size):
             size = min(batch_size, n - first)
             if process is None:
                 tokens = model.generate(start.expand(size, -1), seq_len - len(prompt), top_p=top_p,
                                         temperature=temperature, generator=generator)[:, -seq_len:]
-                nfe = seq_len - len(prompt)
+                forwards += size * (seq_len - len(prompt))
             else:
                 z = process.prior(size, seq_len, device)
                 z[:, :len(prompt)] = prompt
-                tokens, nfe = sample(model, process, z, steps, final=final, cache=cache, generator=generator,
-                                     progress=progress)
+                tokens, more = sampler(model, process, z, steps, generator=generator, on_step=on_step)
+                forwards += more
             samples.append(tokens.cpu())
-            passes.append(nfe)
-    return torch.cat(samples), sum(passes) / len(passes)
+    return torch.cat(samples), forwards / n
 
 
-def quality_rows(entries, judge, num_samples, batch_size, seq_len, seed, device, bos_id=None):
-    """GenPPL, entropy and forward passes of unconditional samples, one row per entry
-    (label, model, process, steps), process None for an AR model. Every entry samples with the
-    same seed. bos_id: the AR models' start token (the tokenizer's EOS)."""
+def quality_rows(entries, judge, num_samples, batch_size, seq_len, seed, device, bos_id=None, sampler=None):
+    """GenPPL, entropy and forward passes (NFE per sequence) of unconditional samples, one row
+    per entry (label, model, process, steps), process None for an AR model. Every entry samples
+    with the same seed. bos_id: the AR models' start token (the tokenizer's EOS)."""
     rows = []
     for label, model, process, steps in entries:
         start = time.perf_counter()
         tokens, nfe = generate(model.to(device), process, num_samples, seq_len, steps, bos_id=bos_id,
-                               batch_size=batch_size, generator=torch.Generator().manual_seed(seed))
+                               batch_size=batch_size, generator=torch.Generator().manual_seed(seed),
+                               sampler=sampler)
         seconds = time.perf_counter() - start
         nll = judge.nll_per_token(tokens).double()
         rows.append({"label": label, "steps": steps, "genppl": nll.mean().exp().item(),
@@ -217,7 +221,8 @@ def quality_rows(entries, judge, num_samples, batch_size, seq_len, seed, device,
     return rows
 
 
-def continuation_self_bleu(model, process, data, seq_len, steps, prompts, seed, bos_id=None, batch_size=64):
+def continuation_self_bleu(model, process, data, seq_len, steps, prompts, seed, bos_id=None, batch_size=64,
+                           sampler=None):
     """SDTT appendix A: 5 continuations of each held-out prompt (the first half of a validation
     window), self-BLEU of the continuations of each prompt, averaged over prompts."""
     generator = torch.Generator().manual_seed(seed)
@@ -225,7 +230,7 @@ def continuation_self_bleu(model, process, data, seq_len, steps, prompts, seed, 
     for window in data.batch("val", prompts, seq_len, generator):
         prompt = window[:seq_len // 2].tolist()
         tokens, _ = generate(model, process, CONTINUATIONS_PER_PROMPT, seq_len, steps, prompt=prompt,
-                             bos_id=bos_id, batch_size=batch_size, generator=generator)
+                             bos_id=bos_id, batch_size=batch_size, generator=generator, sampler=sampler)
         scores.append(self_bleu([row[len(prompt):].tolist() for row in tokens]))
     return sum(scores) / len(scores)
 

@@ -244,14 +244,13 @@ class GPTBlock(nn.Module):
         self.mlp = mlp(width)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, cos, sin, cache=None):
-        """cache: None, or a dict with 'k', 'v' of the earlier positions (updated in place)."""
+    def forward(self, x, cos, sin, cache=None, layer=0, start=0):
+        """cache: None, or the KVCache that this block's keys and values at positions
+        start.. are written into (layer: this block's index)."""
         q, k, v = split_heads(self.attn_qkv(self.norm1(x)), self.n_head)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
-            if "k" in cache:
-                k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
-            cache["k"], cache["v"] = k, v
+            k, v = cache.write(layer, k, v, start)
         # with a cache, new queries see every cached key: causal only within the new chunk
         causal = q.shape[2] == k.shape[2]
         if not causal and q.shape[2] > 1:
@@ -259,6 +258,27 @@ class GPTBlock(nn.Module):
         attn = attention(q, k, v, causal=causal).transpose(1, 2).reshape(x.shape)
         x = x + self.dropout(self.attn_out(attn))
         return x + self.dropout(self.mlp(self.norm2(x)))
+
+
+class KVCache:
+    """The keys and values of every block, preallocated to the full length on the first write
+    and written in place: no tensor grows or is copied as tokens are added."""
+
+    def __init__(self, length):
+        self.length, self.k, self.v = length, {}, {}
+
+    def write(self, layer, k, v, start):
+        """Store k, v [B, H, T, D] at positions start..start+T; return the keys and values of
+        positions 0..start+T (views of the cache)."""
+        end = start + k.shape[2]
+        if end > self.length:
+            raise ValueError(f"the KV cache holds {self.length} positions, not {end}")
+        if layer not in self.k:
+            shape = (*k.shape[:2], self.length, k.shape[3])
+            self.k[layer], self.v[layer] = k.new_empty(shape), v.new_empty(shape)
+        self.k[layer][:, :, start:end] = k
+        self.v[layer][:, :, start:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
 
 class GPT(nn.Module):
@@ -273,32 +293,39 @@ class GPT(nn.Module):
         self.norm_final = LayerNorm(cfg.n_embd)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
 
-    def forward(self, tokens, caches=None, start=0):
-        """caches: None, or one dict per block; start: position of tokens[:, 0]."""
+    def hidden_states(self, tokens, cache=None, start=0):
+        """The final normalised hidden states [N, T, width]. cache: None or a KVCache; start:
+        the position of tokens[:, 0]."""
         x = self.vocab_embed(tokens)
         cos, sin = self.rotary_emb(torch.arange(start, start + tokens.shape[1], device=tokens.device))
         for i, block in enumerate(self.blocks):
-            x = block(x, cos, sin, None if caches is None else caches[i])
-        return self.lm_head(self.norm_final(x))
+            x = block(x, cos, sin, cache, i, start)
+        return self.norm_final(x)
+
+    def forward(self, tokens, cache=None, start=0):
+        return self.lm_head(self.hidden_states(tokens, cache, start))
 
     @torch.no_grad()
     def generate(self, prompt, new_tokens, *, use_cache=True, temperature=1.0, top_p=1.0,
                  generator=None, return_logits=False):
-        """Sample new_tokens after prompt [N, P]. With the KV cache, each new token costs one
-        single-position forward pass; without it, the whole prefix is recomputed every time."""
-        if prompt.shape[1] + new_tokens - 1 > self.config.seq_len:  # the last token is never fed back
+        """Sample new_tokens after prompt [N, P]. With the KV cache (preallocated, written in
+        place), each new token costs one single-position forward pass; without it, the whole
+        prefix is recomputed every time."""
+        length = prompt.shape[1] + new_tokens
+        if length - 1 > self.config.seq_len:  # the last token is never fed back
             raise ValueError(f"prompt of {prompt.shape[1]} plus {new_tokens} new tokens exceeds "
                              f"the context of {self.config.seq_len}")
-        caches = [dict() for _ in self.blocks] if use_cache else None
-        tokens, all_logits = prompt, []
-        logits = self(prompt, caches)[:, -1]
-        for i in range(new_tokens):
+        cache = KVCache(length - 1) if use_cache else None
+        tokens = torch.empty(prompt.shape[0], length, dtype=prompt.dtype, device=prompt.device)
+        tokens[:, :prompt.shape[1]] = prompt
+        all_logits = []
+        logits = self(prompt, cache)[:, -1]
+        for i in range(prompt.shape[1], length):
             all_logits.append(logits)
             probs = top_p_filter(torch.softmax(logits.double() / temperature, -1), top_p)
-            nxt = sample_categorical(probs, generator)[:, None]
-            tokens = torch.cat([tokens, nxt], dim=1)
-            if i + 1 < new_tokens:
-                logits = (self(nxt, caches, start=tokens.shape[1] - 1) if use_cache else self(tokens))[:, -1]
+            tokens[:, i] = sample_categorical(probs, generator)
+            if i + 1 < length:
+                logits = (self(tokens[:, i:i + 1], cache, start=i) if use_cache else self(tokens[:, :i + 1]))[:, -1]
         return (tokens, torch.stack(all_logits, 1)) if return_logits else tokens
 
 
@@ -327,3 +354,13 @@ def count_params(model, non_embedding=False):
     total = sum(p.numel() for p in model.parameters())
     return total - model.vocab_embed.embedding.numel() if non_embedding else total
 
+
+
+def compile_blocks(model):
+    """torch.compile each transformer block in place (dynamic shapes: the samplers' batches and
+    the AR cache's lengths vary). The first calls compile (seconds to minutes); later ones are
+    faster where the compiler fuses the element-wise work around the matmuls. Networks without
+    blocks (the exact denoiser) are left as they are."""
+    for block in getattr(model, "blocks", []):
+        block.compile(dynamic=True)
+    return model

@@ -2,8 +2,11 @@
 
     python sample.py --ckpt out/sdtt/ckpt.pt --steps 16 --prompt "ROMEO:"
 
-Diffusion: ancestral sampling from all-MASK (the prompt, if any, is placed at the start and
-never changes), then the remaining MASKs are filled by the model's prediction (SPEC section 1).
+Diffusion: a sampler of samplers.py from all-MASK (the prompt, if any, is placed at the start
+and never changes). The default, "cached", is exact ancestral sampling (SPEC section 1) with
+the output layer only where tokens are revealed and the network run only on sequences that
+changed; "ancestral" is the same draws the plain way; "topk" is LLaDA-style confidence
+decoding (not ancestral); "semi-ar" makes samples longer than the context (--seq-len).
 AR: the prompt is continued token by token with the KV cache.
 """
 import json
@@ -19,6 +22,8 @@ from checkpoint import DIFFUSION_KINDS, load_model, process_of
 from cli import flag
 from data import tokenizer_from_meta
 from evaluate import generate
+from model import compile_blocks
+from samplers import DEFAULT_SAMPLER, SAMPLERS, make_sampler
 
 
 @dataclass
@@ -27,12 +32,13 @@ class SampleConfig:
     steps: int = flag(64, "diffusion sampling steps (ignored for AR)", at_least=1)
     num_samples: int = flag(4, "number of samples", at_least=1)
     batch_size: int = flag(16, "samples generated together", at_least=1)
-    seq_len: Optional[int] = flag(None, "tokens per sample, prompt included (default: the context)", at_least=1)
+    seq_len: Optional[int] = flag(None, "tokens per sample, prompt included (default: the context; longer: --sampler semi-ar)", at_least=1)
     seed: int = flag(1337, "random seed: the same seed gives the same samples")
     prompt: str = flag("", "text the samples start with (kept fixed)")
     final: str = flag("argmax", "how the last step fills positions still MASK (MDLM's noise removal is argmax)",
                       choices=["argmax", "sample"])
-    cache: bool = flag(True, "prediction caching: reuse the network's output after a step that changed nothing")
+    sampler: str = flag(DEFAULT_SAMPLER, "diffusion sampler (see samplers.py)", choices=list(SAMPLERS))
+    compile: bool = flag(False, "torch.compile the network's blocks (compiles on the first step)")
     weights: str = flag("ema", "weights to load", choices=["ema", "raw"])
     jsonl: Optional[str] = flag(None, "also write one JSON object per sample to this file")
     top_p: float = flag(1.0, "AR only: nucleus sampling threshold, in (0, 1]", above=0)
@@ -53,12 +59,14 @@ def main():
     seq_len = cfg.seq_len or model.config.seq_len
     generator = torch.Generator().manual_seed(cfg.seed)  # on the CPU: the same draws on any device
     batches = -(-cfg.num_samples // cfg.batch_size)
+    if cfg.compile:
+        compile_blocks(model)
     many_steps = process is not None and cfg.steps >= 64
     with tqdm(total=cfg.steps * batches, disable=None if many_steps else True, leave=False) as progress:
         tokens, _ = generate(model, process, cfg.num_samples, seq_len, cfg.steps, prompt=prompt,
-                             bos_id=tokenizer.eos_id, batch_size=cfg.batch_size, generator=generator,
-                             final=cfg.final, cache=cfg.cache, top_p=cfg.top_p,
-                             temperature=cfg.temperature, progress=progress)
+                             sampler=make_sampler(cfg.sampler, cfg.final), bos_id=tokenizer.eos_id,
+                             batch_size=cfg.batch_size, generator=generator, top_p=cfg.top_p,
+                             temperature=cfg.temperature, on_step=lambda i, z: progress.update(1))
     texts = [tokenizer.decode(row) for row in tokens]
     for text in texts:
         print(text)

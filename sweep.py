@@ -24,6 +24,8 @@ from evaluate import (CONTINUATIONS_PER_PROMPT, DEFAULT_AR_JUDGE, continuation_s
                       lambada_examples, load_judge, markdown_table, quality_rows)
 from diffusion import MaskingProcess
 from exact import ExactDenoiser
+from model import compile_blocks
+from samplers import DEFAULT_SAMPLER, SAMPLERS, make_sampler
 
 EXACT = "exact"  # --ckpts name of the synthetic source's exact denoiser
 
@@ -99,6 +101,8 @@ class EvalConfig:
     batch_size: int = flag(16, "samples generated together", at_least=1)
     seq_len: Optional[int] = flag(None, "sample length (default: the shortest checkpoint context)", at_least=1)
     seed: int = flag(0, "every row samples with this seed")
+    sampler: str = flag(DEFAULT_SAMPLER, "diffusion sampler (see samplers.py)", choices=list(SAMPLERS))
+    compile: bool = flag(False, "torch.compile the networks' blocks (each compiles on its first step)")
     weights: str = flag("ema", "weights to load", choices=["ema", "raw"])
     out_dir: str = flag("results/sweep", "where the CSV, tables and plot go")
     lambada: bool = flag(False, "also run LAMBADA on the diffusion checkpoints")
@@ -166,16 +170,20 @@ def main():
     if cfg.lambada or cfg.self_bleu:
         data = held_out_data(cfg.data, data_meta, tokenizer.vocab_size)
 
+    if cfg.compile:
+        for _, model, _, _ in loaded + series:
+            compile_blocks(model)
+    sampler = make_sampler(cfg.sampler)
     entries = [(label, model, process, steps) for label, model, process, _ in loaded
                for steps in ([seq_len] if process is None else cfg.steps)]
     entries += [(label, model, process, ckpt["sampling_steps"]) for label, model, process, ckpt in series]
     rows = quality_rows(entries, judge, cfg.num_samples, cfg.batch_size, seq_len, cfg.seed, device,
-                        bos_id=tokenizer.eos_id)
+                        bos_id=tokenizer.eos_id, sampler=sampler)
     columns = ["label", "steps", "genppl", "entropy", "nfe", "seconds"]
     if cfg.self_bleu:
         for row, (_, model, process, steps) in zip(rows, entries):
             row["self_bleu"] = continuation_self_bleu(model, process, data, seq_len, steps, cfg.bleu_prompts,
-                                                      cfg.seed, tokenizer.eos_id, cfg.batch_size)
+                                                      cfg.seed, tokenizer.eos_id, cfg.batch_size, sampler)
         columns.append("self_bleu")
 
     out = Path(cfg.out_dir)

@@ -18,9 +18,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import cli  # noqa: E402
 from data import load_data  # noqa: E402
-from diffusion import MaskingProcess, sample  # noqa: E402
+from diffusion import MaskingProcess  # noqa: E402
 from evaluate import markdown_table, token_entropy  # noqa: E402
 from exact import ExactDenoiser  # noqa: E402
+from samplers import make_sampler  # noqa: E402
 
 
 @dataclass
@@ -39,8 +40,8 @@ def main():
         source = load_data("synthetic", seq_len=seq_len)
         denoiser, process = ExactDenoiser(source), MaskingProcess(source.vocab_size)
         for divisor in (32, 16, 8, 4, 2, 1):
-            x, _ = sample(denoiser, process, process.prior(cfg.num_samples, seq_len, "cpu"), seq_len // divisor,
-                          generator=torch.Generator().manual_seed(cfg.seed))
+            x, _ = make_sampler()(denoiser, process, process.prior(cfg.num_samples, seq_len, "cpu"),
+                                  seq_len // divisor, generator=torch.Generator().manual_seed(cfg.seed))
             rows.append({"L": seq_len, "steps": f"L/{divisor} = {seq_len // divisor}",
                          "genppl": math.exp(-source.log_prob(x).mean().item() / seq_len),
                          "entropy": token_entropy(x).mean().item()})

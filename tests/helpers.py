@@ -52,6 +52,44 @@ def mask_patterns(L):
     return [np.array(bits, dtype=bool) for bits in itertools.product([False, True], repeat=L) if any(bits)]
 
 
+# ----------------------------------------------------------------------------- stand-in networks
+
+class OptimalDenoiserNet(torch.nn.Module):
+    """The optimal denoiser of a tiny world as a network: (tokens [N, L], sigma [N]) -> logits
+    [N, L, V+1]. Logits are the log of the optimal probabilities; MASK and revealed rows get junk
+    that SUBS must override."""
+
+    def __init__(self, xs, p, V):
+        super().__init__()
+        L = xs.shape[1]
+        states = all_sequences(V + 1, L)
+        table = np.full((len(states), L, V + 1), 3.0)
+        for row, z in zip(table, states):
+            masked = z == V
+            row[masked, :V] = np.log(optimal_denoiser(xs, p, z, V)[masked])
+        self.table = torch.tensor(table, dtype=torch.float32)
+        self.powers = (V + 1) ** torch.arange(L - 1, -1, -1)
+
+    def forward(self, tokens, sigma):
+        return self.table[(tokens * self.powers).sum(-1)]
+
+
+class AdversarialDenoiser:
+    """A fake network: fresh random logits every call, some huge, possibly favouring MASK.
+    Records every z it is called on."""
+
+    def __init__(self, V, seed, scale, mask_logit):
+        self.V, self.seed, self.scale, self.mask_logit = V, seed, scale, mask_logit
+        self.calls = []
+
+    def __call__(self, z, sigma):
+        self.calls.append(z.clone())
+        g = torch.Generator().manual_seed(self.seed + len(self.calls))
+        logits = self.scale * torch.randn(*z.shape, self.V + 1, generator=g)
+        logits[..., self.V] = self.mask_logit
+        return logits
+
+
 # ----------------------------------------------------------------------------- tiny models
 
 

@@ -34,14 +34,17 @@ def test_timed_counts_runs_and_keeps_results():
     assert stats["runs"] == 3 and 0 <= stats["min_s"] <= stats["median_s"]
 
 
-def test_latency_rows_hold_every_size_batch_and_step_count():
+def test_latency_rows_hold_every_size_batch_step_count_and_sampler():
     cfg = micro_config()
     rows = bench.latency(cfg, CPU, {})
     assert [(r["size"], r["batch"]) for r in rows] == [("micro", 2)]
     row = rows[0]
     assert row["ar"]["runs"] == 2 and set(row["diffusion"]) == {2, 4}
-    for k, d in row["diffusion"].items():  # k passes, plus one when a MASK survives to the end
-        assert k <= d["forward_passes"] <= k + 1
+    for k, by_sampler in row["diffusion"].items():
+        assert set(by_sampler) == {"plain", "default"}
+        # k passes, plus one when a MASK survives to the end; the default sampler never does more
+        assert k <= by_sampler["plain"]["forward_passes"] <= k + 1
+        assert by_sampler["default"]["forward_passes"] <= by_sampler["plain"]["forward_passes"]
 
 
 def test_sampler_overhead_reuses_the_latency_figure(monkeypatch):
@@ -49,23 +52,27 @@ def test_sampler_overhead_reuses_the_latency_figure(monkeypatch):
     cfg = micro_config()
     results = {"latency": bench.latency(cfg, CPU, {})}
     out = bench.overhead(cfg, CPU, results)
-    assert out["sampling"] is results["latency"][0]["diffusion"][2]
+    assert out["sampling"] is results["latency"][0]["diffusion"][2]["plain"]
     assert math.isclose(out["ratio"], out["sampling"]["median_s"]
                         / (out["sampling"]["forward_passes"] * out["forward"]["median_s"]))
 
 
-def test_caching_never_costs_passes_and_matches_its_expectation():
-    cfg = micro_config()
-    row = bench.cache(cfg, CPU, {})[0]
-    assert row["uncached"]["forward_passes"] in (cfg.cache_steps, cfg.cache_steps + 1)
-    assert row["cached"]["forward_passes"] <= row["uncached"]["forward_passes"]
-    assert abs(row["cached"]["forward_passes"] - row["expected_cached_passes"]) < 12  # ~4 sd at 64 steps, 8 positions
+def test_work_counts_fewer_sequence_forwards_per_sequence_near_their_expectation():
+    cfg = bench.resolve(bench.BenchConfig(cache_steps=256, cache_seq_len=256, cache_batch_sizes=[1, 8]), CPU)
+    rows = bench.work(cfg, CPU, {})
+    for row in rows:
+        for cache in ("batch", "sequence"):
+            # per-sequence counts are sums of independent per-step events: sd below sqrt(256) / 2 = 8
+            assert abs(row[cache]["measured"] - row[cache]["expected"]) < 40
+        assert row["sequence"]["measured"] <= row["batch"]["measured"]
+    assert rows[0]["fewer"] == 1.0 and rows[1]["fewer"] > 1.3
 
 
-def test_expected_cached_passes_grow_with_positions_up_to_the_step_count():
-    few, many = bench.expected_cached_passes(1024, 128), bench.expected_cached_passes(1024, 8 * 128)
-    assert 1 < few < many < 1024
-    assert bench.expected_cached_passes(16, 10**6) == pytest.approx(16)
+def test_compile_section_reports_gain_and_compile_time(monkeypatch):
+    monkeypatch.setattr(bench, "compile_blocks", lambda model: model)  # the bookkeeping, not the compiler
+    row = bench.compile_gain(micro_config(), CPU, {})[0]
+    assert row["gain"] == pytest.approx(row["eager"]["median_s"] / row["compiled"]["median_s"])
+    assert (row["size"], row["batch"], row["steps"]) == ("micro", 2, 2)
 
 
 def test_roofline_puts_ar_on_the_memory_bound_and_scales_diffusion_with_steps():

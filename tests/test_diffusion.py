@@ -10,7 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import diffusion
-from helpers import all_sequences, examples, mask_patterns, optimal_denoiser, seeds, tiny_world
+from helpers import (AdversarialDenoiser, OptimalDenoiserNet, all_sequences, examples, mask_patterns,
+                     optimal_denoiser, seeds, tiny_world)
 
 SCHEDULES = [diffusion.LogLinear, diffusion.Cosine]
 
@@ -257,81 +258,7 @@ def test_process_posterior_at_times_s_t_is_bayes_rule_under_its_schedule(schedul
     assert_posterior_is_bayes(process.posterior(z_t, x_probs, s, t)[0].numpy(), x, alpha(s), alpha(t))
 
 
-# ----------------------------------------------------------------------------- sampler
-
-class AdversarialDenoiser:
-    """A fake network: fresh random logits every call, some huge, possibly favouring MASK.
-    Records every z it is called on."""
-
-    def __init__(self, V, seed, scale, mask_logit):
-        self.V, self.seed, self.scale, self.mask_logit = V, seed, scale, mask_logit
-        self.calls = []
-
-    def __call__(self, z, sigma):
-        self.calls.append(z.clone())
-        g = torch.Generator().manual_seed(self.seed + len(self.calls))
-        logits = self.scale * torch.randn(*z.shape, self.V + 1, generator=g)
-        logits[..., self.V] = self.mask_logit
-        return logits
-
-
-adversarial_runs = st.fixed_dictionaries(dict(
-    seed=seeds, V=st.integers(1, 5), L=st.integers(1, 8), N=st.integers(1, 3), steps=st.integers(1, 12),
-    prompt_len=st.integers(0, 8), scale=adversarial_scales, mask_logit=st.sampled_from([0.0, 1e4, 1e30]),
-    final=st.sampled_from(["argmax", "sample"]), t_min=st.sampled_from([1e-5, 0.3])))
-
-
-def run_adversarial_sampler(run):
-    """Sample without caching, so the fake network sees z at every step (and before the final fill).
-    Returns the prompt length, the sequence of states z and the output."""
-    V, L, N = run["V"], run["L"], run["N"]
-    g = torch.Generator().manual_seed(run["seed"])
-    z = torch.full((N, L), V)
-    P = min(run["prompt_len"], L)
-    z[:, :P] = torch.randint(0, V, (N, P), generator=g)
-    net = AdversarialDenoiser(V, run["seed"], run["scale"], run["mask_logit"])
-    out, passes = diffusion.sample(net, diffusion.MaskingProcess(V), z.clone(), run["steps"], t_min=run["t_min"],
-                                   final=run["final"],
-                                   cache=False, generator=g)
-    assert passes == len(net.calls)
-    assert torch.equal(net.calls[0], z)
-    return P, net.calls + [out], out
-
-
-@examples(25)
-@given(run=adversarial_runs)
-def test_sampler_never_remasks(run):
-    _, states, _ = run_adversarial_sampler(run)
-    V = run["V"]
-    for before, after in zip(states, states[1:]):
-        revealed = before != V
-        assert torch.equal(after[revealed], before[revealed])
-
-
-@examples(25)
-@given(run=adversarial_runs)
-def test_sampler_never_increases_the_number_of_masks(run):
-    _, states, _ = run_adversarial_sampler(run)
-    V = run["V"]
-    masks = [(s == V).sum(1) for s in states]
-    for before, after in zip(masks, masks[1:]):
-        assert (after <= before).all()
-
-
-@examples(25)
-@given(run=adversarial_runs)
-def test_sampler_leaves_no_mask_in_its_output(run):
-    _, _, out = run_adversarial_sampler(run)
-    assert ((out >= 0) & (out < run["V"])).all()
-
-
-@examples(25)
-@given(run=adversarial_runs)
-def test_sampler_never_changes_prompt_positions(run):
-    P, states, _ = run_adversarial_sampler(run)
-    for state in states:
-        assert torch.equal(state[:, :P], states[0][:, :P])
-
+# ----------------------------------------------------------------------------- reverse step
 
 @examples(25)
 @given(seed=seeds, V=st.integers(1, 4), scale=adversarial_scales, mask_logit=st.sampled_from([0.0, 1e30]),
@@ -351,139 +278,6 @@ def test_reverse_step_never_remasks_or_adds_masks_for_any_log_x(seed, V, scale, 
         assert torch.equal(z_new[revealed], z[revealed])
         assert ((z_new >= 0) & (z_new <= V)).all()
         z = z_new
-
-
-class TinyDeterministicNet(torch.nn.Module):
-    """logits[n, i] = sum_j W[i, j, z[n, j]]: depends on z only (not on sigma), like MDLM's DiT."""
-
-    def __init__(self, V, L, seed):
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.weight = 3 * torch.randn(L, L, V + 1, V + 1, generator=g)
-
-    def forward(self, z, sigma):
-        L = z.shape[1]
-        return self.weight[torch.arange(L)[None, :, None], torch.arange(L)[None, None, :], z[:, None, :]].sum(2)
-
-
-class Recorder(torch.nn.Module):
-    def __init__(self, net):
-        super().__init__()
-        self.net, self.calls = net, []
-
-    def forward(self, z, sigma):
-        self.calls.append(z.clone())
-        return self.net(z, sigma)
-
-
-cache_runs = st.fixed_dictionaries(dict(
-    seed=seeds, V=st.integers(1, 4), L=st.integers(1, 6), N=st.integers(1, 2), steps=st.integers(1, 24),
-    prompt_len=st.integers(0, 3), t_min=st.sampled_from([diffusion.T_MIN, 0.5])))
-
-
-def sample_recorded(run, cache, time_conditioned=False):
-    process = diffusion.MaskingProcess(run["V"], time_conditioned=time_conditioned)
-    V, L, N = run["V"], run["L"], run["N"]
-    z = torch.full((N, L), V)
-    P = min(run["prompt_len"], L)
-    z[:, :P] = torch.arange(P) % V
-    net = Recorder(TinyDeterministicNet(V, L, run["seed"]))
-    g = torch.Generator().manual_seed(run["seed"])
-    out, passes = diffusion.sample(net, process, z, run["steps"], t_min=run["t_min"], cache=cache, generator=g)
-    return out, passes, net.calls
-
-
-@examples(25)
-@given(run=cache_runs)
-def test_sample_with_cache_equals_sample_without_cache(run):
-    cached, _, _ = sample_recorded(run, cache=True)
-    uncached, _, _ = sample_recorded(run, cache=False)
-    assert torch.equal(cached, uncached)
-
-
-@examples(25)
-@given(run=cache_runs)
-def test_cached_sampler_runs_the_network_once_per_distinct_state(run):
-    """Without caching the network sees z at every step (and before the final fill, if any MASK is
-    left). With caching it runs only when z changed since its last pass: once per run of equal
-    consecutive states, i.e. 1 + the number of steps that changed some position and were followed
-    by another network use (a later step, or the final fill)."""
-    _, passes, calls = sample_recorded(run, cache=True)
-    _, uncached_passes, every_state = sample_recorded(run, cache=False)
-    assert uncached_passes == len(every_state)
-    distinct = [s for i, s in enumerate(every_state) if i == 0 or not torch.equal(s, every_state[i - 1])]
-    assert passes == len(calls) == len(distinct)
-    assert all(torch.equal(a, b) for a, b in zip(calls, distinct))
-
-
-def test_cache_removes_most_forward_passes_when_steps_exceed_length():
-    V, L, steps = 5, 8, 256
-    run = dict(seed=0, V=V, L=L, N=1, steps=steps, prompt_len=0, t_min=diffusion.T_MIN)
-    out, passes, _ = sample_recorded(run, cache=True)
-    # every pass after the first follows a step that unmasked at least one of the L positions
-    assert passes <= L + 1
-    _, uncached_passes, _ = sample_recorded(run, cache=False)
-    assert uncached_passes >= steps
-    assert not (out == V).any()
-
-
-@examples(10)
-@given(run=cache_runs)
-def test_time_conditioned_sampler_never_reuses_predictions(run):
-    out, passes, _ = sample_recorded(run, cache=True, time_conditioned=True)
-    _, uncached_passes, _ = sample_recorded(run, cache=False, time_conditioned=True)
-    assert passes == uncached_passes >= run["steps"]
-
-
-def exact_sampler_distribution(xs, p, V, steps, t_min, schedule):
-    """Output distribution of `steps` ancestral steps plus the argmax fill, by propagating a
-    distribution over all (V+1)^L states with the optimal denoiser of the tiny world."""
-    L = xs.shape[1]
-    states = all_sequences(V + 1, L)
-    index = {tuple(z): j for j, z in enumerate(states)}
-    denoised = [optimal_denoiser(xs, p, z, V) for z in states]
-    times = np.linspace(1.0, t_min, steps + 1)
-    dist = np.zeros(len(states))
-    dist[index[(V,) * L]] = 1.0
-    for t, s in zip(times[:-1], times[1:]):
-        alpha_t, alpha_s = (float(schedule.alpha(torch.tensor(time, dtype=torch.float64))) for time in (t, s))
-        unmask, stay_masked = (alpha_s - alpha_t) / (1 - alpha_t), (1 - alpha_s) / (1 - alpha_t)
-        new = np.zeros_like(dist)
-        for j, z in enumerate(states):
-            if dist[j] == 0:
-                continue
-            per_position = [list(np.eye(V + 1)[zi]) if zi != V else list(unmask * denoised[j][i]) + [stay_masked]
-                            for i, zi in enumerate(z)]
-            for z_new in itertools.product(range(V + 1), repeat=L):
-                new[index[z_new]] += dist[j] * np.prod([per_position[i][v] for i, v in enumerate(z_new)])
-        dist = new
-    out = np.zeros(len(xs))
-    for j, z in enumerate(states):
-        filled = np.where(z == V, denoised[j].argmax(1), z)
-        out[np.flatnonzero((xs == filled).all(1))[0]] += dist[j]
-    return out
-
-
-@pytest.mark.parametrize("schedule", SCHEDULES)
-@examples(6)
-@given(world=worlds, steps=st.integers(1, 5), t_min=st.sampled_from([diffusion.T_MIN, 0.4]))
-def test_sampler_draws_from_the_exact_ancestral_chain(schedule, world, steps, t_min):
-    V, L, seed = world
-    xs, p = tiny_world(V, L, seed)
-    N = 20_000
-    process = diffusion.MaskingProcess(V, schedule())
-    out, _ = diffusion.sample(OptimalDenoiserNet(xs, p, V), process, torch.full((N, L), V), steps, t_min=t_min,
-                              generator=torch.Generator().manual_seed(seed))
-    powers = V ** np.arange(L - 1, -1, -1)
-    counts = np.bincount(out.numpy() @ powers, minlength=len(xs))   # xs enumerates in this order
-    expected = exact_sampler_distribution(xs, p, V, steps, t_min, process.schedule)
-    # each sequence's count ~ Binomial(N, q): 6 standard deviations (+1e-6 for q = 0)
-    assert (np.abs(counts - N * expected) <= 6 * np.sqrt(N * expected * (1 - expected)) + 1e-6).all()
-
-
-def test_sample_rejects_fewer_than_one_step():
-    with pytest.raises(ValueError):
-        diffusion.sample(TinyDeterministicNet(2, 2, 0), diffusion.MaskingProcess(2), torch.full((1, 2), 2), 0)
 
 
 # ----------------------------------------------------------------------------- categorical draws
@@ -539,26 +333,6 @@ def test_categorical_draws_never_pick_a_zero_probability_token(seed, K, rows):
 
 
 # ----------------------------------------------------------------------------- training objective
-
-class OptimalDenoiserNet(torch.nn.Module):
-    """The optimal denoiser of a tiny world as a network: (tokens [N, L], sigma [N]) -> logits
-    [N, L, V+1]. Logits are the log of the optimal probabilities; MASK and revealed rows get junk
-    that SUBS must override."""
-
-    def __init__(self, xs, p, V):
-        super().__init__()
-        L = xs.shape[1]
-        states = all_sequences(V + 1, L)
-        table = np.full((len(states), L, V + 1), 3.0)
-        for row, z in zip(table, states):
-            masked = z == V
-            row[masked, :V] = np.log(optimal_denoiser(xs, p, z, V)[masked])
-        self.table = torch.tensor(table, dtype=torch.float32)
-        self.powers = (V + 1) ** torch.arange(L - 1, -1, -1)
-
-    def forward(self, tokens, sigma):
-        return self.table[(tokens * self.powers).sum(-1)]
-
 
 @examples(6)
 @given(world=worlds)

@@ -254,3 +254,22 @@ def test_gpt_generate_rejects_a_prompt_longer_than_the_context():
     assert gpt.generate(prompt, GPT_CFG.seq_len - 10 + 1).shape == (1, GPT_CFG.seq_len + 1)
     with pytest.raises(ValueError):
         gpt.generate(prompt, GPT_CFG.seq_len - 10 + 2)
+
+
+def test_static_kv_cache_is_written_in_place_and_matches_uncached_logits():
+    """The cache is allocated once, to the full length; feeding tokens one at a time into it
+    gives the logits of the whole prefix recomputed, and writing past its length is an error."""
+    torch.manual_seed(0)
+    gpt = model.GPT(GPT_CFG).eval()
+    tokens = torch.randint(0, GPT_CFG.vocab_size, (2, 10))
+    cache = model.KVCache(10)
+    with torch.no_grad():
+        stepwise = [gpt(tokens[:, :4], cache)[:, -1]]
+        storage = cache.k[0].data_ptr()
+        for i in range(4, 10):
+            stepwise.append(gpt(tokens[:, i:i + 1], cache, start=i)[:, -1])
+        assert cache.k[0].data_ptr() == storage and cache.k[0].shape[2] == 10
+        full = gpt(tokens)[:, 3:]
+    torch.testing.assert_close(torch.stack(stepwise, 1), full, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="KV cache"):
+        cache.write(0, cache.k[0][:, :, :1], cache.v[0][:, :, :1], 10)

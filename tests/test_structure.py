@@ -11,7 +11,7 @@ from helpers import ROOT
 LAYERS = [
     ["cli", "devices"],                                     # plumbing with no project imports
     ["diffusion", "model", "data", "exact", "flops"],       # maths, networks, data
-    ["sdtt", "idlm"],                                       # methods
+    ["sdtt", "idlm", "samplers"],                           # methods and samplers
     ["checkpoint", "evaluate"],                             # plumbing on the maths
     ["train"],                                              # the loop
     ["distill"],                                            # orchestration on the loop

@@ -1,0 +1,266 @@
+"""Samplers: ways to turn a denoiser into tokens, each a value behind one interface.
+
+    tokens, forwards = sampler(model, process, z, steps, generator=None, on_step=None)
+
+z holds MASK where tokens are to be made and fixed tokens (a prompt) elsewhere; fixed tokens
+never change. `forwards` counts sequence-forwards: one for each sequence that went through
+the network (a batch forward of N sequences counts N). on_step(i, z) is called after each
+step (a progress bar, a trace of the denoising).
+
+- `Ancestral`: MDLM's ancestral sampler, the reference. Every forward computes the output layer
+  at every position; the output is reused after a step that changed no sequence.
+- `Revealed`: the same draws in the same order, so the same tokens, with less work. It first
+  draws which MASK positions a step reveals, then runs the output layer on those rows only
+  (at the small preset the output layer is a quarter of a forward's FLOPs), and it caches the
+  trunk's hidden states per sequence.
+- `Confidence`: LLaDA-style decoding, NOT ancestral sampling.
+- `SemiAR`: MDLM's semi-autoregressive decoding of samples longer than the context.
+"""
+import torch
+
+from diffusion import T_MIN, LogLinear, sample_categorical, time_grid
+
+
+class WholeOutput:
+    """Any denoiser seen as trunk + head: the 'hidden states' are its whole output and the head
+    picks rows. The samplers use it for networks without `trunk` and `head`, and `Ancestral`
+    uses it to compute every output row, as the first release did."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def trunk(self, z, sigma):
+        logits = self.model(z, sigma)
+        return logits, logits.new_zeros(z.shape[0], 0)
+
+    def head(self, rows, c):
+        return rows
+
+
+def trunk_and_head(model):
+    return model if hasattr(model, "trunk") else WholeOutput(model)
+
+
+class HiddenCache:
+    """The trunk's final hidden states of each sequence, and the tokens they were computed from.
+
+    mode "sequence": only the sequences asked for whose tokens changed since their last forward
+    go through the trunk; "batch": the whole batch goes through when any sequence changed (the
+    first release's cache); "none": the sequences asked for go through at every call. With
+    time conditioning the hidden states depend on t, so nothing is reused.
+    """
+
+    def __init__(self, network, process, mode="sequence"):
+        if mode not in ("sequence", "batch", "none"):
+            raise ValueError(f"cache {mode!r}: choose sequence, batch or none")
+        self.network, self.process, self.mode = network, process, mode
+        self.z = self.hidden = self.c = None
+        self.forwards = 0  # sequence-forwards
+
+    def logits(self, z, rows, t):
+        """Logits [M, V+1] at the (sequence, position) rows of z, at time t."""
+        needed = torch.zeros(z.shape[0], dtype=torch.bool, device=z.device)
+        needed[rows[0]] = True
+        stale = needed
+        if self.hidden is not None and self.mode != "none" and not self.process.time_conditioned:
+            changed = (z != self.z).any(1)
+            stale = needed & changed if self.mode == "sequence" else changed.any() & torch.ones_like(needed)
+        if stale.any():
+            self.update(z, stale.nonzero().squeeze(1), t)
+        return self.network.head(self.hidden[rows], self.c[rows[0]])
+
+    def update(self, z, index, t):
+        hidden, c = self.network.trunk(z[index], self.process.noise_input(t, len(index), z.device))
+        if self.hidden is None:
+            self.z = torch.full_like(z, -1)  # no token: a sequence never run is stale
+            self.hidden = hidden.new_zeros(*z.shape, *hidden.shape[2:])
+            self.c = c.new_zeros(z.shape[0], *c.shape[1:])
+        self.z[index], self.hidden[index], self.c[index] = z[index], hidden, c
+        self.forwards += len(index)
+
+
+def check_steps(steps):
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+
+
+def ancestral_steps(process, z, steps, t_min, final, cache, generator, on_step):
+    """The loop of both exact samplers. Step i draws the positions it reveals, then their tokens
+    from the logits of those rows only; at the end, positions still MASK are filled (`final`)."""
+    check_steps(steps)
+    times = time_grid(steps, t_min)
+    for i in range(steps):
+        revealed = process.reveal_positions(z, times[i + 1], times[i], generator)
+        if revealed.any():  # no prediction is needed, nor computed, for a step that reveals nothing
+            rows = revealed.nonzero(as_tuple=True)
+            z = z.clone()
+            z[rows] = process.draw(cache.logits(z, rows, times[i]), generator)
+        if on_step is not None:
+            on_step(i, z)
+    rows = (z == process.mask_id).nonzero(as_tuple=True)
+    if len(rows[0]):
+        z = z.clone()
+        z[rows] = process.final_tokens(cache.logits(z, rows, times[-1]), final, generator)
+    return z, cache.forwards
+
+
+class Ancestral:
+    """Exact ancestral sampling (MDLM), with the whole output computed at every forward: the
+    reference the fast samplers are tested against.
+
+    final: how positions still MASK after the last step are filled ("argmax" is MDLM's noise
+    removal, "sample" draws them). cache: reuse the output after a step that changed no
+    sequence (valid without time conditioning: x_theta then depends on z alone).
+    """
+    extends_context = False
+
+    def __init__(self, final="argmax", cache=True, t_min=T_MIN):
+        self.final, self.cache, self.t_min = final, cache, t_min
+
+    @torch.no_grad()
+    def __call__(self, model, process, z, steps, generator=None, on_step=None):
+        cache = HiddenCache(WholeOutput(model), process, "batch" if self.cache else "none")
+        return ancestral_steps(process, z, steps, self.t_min, self.final, cache, generator, on_step)
+
+
+class Revealed:
+    """Exact ancestral sampling, with the output layer only at the rows a step reveals and the
+    trunk cached per sequence (cache "sequence"; "batch" and "none" as in `HiddenCache`).
+
+    The same generator gives the same tokens as `Ancestral`: the reveal draws come first, in
+    the same order, then the token draws, from the same logits.
+    """
+    extends_context = False
+
+    def __init__(self, final="argmax", cache="sequence", t_min=T_MIN):
+        HiddenCache(None, None, cache)  # checks the mode
+        self.final, self.cache, self.t_min = final, cache, t_min
+
+    @torch.no_grad()
+    def __call__(self, model, process, z, steps, generator=None, on_step=None):
+        cache = HiddenCache(trunk_and_head(model), process, self.cache)
+        return ancestral_steps(process, z, steps, self.t_min, self.final, cache, generator, on_step)
+
+
+class Confidence:
+    """Confidence-ordered decoding, as LLaDA-style decoders do (Nie et al. 2025). This is NOT
+    ancestral sampling: it does not sample the model's reverse process, and it lowers entropy.
+
+    Each step draws a token at every MASK position (softmax at `temperature`; 0 takes the
+    argmax), then keeps the drawn tokens of the positions where they are most probable: as
+    many as the schedule unmasks in that step in expectation, rounded, and all that are left
+    at the last step. Revealed tokens are never re-masked; fixed tokens never change.
+    """
+    extends_context = False
+
+    def __init__(self, temperature=1.0, t_min=T_MIN):
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        self.temperature, self.t_min = temperature, t_min
+
+    def quotas(self, process, masked, s, t, last):
+        """Positions each sequence reveals in a step from t to s: its MASK count minus the count
+        the schedule leaves masked at s, which is (1 - alpha_s) / (1 - alpha_t) of it."""
+        if last:
+            return masked
+        stay = (1 - process.alpha(s)) / (1 - process.alpha(t))
+        return masked - torch.round(masked.double() * stay).long()
+
+    def pick(self, logits, generator):
+        """A token for each row, and its probability under the tempered softmax."""
+        if self.temperature == 0:
+            probs = logits.double().softmax(-1)
+            tokens = probs.argmax(-1)
+        else:
+            probs = (logits.double() / self.temperature).softmax(-1)
+            tokens = sample_categorical(probs, generator)
+        return tokens, probs.gather(-1, tokens[:, None]).squeeze(-1)
+
+    @torch.no_grad()
+    def __call__(self, model, process, z, steps, generator=None, on_step=None):
+        check_steps(steps)
+        times = time_grid(steps, self.t_min)
+        cache = HiddenCache(trunk_and_head(model), process, "sequence")
+        for i in range(steps):
+            masked = z == process.mask_id
+            quota = self.quotas(process, masked.sum(1), times[i + 1], times[i], i == steps - 1)
+            candidates = masked & (quota > 0)[:, None]
+            if candidates.any():
+                rows = candidates.nonzero(as_tuple=True)
+                tokens, confidence = self.pick(cache.logits(z, rows, times[i])[:, :process.mask_id], generator)
+                score = torch.full(z.shape, -1.0, dtype=torch.float64, device=z.device)
+                score[rows] = confidence
+                rank = score.argsort(dim=1, descending=True, stable=True).argsort(dim=1)
+                drawn = z.clone()
+                drawn[rows] = tokens
+                z = torch.where(candidates & (rank < quota[:, None]), drawn, z)
+            if on_step is not None:
+                on_step(i, z)
+        return z, cache.forwards
+
+
+class SemiAR:
+    """MDLM's semi-autoregressive decoding: samples longer than the model's context, made window
+    by window with an inner sampler. The first window is sampled whole; each next one slides
+    by `block` tokens (default: half the context), keeping the last context - block tokens made
+    so far as a fixed prompt. Each window takes `steps` steps; forwards add up."""
+    extends_context = True
+
+    def __init__(self, inner, block=None):
+        self.inner, self.block = inner, block
+
+    @torch.no_grad()
+    def __call__(self, model, process, z, steps, generator=None, on_step=None):
+        context = model.config.seq_len
+        block = self.block or max(1, context // 2)
+        if not 0 < block <= context:
+            raise ValueError(f"the semi-AR block must be in 1..{context} (the context), got {block}")
+        z, end, forwards = z.clone(), min(context, z.shape[1]), 0
+        while True:
+            window = slice(max(0, end - context), end)
+            z[:, window], more = self.inner(model, process, z[:, window], steps, generator,
+                                            None if on_step is None else within(z, window, on_step))
+            forwards += more
+            if end == z.shape[1]:
+                return z, forwards
+            end = min(end + block, z.shape[1])
+
+
+def within(z, window, on_step):
+    """on_step for a window of z: reports the whole of z, with the window's current state."""
+    def report(i, part):
+        whole = z.clone()
+        whole[:, window] = part
+        on_step(i, whole)
+    return report
+
+
+def expected_forwards(steps, positions, batch=1, cache="sequence", schedule=None, t_min=T_MIN):
+    """Expected sequence-forwards per sequence of `Revealed` from all-MASK, `positions` per
+    sequence, without time conditioning. A position is revealed at step i with probability
+    p_i = (alpha_s - alpha_t) / (1 - alpha_1), independently of the others. The sequence cache
+    runs a sequence once per step that reveals one of its positions; the batch cache runs the
+    whole batch once per step that reveals one of its batch x positions. Both add one forward
+    for the final fill when MASK is left, which happens with probability 1 - (sum_i p_i)^n."""
+    alpha = (schedule or LogLinear()).alpha(time_grid(steps, t_min))
+    p = (alpha[1:] - alpha[:-1]) / (1 - alpha[0])
+    n = positions if cache == "sequence" else positions * batch
+    return ((1 - (1 - p) ** n).sum() + 1 - p.sum().clamp(0, 1) ** n).item()
+
+
+SAMPLERS = {
+    "ancestral": lambda final: Ancestral(final),                # the reference: whole output, batch cache
+    "revealed": lambda final: Revealed(final, cache="batch"),   # output layer at revealed rows only
+    "cached": lambda final: Revealed(final, cache="sequence"),  # ... and the trunk cached per sequence
+    "topk": lambda final: Confidence(),                         # LLaDA-style, not ancestral
+    "semi-ar": lambda final: SemiAR(Revealed(final)),           # past the context, block by block
+}
+DEFAULT_SAMPLER = "cached"  # exact (the same tokens as "ancestral"), and the least work
+
+
+def make_sampler(name=None, final="argmax"):
+    """The sampler called `name` (default: DEFAULT_SAMPLER)."""
+    name = name or DEFAULT_SAMPLER
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; choose from {', '.join(SAMPLERS)}")
+    return SAMPLERS[name](final)
