@@ -28,7 +28,7 @@ from cli import check_bounds, flag, parse_config, run
 from devices import autocast, peak_memory, sync
 from diffusion import MaskingProcess, antithetic_times
 from distill import idlm_phases, sdtt_phases, trainable_copy
-from flops import GPUS, forward_flops, matmul_params, matmul_peak_flops
+from flops import GPUS, forward_flops, matmul_params, matmul_peak_flops, sampling_flops
 from model import GPT, PRESETS, DiT, compile_blocks, config_for, count_params, frozen
 from samplers import Ancestral, Revealed, expected_forwards
 from train import Env, TrainConfig, make_ema, pretrain_phases, resolve as resolve_training, train_step
@@ -150,6 +150,11 @@ def time_size(cfg, device, size):
                 d, passes = timed(lambda: diffusion_sample(dit, batch, cfg.seq_len, k, name), cfg.runs, device,
                                   warmup=lambda: diffusion_sample(dit, batch, cfg.seq_len, 1, name))
                 row["diffusion"][k][name] = {**d, "forward_passes": statistics.mean(passes)}
+            plain, default = row["diffusion"][k]["plain"], row["diffusion"][k]["default"]
+            plain_flops = sampling_flops(dit, cfg.seq_len, plain["forward_passes"])
+            default_flops = sampling_flops(dit, cfg.seq_len, default["forward_passes"], cfg.seq_len)
+            row["diffusion"][k].update(speedup=plain["median_s"] / default["median_s"],
+                                       flop_ratio=plain_flops / default_flops)
         rows.append(row)
     return rows
 
@@ -163,15 +168,17 @@ def latency(cfg, device, results):
         ar, ar_bound = r["ar"]["median_s"], r["bound"]["ar_s"]
         methods = [("AR + KV cache", r["ar_params"], r["ar"], ar_bound)]
         methods += [(f"diffusion, {k} steps, {name}", r["params"], d, r["bound"]["diffusion_s"][k])
-                    for k, by_name in r["diffusion"].items() for name, d in by_name.items()]
+                    for k, by_name in r["diffusion"].items() for name, d in by_name.items() if name in SAMPLERS]
         for method, params, t, bound in methods:
             lines.append([r["size"], f"{params / 1e6:.1f}M", r["batch"], method, f"{t['median_s']:.3f}",
                           f"{t['min_s']:.3f}", f"{ar / t['median_s']:.2f}",
                           f"{r['batch'] * cfg.seq_len / t['median_s']:,.0f}",
                           f"{bound * 1e3:.2f}", f"{ar_bound / bound:.2f}", f"{t['median_s'] / bound:,.1f}"])
         for k, by_name in r["diffusion"].items():
-            print(f"{r['size']}, batch {r['batch']}, {k} steps: default sampler "
-                  f"{by_name['plain']['median_s'] / by_name['default']['median_s']:.2f}x faster than plain")
+            plain, default = by_name["plain"], by_name["default"]
+            print(f"{r['size']}, batch {r['batch']}, {k} steps: the default sampler is {by_name['speedup']:.2f}x "
+                  f"faster than the plain one ({plain['forward_passes']:g} vs {default['forward_passes']:g} "
+                  f"sequence-forwards per sequence; FLOP counts predict {by_name['flop_ratio']:.2f}x)")
     gpu = cfg.gpu.upper()
     print_table(f"Latency of {cfg.seq_len} tokens on {device.type} ({cfg.runs} runs after a warm-up step), "
                 f"and the lower bound on an {gpu}",

@@ -41,3 +41,13 @@ def matmul_peak_flops(device, n=2048, repeats=10):
         a @ b
     sync(device)
     return 2 * n ** 3 * repeats / (time.perf_counter() - t0)
+
+
+def sampling_flops(model, seq_len, sequence_forwards, head_rows=None):
+    """FLOPs of sampling: `sequence_forwards` passes of the trunk over seq_len positions, and the
+    output layer at `head_rows` rows (default: every position of every pass, as the plain
+    sampler does; the revealed-only sampler applies it once per generated token)."""
+    head = 2 * model.output_layer.linear.weight.numel()
+    trunk = forward_flops(model, 1, seq_len) - head * seq_len
+    rows = sequence_forwards * seq_len if head_rows is None else head_rows
+    return sequence_forwards * trunk + rows * head

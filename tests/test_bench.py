@@ -41,7 +41,7 @@ def test_latency_rows_hold_every_size_batch_step_count_and_sampler():
     row = rows[0]
     assert row["ar"]["runs"] == 2 and set(row["diffusion"]) == {2, 4}
     for k, by_sampler in row["diffusion"].items():
-        assert set(by_sampler) == {"plain", "default"}
+        assert set(by_sampler) == {"plain", "default", "speedup", "flop_ratio"} and by_sampler["flop_ratio"] >= 1
         # k passes, plus one when a MASK survives to the end; the default sampler never does more
         assert k <= by_sampler["plain"]["forward_passes"] <= k + 1
         assert by_sampler["default"]["forward_passes"] <= by_sampler["plain"]["forward_passes"]
@@ -110,3 +110,10 @@ def test_main_writes_the_json(tmp_path, capsys):
     rerun = json.loads(path.read_text())
     assert rerun["results"]["latency"] == saved["results"]["latency"]  # a partial rerun keeps the rest
     assert rerun["configs"]["roofline"]["seq_len"] == 32 and rerun["configs"]["latency"]["seq_len"] == 16
+
+
+def test_sampling_flops_of_the_plain_sampler_are_whole_forwards_and_the_head_is_counted_per_row():
+    dit = bench.untrained("mdlm", "micro", 64, 16, CPU)
+    assert bench.sampling_flops(dit, 16, 5) == pytest.approx(5 * bench.forward_flops(dit, 1, 16))
+    head_row = 2 * dit.output_layer.linear.weight.numel()
+    assert (bench.sampling_flops(dit, 16, 5) - bench.sampling_flops(dit, 16, 5, 16)) == pytest.approx(head_row * 4 * 16)
