@@ -240,7 +240,7 @@ def work(cfg, device, results):
     steps, L = cfg.cache_steps, cfg.cache_seq_len
     rows = []
     for batch in cfg.cache_batch_sizes:
-        row = {"batch": batch, "steps": steps, "seq_len": L}
+        row = {"batch_size": batch, "steps": steps, "seq_len": L}
         for cache in ("batch", "sequence"):
             process = MaskingProcess(cfg.vocab_size)
             forwards = Revealed(cache=cache)(FreeTrunk(cfg.vocab_size, L), process, process.prior(batch, L, "cpu"),
@@ -250,7 +250,7 @@ def work(cfg, device, results):
         rows.append(row)
     print_table(f"Sequence-forwards per sequence at {steps} steps, L={L} (one run each; expected from the schedule)",
                 ["batch", "batch cache", "expected", "per-sequence cache", "expected", "fewer"],
-                [[r["batch"], f"{r['batch']['measured']:.0f}", f"{r['batch']['expected']:.0f}",
+                [[r["batch_size"], f"{r['batch']['measured']:.0f}", f"{r['batch']['expected']:.0f}",
                   f"{r['sequence']['measured']:.0f}", f"{r['sequence']['expected']:.0f}", f"{r['fewer']:.2f}x"]
                  for r in rows])
     print("Exact ancestral sampling needs a forward at every step that reveals a token of a sequence: at L steps "

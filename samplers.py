@@ -7,8 +7,8 @@ never change. `forwards` counts sequence-forwards: one for each sequence that we
 the network (a batch forward of N sequences counts N). on_step(i, z) is called after each
 step (a progress bar, a trace of the denoising).
 
-- `Ancestral`: MDLM's ancestral sampler, the reference. Every forward computes the output layer
-  at every position; the output is reused after a step that changed no sequence.
+- `Ancestral`: MDLM's ancestral sampler as the first release ran it, the reference. One forward
+  per step, the output layer at every position; reused after a step that changed nothing.
 - `Revealed`: the same draws in the same order, so the same tokens, with less work. It first
   draws which MASK positions a step reveals, then runs the output layer on those rows only
   (at the small preset the output layer is a quarter of a forward's FLOPs), and it caches the
@@ -23,8 +23,8 @@ from diffusion import T_MIN, LogLinear, sample_categorical, time_grid
 
 class WholeOutput:
     """Any denoiser seen as trunk + head: the 'hidden states' are its whole output and the head
-    picks rows. The samplers use it for networks without `trunk` and `head`, and `Ancestral`
-    uses it to compute every output row, as the first release did."""
+    picks rows. The fast samplers use it for networks without `trunk` and `head` (the exact
+    denoiser), where they still save forwards but not output-layer work."""
 
     def __init__(self, model):
         self.model = model
@@ -84,9 +84,10 @@ def check_steps(steps):
         raise ValueError(f"steps must be >= 1, got {steps}")
 
 
-def ancestral_steps(process, z, steps, t_min, final, cache, generator, on_step):
-    """The loop of both exact samplers. Step i draws the positions it reveals, then their tokens
-    from the logits of those rows only; at the end, positions still MASK are filled (`final`)."""
+def revealed_steps(process, z, steps, t_min, final, cache, generator, on_step):
+    """Ancestral sampling, with the network asked only for the rows it needs. Step i first draws
+    the positions it reveals, then their tokens from the logits of those rows (`cache`, a
+    HiddenCache); at the end, positions still MASK are filled (`final`)."""
     check_steps(steps)
     times = time_grid(steps, t_min)
     for i in range(steps):
@@ -105,8 +106,9 @@ def ancestral_steps(process, z, steps, t_min, final, cache, generator, on_step):
 
 
 class Ancestral:
-    """Exact ancestral sampling (MDLM), with the whole output computed at every forward: the
-    reference the fast samplers are tested against.
+    """Exact ancestral sampling (MDLM) as the first release ran it, the reference the fast
+    samplers are tested against: one forward per step, the whole output every time, and
+    `process.reverse_step` on it (any process with a reverse step can use it).
 
     final: how positions still MASK after the last step are filled ("argmax" is MDLM's noise
     removal, "sample" draws them). cache: reuse the output after a step that changed no
@@ -119,8 +121,25 @@ class Ancestral:
 
     @torch.no_grad()
     def __call__(self, model, process, z, steps, generator=None, on_step=None):
-        cache = HiddenCache(WholeOutput(model), process, "batch" if self.cache else "none")
-        return ancestral_steps(process, z, steps, self.t_min, self.final, cache, generator, on_step)
+        check_steps(steps)
+        times = time_grid(steps, self.t_min)
+        reuse = self.cache and not process.time_conditioned
+        logits, seen, forwards = None, None, 0
+        for i in range(steps + 1):
+            rows = (z == process.mask_id).nonzero(as_tuple=True)
+            if i == steps and not len(rows[0]):
+                break
+            if not (reuse and seen is not None and torch.equal(z, seen)):
+                logits = model(z, process.noise_input(times[i], z.shape[0], z.device))
+                seen, forwards = z, forwards + z.shape[0]
+            if i == steps:  # the final fill of positions still MASK
+                z = z.clone()
+                z[rows] = process.final_tokens(logits[rows], self.final, generator)
+                break
+            z = process.reverse_step(logits, z, times[i + 1], times[i], generator)
+            if on_step is not None:
+                on_step(i, z)
+        return z, forwards
 
 
 class Revealed:
@@ -139,7 +158,7 @@ class Revealed:
     @torch.no_grad()
     def __call__(self, model, process, z, steps, generator=None, on_step=None):
         cache = HiddenCache(trunk_and_head(model), process, self.cache)
-        return ancestral_steps(process, z, steps, self.t_min, self.final, cache, generator, on_step)
+        return revealed_steps(process, z, steps, self.t_min, self.final, cache, generator, on_step)
 
 
 class Confidence:

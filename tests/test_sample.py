@@ -51,3 +51,15 @@ def test_prompt_longer_than_context_is_one_error_line(tmp_path):
 def test_steps_below_one_is_one_error_line(tmp_path):
     ckpt = save_tiny_checkpoint(tmp_path / "mdlm.pt")
     assert "--steps" in assert_one_error_line(run_sample("--ckpt", str(ckpt), "--steps", "0"))
+
+
+def test_samplers_by_name_semi_ar_past_the_context_and_topk(tmp_path):
+    ckpt = save_tiny_checkpoint(tmp_path / "mdlm.pt")
+    out = tmp_path / "samples.jsonl"
+    result = run_sample("--ckpt", str(ckpt), "--steps", "4", "--num-samples", "2", "--sampler", "semi-ar",
+                        "--seq-len", str(L + 8), "--prompt", "a b", "--jsonl", str(out))
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert all(len(r["tokens"]) == L + 8 and r["tokens"][:2] == [0, 1] for r in records)
+    assert "semi-ar" in assert_one_error_line(run_sample("--ckpt", str(ckpt), "--seq-len", str(L + 8)))
+    assert run_sample("--ckpt", str(ckpt), "--steps", "4", "--num-samples", "2", "--sampler", "topk").returncode == 0
