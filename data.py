@@ -324,6 +324,8 @@ def tokenizer_from_meta(meta):
     """Rebuild the tokenizer a checkpoint was trained with."""
     if meta["kind"] == "synthetic":
         return SymbolTokenizer(meta["vocab_size"])
+    if meta["kind"] != "gpt2":
+        raise ValueError(f"this model's vocabulary of {meta.get('vocab_size')} tokens is not GPT-2's: no tokenizer for it")
     return Tokenizer(meta["gpt2_ids"])
 
 

@@ -23,7 +23,8 @@ from evaluate import generate
 
 @dataclass
 class SampleConfig:
-    ckpt: Optional[str] = flag(None, "checkpoint to sample from (mdlm, sdtt, idlm or ar)")
+    ckpt: Optional[str] = flag(None, "checkpoint to sample from (mdlm, sdtt, idlm or ar), or MDLM's weights "
+                                          "(Hugging Face folder or hub name, .ckpt, state dict)")
     steps: int = flag(64, "diffusion sampling steps (ignored for AR)", at_least=1)
     num_samples: int = flag(4, "number of samples", at_least=1)
     batch_size: int = flag(16, "samples generated together", at_least=1)

@@ -44,7 +44,8 @@ class TrainConfig:
     model: str = flag("mdlm", "what to pretrain: a masked diffusion LM or an AR model", choices=["mdlm", "ar"])
     distill: Optional[str] = flag(None, "distill a diffusion teacher instead of pretraining (distill.py)",
                                   choices=["sdtt", "idlm"])
-    teacher: Optional[str] = flag(None, "teacher checkpoint (ours, or a state dict in MDLM's layout); "
+    teacher: Optional[str] = flag(None, "teacher: our checkpoint, MDLM's weights as a Hugging Face folder or hub "
+                                        "name (kuleshov-group/mdlm-owt), a Lightning .ckpt or a state dict; "
                                         "default: the embedded teacher, trained first if missing")
     data: str = flag("shakespeare", "shakespeare | synthetic | openwebtext | path(s) to text files, comma-separated")
     size: str = flag("tiny", "model size preset: micro, tiny, mini (CPU) or small ... 8B (SDTT Table 2)")

@@ -12,7 +12,7 @@ LAYERS = [
     ["cli", "devices"],                                     # plumbing with no project imports
     ["diffusion", "model", "data", "exact", "flops"],       # maths, networks, data
     ["sdtt", "idlm"],                                       # methods
-    ["checkpoint", "evaluate"],                             # plumbing on the maths
+    ["hub", "checkpoint", "evaluate"],                      # plumbing on the maths
     ["train"],                                              # the loop
     ["distill"],                                            # orchestration on the loop
     ["bench", "sweep", "reproduce", "sample"],              # entry points
