@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 import evaluate
 from data import MarkovSource
 from diffusion import MaskingProcess
-from helpers import L, SYNTHETIC, V, save_tiny_checkpoint, tiny_model
+from data import GPT2_EOS, Tokenizer
+from helpers import L, SYNTHETIC, V, save_tiny_checkpoint, tiny_gpt2_folder, tiny_model
 token_rows = st.lists(st.integers(0, 50), min_size=1, max_size=40)
 
 
@@ -61,6 +62,65 @@ def test_load_judge_refuses_mismatched_vocabularies(tmp_path):
 
 
 # ----------------------------------------------------------------------------- entropy and self-BLEU
+
+def test_judged_positions_are_the_real_tokens_and_the_first_eos_after_the_first_token():
+    E = 9
+    ids = torch.tensor([[1, E, 2, E, E], [E, 3, 4, E, 5], [1, 2, 3, 4, 5]])
+    assert evaluate.judged_positions(ids, E).tolist() == [[True, True, False, False],
+                                                          [True, True, False, True],
+                                                          [True, True, True, True]]
+
+
+@pytest.fixture(scope="module")
+def gpt2_judge(tmp_path_factory):
+    folder = tiny_gpt2_folder(tmp_path_factory.mktemp("gpt2"), context=32)
+    return evaluate.load_judge(str(folder), {"kind": "gpt2", "gpt2_ids": None}, "cpu")
+
+
+def our_samples():
+    """GPT-2 token samples whose texts re-tokenize to different lengths, some with an EOS inside,
+    and one longer than the judge's context of 32 (scored in two chunks)."""
+    encode = Tokenizer().encode
+    texts = ["The cat sat on the mat and looked at the door for a long while, then slept.",
+             "Numbers 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30",
+             "Short.", "A line\n\nthen another one", "x y z"]
+    rows = [encode(text)[:40] for text in texts]
+    rows[2] = rows[2] + [GPT2_EOS] + encode(" After the end.")
+    return torch.tensor([(row + [GPT2_EOS] * 40)[:40] for row in rows])
+
+
+def test_hf_judge_batched_and_one_by_one_nll_agree(gpt2_judge):
+    tokens = our_samples()
+    gpt2_judge.batch_size = len(tokens)
+    batched = gpt2_judge.nll_per_token(tokens)
+    gpt2_judge.batch_size = 1
+    one_by_one = gpt2_judge.nll_per_token(tokens)
+    assert torch.isfinite(batched).all()
+    assert torch.allclose(batched, one_by_one, atol=1e-4, rtol=0)
+
+
+def test_hf_judge_scores_without_bos_the_real_tokens_and_the_first_eos(gpt2_judge):
+    """One sample scored by hand: the judge's own tokens, no BOS, every next-token prediction
+    from the second token on, of which the first EOS counts and the padding after it does not."""
+    tokens = our_samples()[2:3, :20]  # fits the judge's context: one chunk
+    text = Tokenizer().decode(tokens[0])
+    ids = gpt2_judge.hf_tokenizer(text, return_tensors="pt")["input_ids"][:, :20]
+    first_eos = (ids[0] == GPT2_EOS).nonzero()[0].item()
+    assert ids[0, 0] != GPT2_EOS and first_eos < ids.shape[1] - 1
+    with torch.no_grad():
+        logits = gpt2_judge.model(ids).logits[0, :-1]
+    nll = torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="none")
+    keep = torch.tensor([i + 1 <= first_eos or ids[0, i + 1] != GPT2_EOS for i in range(ids.shape[1] - 1)])
+    expected = nll[keep].mean()
+    assert torch.allclose(gpt2_judge.nll_per_token(tokens)[0].float(), expected, atol=1e-5)
+
+
+def test_a_judge_that_cannot_be_loaded_is_one_clear_error(tmp_path):
+    pytest.importorskip("transformers")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="could not load judge"):
+        evaluate.load_judge(str(tmp_path / "empty"), {"kind": "gpt2", "gpt2_ids": None}, "cpu")
+
 
 def test_entropy_of_constant_sample_is_zero_and_of_all_distinct_tokens_is_log_length():
     assert evaluate.token_entropy(torch.full((1, L), 3)).item() == 0
