@@ -47,7 +47,8 @@ class TrainConfig:
     teacher: Optional[str] = flag(None, "teacher: our checkpoint, MDLM's weights as a Hugging Face folder or hub "
                                         "name (kuleshov-group/mdlm-owt), a Lightning .ckpt or a state dict; "
                                         "default: the embedded teacher, trained first if missing")
-    data: str = flag("shakespeare", "shakespeare | synthetic | openwebtext | path(s) to text files, comma-separated")
+    data: Optional[str] = flag(None, "shakespeare | synthetic | openwebtext | path(s) to text files, comma-separated "
+                                     "(default: shakespeare; openwebtext for a teacher with GPT-2's full vocabulary)")
     size: str = flag("tiny", "model size preset: micro, tiny, mini (CPU) or small ... 8B (SDTT Table 2)")
     schedule: str = flag("loglinear", "noise schedule of a pretrained diffusion model", choices=list(SCHEDULES))
     vocab_size: int = flag(4096, "compacted vocabulary for small corpora (most frequent GPT-2 tokens + <unk>)",
@@ -84,7 +85,8 @@ class TrainConfig:
     ema_teacher: bool = flag(False, "SDTT ablation: the EMA weights teach the next round (EMA decay 0.999)")
     # the table printed at the end of a distillation
     judge: Optional[str] = flag(None, "GenPPL judge: our AR checkpoint (default out/ar/ckpt.pt, trained if "
-                                      "missing), 'exact' for synthetic data, or a Hugging Face model name")
+                                      "missing; gpt2-large for a teacher with GPT-2's full vocabulary), 'exact' "
+                                      "for synthetic data, or a Hugging Face model (folder or hub name)")
     eval_samples: int = flag(64, "samples per row of the final GenPPL/entropy table", at_least=1)
 
 
@@ -111,6 +113,8 @@ def resolve(cfg, width):
     method = cfg.distill or cfg.model
     table = DEFAULTS[(method, "paper" if width >= 768 else "cpu")]
     filled = {k: v for k, v in table.items() if getattr(cfg, k) is None}
+    if cfg.data is None:
+        filled["data"] = "shakespeare"
     if method == "sdtt" and cfg.ema_teacher and cfg.ema is None:
         filled["ema"] = 0.999
     if method == "sdtt" and width < 768:
