@@ -37,7 +37,11 @@ def encode_documents(texts, eos_id, dtype):
     """The ids of each text followed by EOS, as one array, and each document's length."""
     ids = _encoding.encode_ordinary_batch(texts, num_threads=1)
     lengths = [len(row) + 1 for row in ids]
-    stream = np.fromiter((i for row in ids for i in (*row, eos_id)), dtype=dtype, count=sum(lengths))
+    stream, end = np.empty(sum(lengths), dtype=dtype), 0
+    for row in ids:
+        stream[end:end + len(row)] = row
+        stream[end + len(row)] = eos_id
+        end += len(row) + 1
     return stream, lengths
 
 
