@@ -21,8 +21,9 @@ import sdtt
 from cli import parse_config, run
 from data import load_data
 from model import config_for, frozen
-from train import (TrainConfig, check_config, ckpt_writer, existing_run, make_ema, make_phase, pretrain, resolve,
-                   resume, setup, train_steps, validation)
+from flops import step_flops_per_token
+from train import (TrainConfig, check_config, ckpt_writer, existing_run, fit_micro_batch, make_ema, make_phase,
+                   pretrain, resolve, resume, setup, train_steps, validation)
 
 FULL_GPT2 = {"kind": "gpt2", "gpt2_ids": None}  # the data_meta of MDLM's OpenWebText models
 PAPER_JUDGE = "gpt2-large"
@@ -131,7 +132,8 @@ def run_sdtt(cfg, env, data, teacher, process, teacher_ckpt, teacher_path):
         phases[0].loss.start_round(teacher, schedule[j])
         train_steps(phases, ema, data, cfg, env, first_step, cfg.iters, partial(save_sdtt, point, j, cfg, env),
                     f"sdtt round {j} ({schedule[j]}->{schedule[j + 1]} steps)",
-                    lambda: validation(ema.module, process, data, cfg, env))
+                    lambda: validation(ema.module, process, data, cfg, env),
+                    step_flops_per_token(student, cfg.seq_len, "sdtt", cfg.teacher_steps))
         if env.world > 1:
             dist.barrier()  # round{j}.pt is written before anyone reads it
     return [(f"SDTT round {j}", Path(cfg.out_dir) / f"round{j}.pt", schedule[j + 1]) for j in range(cfg.rounds)]
@@ -158,7 +160,7 @@ def run_idlm(cfg, env, data, teacher, process, teacher_ckpt, teacher_path):
 
     path = Path(cfg.out_dir) / "ckpt.pt"
     train_steps(phases, ema, data, cfg, env, start, cfg.iters, ckpt_writer(env, path, point), "idlm",
-                lambda: validation(ema.module, process, data, cfg, env))
+                lambda: validation(ema.module, process, data, cfg, env), step_flops_per_token(student, cfg.seq_len, "idlm"))
     return [("IDLM", path, s) for s in steps]
 
 
@@ -182,6 +184,7 @@ def distill(cfg, env):
     teacher, process, teacher_ckpt, teacher_path, cfg = load_teacher(cfg, env)
     cfg = resolve(teacher_defaults(cfg, teacher_ckpt, env), teacher.config.n_embd)
     check_config(cfg, env.world)
+    cfg = fit_micro_batch(cfg, env, teacher.config)
     data = load_data(cfg.data, cfg.vocab_size, cfg.seq_len)
     if data.meta() != teacher_ckpt["data_meta"]:
         raise ValueError(f"--data {cfg.data} does not use the vocabulary the teacher {teacher_path} was trained with")
@@ -193,7 +196,7 @@ def distill(cfg, env):
     Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
     run_method = run_sdtt if cfg.distill == "sdtt" else run_idlm
     students = run_method(cfg, env, data, teacher, process, teacher_ckpt, teacher_path)
-    if env.main:
+    if env.main and cfg.eval_samples > 0:
         print_final_table(cfg, env, judge, judge_model, teacher, process, students)
 
 

@@ -25,9 +25,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+import devices
 from checkpoint import load_model
 from data import MarkovSource, source_from_meta, tokenizer_from_meta
-from diffusion import antithetic_times, sample
+from diffusion import antithetic_times, sample, subs_log_probs
 
 DEFAULT_AR_JUDGE = "out/ar/ckpt.pt"
 CONTINUATIONS_PER_PROMPT = 5  # SDTT appendix A (as Lou et al. for MAUVE)
@@ -252,8 +253,9 @@ def quality_rows(entries, judge, num_samples, batch_size, seq_len, seed, device,
     rows = []
     for label, model, process, steps in entries:
         start = time.perf_counter()
-        tokens, nfe = generate(model.to(device), process, num_samples, seq_len, steps, bos_id=bos_id,
-                               batch_size=batch_size, generator=torch.Generator().manual_seed(seed))
+        with devices.autocast(device):  # bf16 on a GPU, as in training
+            tokens, nfe = generate(model.to(device), process, num_samples, seq_len, steps, bos_id=bos_id,
+                                   batch_size=batch_size, generator=torch.Generator().manual_seed(seed))
         seconds = time.perf_counter() - start
         nll = judge.nll_per_token(tokens).double()
         rows.append({"label": label, "steps": steps, "genppl": nll.mean().exp().item(),
@@ -347,14 +349,31 @@ def next_token_nll(model, x):
     return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
 
 
+def masked_nelbo(model, process, x, t, u):
+    """The NELBO per token of `process.loss` (SDTT eq. 3), with the output layer (V+1 wide: the
+    largest matmul, and the largest activation) run only at the MASK positions, the only ones
+    with terms: the memory of a validation forward pass is the trunk's, not [N, L, V+1] logits."""
+    z_t = process.forward_sample(x, t, u)
+    rows = process.loss_positions(z_t)
+    hidden, c = model.trunk(z_t, process.noise_input(t, x.shape[0], x.device))
+    logits = model.head(hidden[rows], c[:, None].expand(-1, x.shape[1], -1)[rows])
+    log_x = subs_log_probs(logits, z_t[rows], process.mask_id)
+    nll = -log_x.gather(-1, x[rows][:, None])[:, 0]
+    return (process.loss_weight(t)[:, None].expand_as(x)[rows] * nll).sum() / x.numel()
+
+
 @torch.no_grad()
-def validation_loss(model, process, batches):
+def validation_loss(model, process, batches, micro_batch=0):
     """Mean loss over validation batches of (x, t, u): the NELBO per token (SDTT eq. 3) of a
-    diffusion model, whose exp bounds its perplexity, or (process None) an AR model's
-    next-token NLL."""
+    diffusion model at its masked positions (masked_nelbo), whose exp bounds its perplexity,
+    or (process None) an AR model's next-token NLL; micro_batch rows at a time (0: all)."""
+    losses = []
     with eval_mode(model):
-        losses = [(next_token_nll(model, x) if process is None else process.loss(model, x, t, u)).item()
-                  for x, t, u in batches]
+        for batch in batches:
+            rows = batch[0].shape[0]
+            chunks = zip(*(v.split(micro_batch or rows) for v in batch))
+            losses.append(sum((next_token_nll(model, x) if process is None else masked_nelbo(model, process, x, t, u))
+                              .item() * x.shape[0] / rows for x, t, u in chunks))
     return sum(losses) / len(losses)
 
 

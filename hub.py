@@ -171,6 +171,21 @@ def download(name):
                          f"{reason[:160]})") from None
 
 
+def save_folder(model, folder):
+    """Our DiT in the hub's layout: config.json (the hub's field names) and model.safetensors
+    (MDLM's names under `backbone.`), what `load` reads back. Returns the folder."""
+    from safetensors.torch import save_file
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = vars(model.config)
+    fields = {"model_type": "mdlm", **{theirs: cfg[ours] for theirs, ours in HUB_FIELDS.items()}}
+    fields["vocab_size"] += 1  # the hub counts MASK
+    (folder / "config.json").write_text(json.dumps(fields, indent=2) + "\n")
+    save_file({"backbone." + k: v.detach().contiguous() for k, v in model.state_dict().items()},
+              folder / "model.safetensors")
+    return folder
+
+
 # ----------------------------------------------------------------------------- the routes
 
 def from_state_dict(state_dict, source):

@@ -47,7 +47,8 @@ def main():
         raise ValueError("give the checkpoint to sample from: --ckpt PATH")
     if cfg.top_p > 1:
         raise ValueError(f"--top-p must be in (0, 1], got {cfg.top_p}")
-    model, ckpt = load_model(cfg.ckpt, DIFFUSION_KINDS + ("ar",), cfg.weights, devices.pick(cfg.device))
+    device = devices.pick(cfg.device)
+    model, ckpt = load_model(cfg.ckpt, DIFFUSION_KINDS + ("ar",), cfg.weights, device)
     process = process_of(ckpt)
     tokenizer = tokenizer_from_meta(ckpt["data_meta"])
     prompt = tokenizer.encode(cfg.prompt)
@@ -55,7 +56,8 @@ def main():
     generator = torch.Generator().manual_seed(cfg.seed)  # on the CPU: the same draws on any device
     batches = -(-cfg.num_samples // cfg.batch_size)
     many_steps = process is not None and cfg.steps >= 64
-    with tqdm(total=cfg.steps * batches, disable=None if many_steps else True, leave=False) as progress:
+    with tqdm(total=cfg.steps * batches, disable=None if many_steps else True, leave=False) as progress, \
+            devices.autocast(device):  # bf16 on a GPU
         tokens, _ = generate(model, process, cfg.num_samples, seq_len, cfg.steps, prompt=prompt,
                              bos_id=tokenizer.eos_id, batch_size=cfg.batch_size, generator=generator,
                              final=cfg.final, cache=cfg.cache, top_p=cfg.top_p,

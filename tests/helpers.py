@@ -158,9 +158,9 @@ def save_tiny_checkpoint(path, kind="mdlm", data_meta=SYNTHETIC, **fields):
     return path
 
 
-def run_script(*args, env=None):
+def run_script(*args, env=None, timeout=120):
     return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, timeout=120)
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, timeout=timeout)
 
 
 def assert_one_error_line(result):

@@ -8,10 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import evaluate
-from data import MarkovSource
-from diffusion import MaskingProcess
-from data import GPT2_EOS, Tokenizer
-from helpers import L, SYNTHETIC, V, save_tiny_checkpoint, tiny_gpt2_folder, tiny_model
+from data import GPT2_EOS, MarkovSource, Tokenizer
+from diffusion import Cosine, LogLinear, MaskingProcess, antithetic_times
+from helpers import L, SYNTHETIC, V, random_dit, save_tiny_checkpoint, tiny_gpt2_folder, tiny_model
 token_rows = st.lists(st.integers(0, 50), min_size=1, max_size=40)
 
 
@@ -186,3 +185,42 @@ def test_lambada_decodes_each_last_word_in_one_forward_pass():
         word = len(text.rsplit(maxsplit=1)[1]) + 1  # the space belongs to the word, as in GPT-2
         assert (z[0, -word:] == V).all() and (z[0, :-word] != V).all() and z.shape[1] <= L
     assert 0 <= result["accuracy"] <= 1 and 1 < result["ppl_bound"] < math.inf
+
+
+def nelbo_inputs(seed, n=4):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, V, (n, L), generator=g)
+    return x, antithetic_times(torch.rand((), generator=g).item(), n), torch.rand(x.shape, generator=g)
+
+
+@settings(max_examples=6, deadline=None, derandomize=True)
+@given(seed=st.integers(0, 2**31 - 1), time_conditioned=st.booleans())
+def test_masked_nelbo_equals_the_full_nelbo(seed, time_conditioned):
+    model = random_dit(seed, V, L)
+    process = MaskingProcess(V, Cosine(1e-3) if time_conditioned else LogLinear(), time_conditioned)
+    x, t, u = nelbo_inputs(seed)
+    with torch.no_grad():
+        full, masked = process.loss(model, x, t, u), evaluate.masked_nelbo(model, process, x, t, u)
+    assert torch.allclose(masked, full, rtol=1e-5, atol=1e-6)
+
+
+def test_micro_batched_validation_equals_one_pass():
+    model, process = random_dit(0, V, L), MaskingProcess(V, LogLinear())
+    batches = [nelbo_inputs(seed, n=6) for seed in range(2)]
+    whole = evaluate.validation_loss(model, process, batches)
+    assert evaluate.validation_loss(model, process, batches, micro_batch=4) == pytest.approx(whole, rel=1e-6)
+    assert evaluate.validation_loss(model, process, batches, micro_batch=1) == pytest.approx(whole, rel=1e-6)
+
+
+def test_fp16_autocast_losses_stay_finite_even_with_huge_logits():
+    """Logits of order 3e4 (fp16 holds up to 65504): SUBS's masking, in float32, yields no NaN."""
+    model, process = random_dit(0, V, L), MaskingProcess(V, LogLinear())
+    x, t, u = nelbo_inputs(0)
+    with torch.no_grad():
+        largest = model(process.forward_sample(x, t, u), torch.zeros(len(x))).abs().max()
+        model.output_layer.linear.weight.mul_(3e4 / largest)
+        model.output_layer.linear.bias.mul_(3e4 / largest)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.float16):
+        assert model(process.prior(1, L, "cpu"), torch.zeros(1)).dtype == torch.float16
+        losses = process.loss(model, x, t, u), evaluate.masked_nelbo(model, process, x, t, u)
+    assert all(torch.isfinite(loss) for loss in losses)

@@ -153,3 +153,11 @@ def test_the_full_gpt2_vocabulary_means_the_gpt2_tokenizer(tmp_path):
     torch.save(mdlm_state_dict(cfg, 0), tmp_path / "owt.pt")
     assert checkpoint.load(tmp_path / "owt.pt")["data_meta"] == {"kind": "gpt2", "gpt2_ids": None}
     assert checkpoint.load(tmp_path / "owt.pt")["model_config"]["vocab_size"] == 50257
+
+
+def test_save_folder_writes_what_load_reads_back(weights, tmp_path):
+    pytest.importorskip("safetensors")
+    state_dict, inputs, expected = weights
+    hub.save_folder(load_mdlm_state_dict(DiT(CFG), state_dict), tmp_path / "export")
+    assert json.loads((tmp_path / "export" / "config.json").read_text())["vocab_size"] == CFG.vocab_size + 1
+    assert torch.equal(logits_of(tmp_path / "export", inputs)[0], expected)
