@@ -14,6 +14,7 @@ import base64
 import json
 import os
 import random
+import shutil
 import string
 import subprocess
 import sys
@@ -31,6 +32,7 @@ def write_tiny_gpt2(folder, context=1024, seed=0):
     from transformers.convert_slow_tokenizer import TikTokenConverter
 
     from data import GPT2_EOS, GPT2_PATTERN, gpt2_encoding
+    folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     ranks = folder / "gpt2.tiktoken"
     ranks.write_text("".join(f"{base64.b64encode(token).decode()} {rank}\n"
@@ -39,8 +41,8 @@ def write_tiny_gpt2(folder, context=1024, seed=0):
                                   extra_special_tokens={"<|endoftext|>": GPT2_EOS})
     transformers.PreTrainedTokenizerFast(tokenizer_object=converter.converted(), eos_token="<|endoftext|>",
                                          bos_token="<|endoftext|>").save_pretrained(folder)
-    torch.manual_seed(seed)
-    config = transformers.GPT2Config(vocab_size=GPT2_EOS + 1, n_positions=context, n_embd=32, n_layer=2, n_head=2)
+    torch.manual_seed(int(seed))
+    config = transformers.GPT2Config(vocab_size=GPT2_EOS + 1, n_positions=int(context), n_embd=32, n_layer=2, n_head=2)
     transformers.GPT2LMHeadModel(config).save_pretrained(folder)
     return folder
 
@@ -52,7 +54,7 @@ def write_teacher(folder, size, seed=0):
 
     import hub
     from model import DiT, config_for
-    torch.manual_seed(seed)
+    torch.manual_seed(int(seed))
     model = DiT(config_for(size, vocab_size=hub.GPT2_VOCAB, seq_len=1024))
     with torch.no_grad():
         for p in model.parameters():
@@ -62,13 +64,24 @@ def write_teacher(folder, size, seed=0):
 
 def write_text(path, megabytes, seed=0):
     """Pseudo-English documents, one JSON line each, about `megabytes` MB."""
-    rng = random.Random(seed)
+    rng = random.Random(int(seed))
     words = ["".join(rng.choices(string.ascii_lowercase, k=rng.randint(1, 8))) for _ in range(3000)]
     with open(path, "w") as out:
-        while out.tell() < megabytes * 1e6:
+        while out.tell() < float(megabytes) * 1e6:
             text = " ".join(rng.choices(words, k=rng.randint(100, 800))) + "."
             out.write(json.dumps({"text": text}) + "\n")
     return path
+
+
+def share_tokenizer(data_dir):
+    """The stages prepare their corpus under data_dir (MDLM_DATA_DIR), not in the repository's
+    data/, with the GPT-2 ranks of the usual data folder when it has them (no download)."""
+    from data import DATA_DIR
+    data_dir.mkdir(parents=True)
+    for name in ("tokenizer", "downloads"):
+        if (DATA_DIR / name).exists():
+            (data_dir / name).symlink_to((DATA_DIR / name).resolve())
+    os.environ["MDLM_DATA_DIR"] = str(data_dir)
 
 
 def run_stage(args):
@@ -108,7 +121,9 @@ def main():
     if args.call:
         return globals()[args.call[0]](*args.call[1:])
     work = Path(args.work_dir)
-    work.mkdir(parents=True, exist_ok=True)
+    for run in ("sdtt", "idlm", "data"):
+        shutil.rmtree(work / run, ignore_errors=True)
+    share_tokenizer(work / "data")
     teacher, judge, text = work / "teacher", work / "judge", work / "corpus.jsonl"
     common = ["--teacher", str(teacher), "--data", str(text), "--judge", str(judge), "--device", "cpu",
               "--iters", "2", "--batch-size", "2", "--eval-every", "0", "--eval-batches", "1", "--eval-samples", "0"]
