@@ -3,8 +3,9 @@
 A checkpoint holds the kind of model ("mdlm", "ar", "sdtt", "idlm"), its config, the diffusion
 process it was trained under, the tokenizer/vocabulary mapping, the raw and EMA weights, and
 the training state (optimizers, schedulers, step, round) needed to resume. `record` builds it,
-the same way for every phase. A plain state dict in MDLM's published layout is accepted
-wherever a diffusion checkpoint is.
+the same way for every phase. `load_model` is the one loader of every entry point: it takes our
+checkpoints and, through hub.py, MDLM's published weights in any of their layouts (a Hugging
+Face folder or hub name, a Lightning .ckpt, a bare state dict).
 """
 import os
 import pickle
@@ -14,7 +15,8 @@ from pathlib import Path
 import torch
 
 from diffusion import process_from_config
-from model import PRESETS, DiT, ModelConfig, build_model, load_mdlm_state_dict
+import hub
+from model import ModelConfig, build_model
 
 DIFFUSION_KINDS = ("mdlm", "sdtt", "idlm")
 
@@ -59,17 +61,23 @@ def restore(state, phases, ema):
     ema.load_state_dict(state["ema_state"])
 
 
-def load_model(path, kinds=None, weights="ema", device="cpu", mdlm_config=None):
-    """Rebuild the model of a checkpoint. Returns (model in eval mode, checkpoint dict).
+def load(spec):
+    """The checkpoint dict of one of our files, or of MDLM's weights in any layout (hub.load)."""
+    path = Path(spec)
+    if path.is_file() and path.suffix not in (".ckpt", ".safetensors"):
+        ckpt = read(path)
+        return ckpt if "kind" in ckpt else hub.from_state_dict(ckpt, str(spec))
+    return hub.load(str(spec))
+
+
+def load_model(spec, kinds=None, weights="ema", device="cpu"):
+    """Rebuild the model of a checkpoint (see `load`). Returns (model in eval mode, checkpoint dict).
 
     kinds: the acceptable kinds (a clear error otherwise). weights: "ema" or "raw".
-    mdlm_config: the ModelConfig to use when the file is a bare MDLM state dict.
     """
-    ckpt = read(path)
-    if "kind" not in ckpt:
-        ckpt = from_mdlm_state_dict(ckpt, path, mdlm_config)
+    ckpt = load(spec)
     if kinds is not None and ckpt["kind"] not in kinds:
-        raise ValueError(f"{path} holds a {ckpt['kind']} model; expected {' or '.join(kinds)}")
+        raise ValueError(f"{spec} holds a {ckpt['kind']} model; expected {' or '.join(kinds)}")
     model = build_model(ckpt["kind"], ModelConfig(**ckpt["model_config"]))
     state = ckpt["ema"] if weights == "ema" and ckpt.get("ema") is not None else ckpt["model"]
     model.load_state_dict(state)
@@ -82,24 +90,3 @@ def process_of(ckpt):
         return None
     cfg = ckpt["model_config"]
     return process_from_config(ckpt.get("process"), cfg["vocab_size"], cfg.get("time_conditioning", False))
-
-
-def from_mdlm_state_dict(state_dict, path, cfg):
-    """Wrap a state dict in MDLM's published layout (e.g. its Hugging Face checkpoint) as ours."""
-    state_dict = state_dict.get("state_dict", state_dict)  # Lightning checkpoints nest it
-    if not any(k.endswith("vocab_embed.embedding") for k in state_dict):
-        raise ValueError(f"{path} is neither one of our checkpoints nor an MDLM state dict")
-    if cfg is None:  # infer the size: width from the embedding, depth from the block indices
-        embed = next(v for k, v in state_dict.items() if k.endswith("vocab_embed.embedding"))
-        width = embed.shape[1]
-        n_layer = 1 + max(int(k.split("blocks.")[1].split(".")[0]) for k in state_dict if "blocks." in k)
-        n_head = next((p["n_head"] for p in PRESETS.values() if p["n_embd"] == width), width // 64)
-        cfg = ModelConfig(vocab_size=embed.shape[0] - 1, seq_len=1024, n_layer=n_layer,
-                          n_embd=width, n_head=n_head)
-    model = DiT(cfg)
-    try:
-        load_mdlm_state_dict(model, state_dict)
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}") from None
-    return {"kind": "mdlm", "model_config": vars(cfg), "process": None, "model": model.state_dict(), "ema": None,
-            "data_meta": {"kind": "gpt2", "gpt2_ids": None}}

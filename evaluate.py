@@ -2,7 +2,17 @@
 
 SPEC section 5. Generative perplexity (GenPPL) is the mean per-token NLL of unconditional
 samples under a judge, exponentiated, always reported with the samples' token entropy (the
-guard against repetitive text, IDLM/Duo protocol) and the number of steps. Also: self-BLEU
+guard against repetitive text, IDLM/Duo protocol) and the number of steps.
+
+A Hugging Face judge (GPT-2 Large in the papers) follows MDLM's protocol: each sample is decoded
+to text and re-tokenized by the judge's tokenizer (truncated to the sample's length), without
+a BOS, so the first judge token is context and is not scored; a batch is padded on the right
+with EOS under an attention mask; the tokens scored are the real tokens and the first EOS of
+each row (a sample's own end of text, or else the first padding); rows longer than the judge's
+context are scored in context-sized chunks; on a GPU the judge runs in bf16, and log-softmax in
+float32. GenPPL here is the exponential of the mean over samples of their NLL per counted
+token; MDLM pools the counted tokens of all samples instead (the two agree when the samples'
+judge lengths do). Also: self-BLEU
 of continuations of one prompt (SDTT appendix A), LAMBADA last-word accuracy decoded in one
 forward pass and its NELBO perplexity bound (SDTT section 4).
 """
@@ -15,9 +25,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+import devices
 from checkpoint import load_model
 from data import MarkovSource, source_from_meta, tokenizer_from_meta
-from diffusion import antithetic_times
+from diffusion import antithetic_times, subs_log_probs
 from samplers import make_sampler
 
 DEFAULT_AR_JUDGE = "out/ar/ckpt.pt"
@@ -58,44 +69,78 @@ class ExactJudge:
         return -self.source.log_prob(tokens) / tokens.shape[1]
 
 
-class HFJudge:
-    """A Hugging Face causal LM (the papers use gpt2-large). Our tokens are decoded to text and
-    re-tokenized with the judge's tokenizer, so the NLL is per judge token (as in MDLM)."""
+def judged_positions(ids, eos_id):
+    """Which next-token predictions of judge ids [N, T] count (MDLM's protocol): positions 1..T-1,
+    each real token and the first EOS of the row; later EOS (the padding among them) do not."""
+    is_eos = ids == eos_id
+    return (~is_eos | (is_eos.cumsum(-1) == 1))[:, 1:]
 
-    def __init__(self, name, tokenizer, device):
+
+class HFJudge:
+    """A Hugging Face causal LM (the papers use gpt2-large), scored with MDLM's protocol (module
+    docstring): retokenized text, no BOS, batches padded on the right with an attention mask,
+    the first EOS counted, bf16 weights on a GPU."""
+
+    def __init__(self, name, tokenizer, device, batch_size=16):
         try:
             import transformers
         except ImportError:
             raise ValueError(f"judge {name!r} is not 'exact' or a checkpoint file; a Hugging Face "
-                                "judge needs `pip install transformers`") from None
+                             "judge needs `pip install -r requirements-gpu.txt`") from None
+        device = torch.device(device)
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         try:
             self.hf_tokenizer = transformers.AutoTokenizer.from_pretrained(name)
-            self.model = transformers.AutoModelForCausalLM.from_pretrained(name).to(device).eval()
-        except (OSError, ValueError):  # what from_pretrained raises for an unknown name or no network
-            raise ValueError(f"could not load judge {name!r} from the Hugging Face hub") from None
-        self.tokenizer, self.device = tokenizer, device
-        bos_id = self.hf_tokenizer.bos_token_id
-        self.bos_id = self.hf_tokenizer.eos_token_id if bos_id is None else bos_id
-        self.max_len = self.model.config.max_position_embeddings
+            self.model = transformers.AutoModelForCausalLM.from_pretrained(name, dtype=dtype).to(device).eval()
+        except (OSError, ValueError) as e:  # what from_pretrained raises for an unknown name or no network
+            reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+            raise ValueError(f"could not load judge {name!r} (a local folder or a Hugging Face hub name): "
+                             f"{reason}") from None
+        self.eos_id = self.hf_tokenizer.eos_token_id
+        if self.eos_id is None:
+            raise ValueError(f"judge {name!r} has no EOS token, which MDLM's protocol pads and counts with")
+        self.hf_tokenizer.pad_token_id = self.eos_id
+        self.hf_tokenizer.padding_side = "right"
+        self.tokenizer, self.device, self.batch_size = tokenizer, device, batch_size
+        self.context = self.model.config.max_position_embeddings
+
+    def retokenize(self, tokens):
+        """Our tokens [N, L] as text, then as the judge's ids [N, T] and attention mask, T <= L
+        (MDLM truncates the judge's tokens to the samples' length)."""
+        texts = [self.tokenizer.decode(row) for row in tokens]
+        batch = self.hf_tokenizer(texts, return_tensors="pt", padding=True, truncation=True,
+                                  max_length=tokens.shape[1], return_attention_mask=True)
+        return batch["input_ids"], batch["attention_mask"]
 
     @torch.no_grad()
+    def nll_sums(self, ids, attention_mask):
+        """(summed NLL in nats, number of counted tokens) of each row of judge ids [N, T]. Rows
+        longer than the judge's context are scored in context-sized chunks, each on its own."""
+        sums, counts = torch.zeros(len(ids), dtype=torch.float64), torch.zeros(len(ids), dtype=torch.float64)
+        for chunk, mask in zip(ids.split(self.context, 1), attention_mask.split(self.context, 1)):
+            logits = self.model(chunk.to(self.device), attention_mask=mask.to(self.device)).logits.float().cpu()
+            nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), chunk[:, 1:], reduction="none")
+            counted = judged_positions(chunk, self.eos_id)
+            sums += (nll * counted).sum(-1).double()
+            counts += counted.sum(-1)
+        return sums, counts
+
     def nll_per_token(self, tokens):
-        nll = []
-        for row in tokens:  # one at a time: re-tokenized lengths differ
-            text_ids = self.hf_tokenizer.encode(self.tokenizer.decode(row))[:self.max_len - 1]
-            ids = torch.tensor([self.bos_id] + text_ids, device=self.device)
-            nll.append(F.cross_entropy(self.model(ids[None]).logits[0, :-1].float(), ids[1:]).item())
-        return torch.tensor(nll)
+        """Mean NLL per counted judge token of each sample of our tokens [N, L] -> [N]."""
+        ids, mask = self.retokenize(tokens)
+        totals = [self.nll_sums(i, m) for i, m in zip(ids.split(self.batch_size), mask.split(self.batch_size))]
+        return torch.cat([s for s, _ in totals]) / torch.cat([c for _, c in totals])
 
 
 def load_judge(spec, data_meta, device):
-    """'exact' (synthetic source only), a path to our AR checkpoint, or a Hugging Face name."""
+    """'exact' (synthetic source only), a path to our AR checkpoint, or a Hugging Face causal LM
+    (a local folder or a hub name such as gpt2-large)."""
     if spec == "exact":
         source = source_from_meta(data_meta)
         if source is None:
             raise ValueError("the exact judge needs the synthetic source; these models saw text")
         return ExactJudge(source)
-    if spec.endswith(".pt") or Path(spec).exists():
+    if spec.endswith(".pt") or Path(spec).is_file():
         model, ckpt = load_model(spec, kinds=("ar",), device=device)
         if ckpt["data_meta"] != data_meta:
             raise ValueError(f"judge {spec} uses a different tokenizer/vocabulary than the samples")
@@ -211,9 +256,10 @@ def quality_rows(entries, judge, num_samples, batch_size, seq_len, seed, device,
     rows = []
     for label, model, process, steps in entries:
         start = time.perf_counter()
-        tokens, nfe = generate(model.to(device), process, num_samples, seq_len, steps, bos_id=bos_id,
-                               batch_size=batch_size, generator=torch.Generator().manual_seed(seed),
-                               sampler=sampler)
+        with devices.autocast(device):  # bf16 on a GPU, as in training
+            tokens, nfe = generate(model.to(device), process, num_samples, seq_len, steps, bos_id=bos_id,
+                                   batch_size=batch_size, generator=torch.Generator().manual_seed(seed),
+                                   sampler=sampler)
         seconds = time.perf_counter() - start
         nll = judge.nll_per_token(tokens).double()
         rows.append({"label": label, "steps": steps, "genppl": nll.mean().exp().item(),
@@ -308,14 +354,31 @@ def next_token_nll(model, x):
     return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
 
 
+def masked_nelbo(model, process, x, t, u):
+    """The NELBO per token of `process.loss` (SDTT eq. 3), with the output layer (V+1 wide: the
+    largest matmul, and the largest activation) run only at the MASK positions, the only ones
+    with terms: the memory of a validation forward pass is the trunk's, not [N, L, V+1] logits."""
+    z_t = process.forward_sample(x, t, u)
+    rows = process.loss_positions(z_t)
+    hidden, c = model.trunk(z_t, process.noise_input(t, x.shape[0], x.device))
+    logits = model.head(hidden[rows], c[:, None].expand(-1, x.shape[1], -1)[rows])
+    log_x = subs_log_probs(logits, z_t[rows], process.mask_id)
+    nll = -log_x.gather(-1, x[rows][:, None])[:, 0]
+    return (process.loss_weight(t)[:, None].expand_as(x)[rows] * nll).sum() / x.numel()
+
+
 @torch.no_grad()
-def validation_loss(model, process, batches):
+def validation_loss(model, process, batches, micro_batch=0):
     """Mean loss over validation batches of (x, t, u): the NELBO per token (SDTT eq. 3) of a
-    diffusion model, whose exp bounds its perplexity, or (process None) an AR model's
-    next-token NLL."""
+    diffusion model at its masked positions (masked_nelbo), whose exp bounds its perplexity,
+    or (process None) an AR model's next-token NLL; micro_batch rows at a time (0: all)."""
+    losses = []
     with eval_mode(model):
-        losses = [(next_token_nll(model, x) if process is None else process.loss(model, x, t, u)).item()
-                  for x, t, u in batches]
+        for batch in batches:
+            rows = batch[0].shape[0]
+            chunks = zip(*(v.split(micro_batch or rows) for v in batch))
+            losses.append(sum((next_token_nll(model, x) if process is None else masked_nelbo(model, process, x, t, u))
+                              .item() * x.shape[0] / rows for x, t, u in chunks))
     return sum(losses) / len(losses)
 
 

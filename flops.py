@@ -1,5 +1,6 @@
 """What a model's forward and training steps cost in FLOPs, and what a device can deliver: the
 numerators and denominators of throughput and utilisation figures (train.py, bench.py)."""
+import functools
 import time
 
 import torch
@@ -30,9 +31,35 @@ def training_flops_per_token(model, seq_len):
     return 6 * count_params(model, non_embedding=True) + 12 * cfg.n_layer * cfg.n_embd * seq_len
 
 
-def matmul_peak_flops(device, n=2048, repeats=10):
-    """Measured float32 matmul FLOP/s of this device (the denominator of the utilisation)."""
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+def step_flops_per_token(model, seq_len, method, teacher_steps=2):
+    """FLOPs of one training step per token of its batch, every network counted: pretraining
+    trains one model; an SDTT step also runs teacher_steps teacher forward passes (the targets);
+    IDLM's fake step is a student forward and a fake training pass, its student step a student
+    training pass with teacher and fake forward passes. A forward pass is a third of training."""
+    train = training_flops_per_token(model, seq_len)
+    forward = train / 3
+    return {"mdlm": train, "ar": train, "sdtt": train + teacher_steps * forward,
+            "idlm": 2 * train + 3 * forward}[method]
+
+
+@functools.lru_cache(maxsize=None)
+def peak_flops(device):
+    """The utilisation's denominator, (FLOP/s, what it is): the datasheet's dense bf16 peak of a
+    known GPU (the precision training runs in there), else a measured matmul peak (bf16 on
+    another GPU, float32 on a CPU, whose fast path it is)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device).lower()
+        known = next((bf16 for key, (bf16, _) in GPUS.items() if key in name), None)
+        if known is not None:
+            return known, f"the {name} bf16 datasheet peak"
+        return matmul_peak_flops(device, dtype=torch.bfloat16), "the measured bf16 matmul peak"
+    return matmul_peak_flops(device, n=512), "the measured float32 matmul peak"
+
+
+def matmul_peak_flops(device, n=2048, repeats=10, dtype=torch.float32):
+    """Measured matmul FLOP/s of this device in dtype."""
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(2):
         a @ b
     sync(device)

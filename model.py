@@ -211,20 +211,23 @@ class DiT(nn.Module):
 
 
 def load_mdlm_state_dict(model: DiT, state_dict):
-    """Load a state dict in MDLM's published layout (with or without the `backbone.` prefix,
-    as its Hugging Face checkpoint has it). Our DiT uses MDLM's names, so only prefixes go."""
-    prefix = "backbone."
-    stripped = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state_dict.items()}
-    expected = set(model.state_dict())
-    missing = expected - set(stripped)
-    if missing:
-        raise ValueError(f"not an MDLM DiT state dict: {len(missing)} keys missing, e.g. {sorted(missing)[0]}")
-    ours = {k: v for k, v in stripped.items() if k in expected}
-    embed = ours["vocab_embed.embedding"]
-    if embed.shape != model.vocab_embed.embedding.shape:
-        raise ValueError(f"embedding is {tuple(embed.shape)} but the model expects "
-                         f"{tuple(model.vocab_embed.embedding.shape)}")
-    model.load_state_dict(ours)
+    """Load a state dict in MDLM's published layout, strictly. Our DiT uses MDLM's names, so only
+    the `backbone.` prefix of its wrappers goes, and the wrapper's noise schedule (`noise.`) is
+    not the network's. The rotary frequencies are a function of the head size: when present,
+    they must be ours. One error names every unknown, missing or misshapen key."""
+    stripped = {k.removeprefix("backbone."): v for k, v in state_dict.items() if not k.startswith("noise.")}
+    expected = model.state_dict()
+    problems = [f"unknown {k}" for k in sorted(set(stripped) - set(expected))]
+    problems += [f"missing {k}" for k in sorted(set(expected) - set(stripped) - {"rotary_emb.inv_freq"})]
+    problems += [f"{k} is {tuple(v.shape)}, expected {tuple(expected[k].shape)}"
+                 for k, v in sorted(stripped.items()) if k in expected and v.shape != expected[k].shape]
+    if problems:
+        shown = "; ".join(problems[:12]) + (f"; and {len(problems) - 12} more" if len(problems) > 12 else "")
+        raise ValueError(f"not the state dict of this MDLM DiT: {shown}")
+    inv_freq = stripped.pop("rotary_emb.inv_freq", expected["rotary_emb.inv_freq"])
+    if not torch.allclose(inv_freq.float(), expected["rotary_emb.inv_freq"]):
+        raise ValueError("its rotary frequencies are not those of base 10000 at this head size")
+    model.load_state_dict({**stripped, "rotary_emb.inv_freq": expected["rotary_emb.inv_freq"]})
     return model
 
 

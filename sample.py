@@ -28,7 +28,8 @@ from samplers import DEFAULT_SAMPLER, SAMPLERS, make_sampler
 
 @dataclass
 class SampleConfig:
-    ckpt: Optional[str] = flag(None, "checkpoint to sample from (mdlm, sdtt, idlm or ar)")
+    ckpt: Optional[str] = flag(None, "checkpoint to sample from (mdlm, sdtt, idlm or ar), or MDLM's weights "
+                                          "(Hugging Face folder or hub name, .ckpt, state dict)")
     steps: int = flag(64, "diffusion sampling steps (ignored for AR)", at_least=1)
     num_samples: int = flag(4, "number of samples", at_least=1)
     batch_size: int = flag(16, "samples generated together", at_least=1)
@@ -52,7 +53,8 @@ def main():
         raise ValueError("give the checkpoint to sample from: --ckpt PATH")
     if cfg.top_p > 1:
         raise ValueError(f"--top-p must be in (0, 1], got {cfg.top_p}")
-    model, ckpt = load_model(cfg.ckpt, DIFFUSION_KINDS + ("ar",), cfg.weights, devices.pick(cfg.device))
+    device = devices.pick(cfg.device)
+    model, ckpt = load_model(cfg.ckpt, DIFFUSION_KINDS + ("ar",), cfg.weights, device)
     process = process_of(ckpt)
     tokenizer = tokenizer_from_meta(ckpt["data_meta"])
     prompt = tokenizer.encode(cfg.prompt)
@@ -62,7 +64,8 @@ def main():
     if cfg.compile:
         compile_blocks(model)
     many_steps = process is not None and cfg.steps >= 64
-    with tqdm(total=cfg.steps * batches, disable=None if many_steps else True, leave=False) as progress:
+    with tqdm(total=cfg.steps * batches, disable=None if many_steps else True, leave=False) as progress, \
+            devices.autocast(device):  # bf16 on a GPU
         tokens, _ = generate(model, process, cfg.num_samples, seq_len, cfg.steps, prompt=prompt,
                              sampler=make_sampler(cfg.sampler, cfg.final), bos_id=tokenizer.eos_id,
                              batch_size=cfg.batch_size, generator=generator, top_p=cfg.top_p,

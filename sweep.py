@@ -89,7 +89,7 @@ def plot_sweep(rows, ar_labels, path):
 class EvalConfig:
     ckpts: list[str] = flag([], "checkpoints to compare: diffusion (mdlm, sdtt, idlm) and AR ones (evaluated once, "
                                 f"at steps = sample length); '{EXACT}' adds the exact denoiser of the synthetic "
-                                "source (exact.py)")
+                                "source (exact.py); MDLM's published weights load too (hub.py)")
     rounds: list[str] = flag([], "SDTT run folders, each swept as one line: every round's student (roundJ.pt) at the "
                                  "steps it was distilled for (no LAMBADA)")
     steps: list[int] = flag([4, 8, 16, 32, 64, 128], "sampling steps of the diffusion checkpoints of --ckpts",

@@ -35,7 +35,7 @@ from cli import flag, parse_config, run
 from data import load_data
 from diffusion import SCHEDULES, MaskingProcess, antithetic_times
 from evaluate import next_token_nll, validation_loss
-from flops import matmul_peak_flops, training_flops_per_token
+from flops import peak_flops, step_flops_per_token
 from model import build_model, config_for, count_params
 
 
@@ -44,16 +44,19 @@ class TrainConfig:
     model: str = flag("mdlm", "what to pretrain: a masked diffusion LM or an AR model", choices=["mdlm", "ar"])
     distill: Optional[str] = flag(None, "distill a diffusion teacher instead of pretraining (distill.py)",
                                   choices=["sdtt", "idlm"])
-    teacher: Optional[str] = flag(None, "teacher checkpoint (ours, or a state dict in MDLM's layout); "
+    teacher: Optional[str] = flag(None, "teacher: our checkpoint, MDLM's weights as a Hugging Face folder or hub "
+                                        "name (kuleshov-group/mdlm-owt), a Lightning .ckpt or a state dict; "
                                         "default: the embedded teacher, trained first if missing")
-    data: str = flag("shakespeare", "shakespeare | synthetic | openwebtext | path(s) to text files, comma-separated")
+    data: Optional[str] = flag(None, "shakespeare | synthetic | openwebtext | path(s) to text files, comma-separated "
+                                     "(default: shakespeare; openwebtext for a teacher with GPT-2's full vocabulary)")
     size: str = flag("tiny", "model size preset: micro, tiny, mini (CPU) or small ... 8B (SDTT Table 2)")
     schedule: str = flag("loglinear", "noise schedule of a pretrained diffusion model", choices=list(SCHEDULES))
     vocab_size: int = flag(4096, "compacted vocabulary for small corpora (most frequent GPT-2 tokens + <unk>)",
                            at_least=3)
     seq_len: int = flag(128, "sequence length L", at_least=2)
     batch_size: Optional[int] = flag(None, "global batch (all processes, all accumulation steps)", at_least=1)
-    micro_batch_size: int = flag(0, "per-process micro-batch; 0 = no gradient accumulation", at_least=0)
+    micro_batch_size: Optional[int] = flag(None, "per-process micro-batch (0 = the whole batch at once); default: "
+                                                 "the largest that fits in the free memory", at_least=0)
     iters: Optional[int] = flag(None, "optimizer steps (per round for SDTT)", at_least=1)
     lr: Optional[float] = flag(None, "peak learning rate (the student's, for IDLM)", above=0)
     fake_lr: Optional[float] = flag(None, "IDLM: learning rate of the fake model (default: --lr)", above=0)
@@ -64,6 +67,7 @@ class TrainConfig:
     dropout: Optional[float] = flag(None, "dropout (MDLM: 0.1; the CPU presets: 0)", at_least=0)
     eval_every: int = flag(200, "validate every N steps (0 = only at the end)", at_least=0)
     eval_batches: int = flag(4, "validation batches", at_least=1)
+    log_every: int = flag(10, "write tokens/s, MFU and peak memory to <out-dir>/log.jsonl every N steps", at_least=1)
     ckpt_every: int = flag(100, "write the checkpoint every N steps", at_least=1)
     out_dir: Optional[str] = flag(None, "output folder (default: out/<mdlm|ar|sdtt|idlm>)")
     resume: bool = flag(False, "continue the run in --out-dir from its checkpoint")
@@ -83,8 +87,9 @@ class TrainConfig:
     ema_teacher: bool = flag(False, "SDTT ablation: the EMA weights teach the next round (EMA decay 0.999)")
     # the table printed at the end of a distillation
     judge: Optional[str] = flag(None, "GenPPL judge: our AR checkpoint (default out/ar/ckpt.pt, trained if "
-                                      "missing), 'exact' for synthetic data, or a Hugging Face model name")
-    eval_samples: int = flag(64, "samples per row of the final GenPPL/entropy table", at_least=1)
+                                      "missing; gpt2-large for a teacher with GPT-2's full vocabulary), 'exact' "
+                                      "for synthetic data, or a Hugging Face model (folder or hub name)")
+    eval_samples: int = flag(64, "samples per row of the final GenPPL/entropy table (0: no table)", at_least=0)
 
 
 # Paper settings are the defaults for full-size models; the CPU presets scale them down so the
@@ -110,6 +115,8 @@ def resolve(cfg, width):
     method = cfg.distill or cfg.model
     table = DEFAULTS[(method, "paper" if width >= 768 else "cpu")]
     filled = {k: v for k, v in table.items() if getattr(cfg, k) is None}
+    if cfg.data is None:
+        filled["data"] = "shakespeare"
     if method == "sdtt" and cfg.ema_teacher and cfg.ema is None:
         filled["ema"] = 0.999
     if method == "sdtt" and width < 768:
@@ -128,11 +135,25 @@ def check_config(cfg, world):
     """What the flags' own bounds cannot say: how the batch splits over processes and micro-batches."""
     if cfg.batch_size < world or cfg.batch_size % world:
         raise ValueError(f"--batch-size {cfg.batch_size} must be a multiple of the {world} processes")
-    if cfg.micro_batch_size and (cfg.batch_size // world) % cfg.micro_batch_size:
+    if cfg.micro_batch_size and (cfg.batch_size // world) % cfg.micro_batch_size:  # None: fit_micro_batch decides
         raise ValueError(f"--micro-batch-size {cfg.micro_batch_size} must divide the per-process batch "
                          f"{cfg.batch_size // world}")
     if cfg.ema >= 1:
         raise ValueError("--ema must lie in [0, 1)")
+
+
+def fit_micro_batch(cfg, env, model_cfg):
+    """--micro-batch-size when not given: the largest divisor of the per-process batch whose
+    sequences fit in 60% of the free memory (devices.training_bytes_per_sequence), with
+    gradient accumulation up to the global batch. 0 when the whole batch fits."""
+    if cfg.micro_batch_size is not None:
+        return cfg
+    per_process = cfg.batch_size // env.world
+    each = devices.training_bytes_per_sequence(model_cfg.vocab_size + 1, model_cfg.n_embd, model_cfg.n_layer,
+                                               cfg.seq_len)
+    fits = max(1, int(0.6 * devices.free_memory(env.device) // each))
+    micro = max(d for d in range(1, min(fits, per_process) + 1) if per_process % d == 0)
+    return dataclasses.replace(cfg, micro_batch_size=0 if micro == per_process else micro)
 
 
 # ----------------------------------------------------------------------------- process set-up
@@ -203,7 +224,8 @@ class Phase:
 def make_phase(name, model, lr, cfg, loss_builder, env):
     """AdamW with linear warm-up then a constant rate; DDP-wrap the model when distributed.
     loss_builder(wrapped_model) returns the phase's loss function."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999),
+                                  fused=env.device.type == "cuda")  # one kernel for all the parameters
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup)))
     wrapped = DistributedDataParallel(model) if env.world > 1 else model
     if cfg.compile:
@@ -252,11 +274,14 @@ def train_step(phases, chunks, env, grad_clip, ema):
 
 # ----------------------------------------------------------------------------- the loop
 
-def train_steps(phases, ema, data, cfg, env, start, end, on_checkpoint, label, validate=None):
-    """Steps start..end-1: one `train_step` on the step's batch; log, validate and checkpoint on
-    schedule. Returns the training tokens/s."""
+def train_steps(phases, ema, data, cfg, env, start, end, on_checkpoint, label, validate=None, flops_per_token=None):
+    """Steps start..end-1: one `train_step` on the step's batch; log, checkpoint and validate on
+    schedule, the checkpoint first (a validation that fails loses no training). Every --log-every
+    steps log.jsonl gets the interval's throughput (see `throughput`). Returns the tokens/s."""
     bar = tqdm(range(start, end), desc=label, disable=not env.main, dynamic_ncols=True)
     tokens_per_step, t0 = cfg.batch_size * cfg.seq_len, time.time()
+    interval_start = (start, t0)
+    devices.peak_memory(env.device, reset=True)
     for step in bar:
         chunks = micro_batches(step_batch(data, cfg, env, step), cfg.micro_batch_size)
         logs = train_step(phases, chunks, env, cfg.grad_clip, ema)
@@ -265,15 +290,31 @@ def train_steps(phases, ema, data, cfg, env, start, end, on_checkpoint, label, v
         done = step + 1
         bar.set_postfix({**{k: f"{v:.4f}" for k, v in logs.items()},
                          "tok/s": f"{tokens_per_step * (done - start) / (time.time() - t0):.0f}"})
+        if env.main and (done % cfg.log_every == 0 or done == end):
+            steps, seconds = done - interval_start[0], time.time() - interval_start[1]
+            log_line(cfg, {"label": label, "step": done, **logs,
+                           **throughput(tokens_per_step * steps / seconds, flops_per_token, env)})
+            interval_start = (done, time.time())
+        if done == end or done % cfg.ckpt_every == 0:
+            on_checkpoint(done)
         if validate is not None and (done == end or (cfg.eval_every and done % cfg.eval_every == 0)):
             value = validate()
             if env.main:
                 bar.write(f"{label} step {done}: val {value:.4f}")
                 log_line(cfg, {"label": label, "step": done, "val": value, **logs})
-        if done == end or done % cfg.ckpt_every == 0:
-            on_checkpoint(done)
     bar.close()
     return tokens_per_step * (end - start) / (time.time() - t0)
+
+
+def throughput(tokens_per_s, flops_per_token, env):
+    """tokens/s of the global batch, the model FLOPs utilisation (flops_per_token: a step's
+    FLOPs per token, every network counted, flops.step_flops_per_token) against each device's
+    peak (flops.peak_flops: bf16 on a GPU), and this process's peak memory in GB."""
+    record = {"tokens_per_s": tokens_per_s, "peak_memory_gb": devices.peak_memory(env.device) / 1e9}
+    if flops_per_token:
+        peak, _ = peak_flops(env.device)
+        record["mfu"] = flops_per_token * tokens_per_s / (peak * env.world)
+    return record
 
 
 def log_line(cfg, record):
@@ -286,7 +327,7 @@ def validation(model, process, data, cfg, env):
     batches, averaged over the processes."""
     batches = (step_batch(data, cfg, env, i, split="val") for i in range(cfg.eval_batches))
     with env.autocast():
-        value = torch.tensor(validation_loss(model, process, batches), device=env.device)
+        value = torch.tensor(validation_loss(model, process, batches, cfg.micro_batch_size), device=env.device)
     if env.world > 1:
         dist.all_reduce(value)
         value /= env.world
@@ -326,6 +367,7 @@ def pretrain(cfg, env):
     model_cfg = config_for(cfg.size, vocab_size=data.vocab_size, seq_len=cfg.seq_len, dropout=cfg.dropout)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, model_cfg).to(env.device)
+    cfg = fit_micro_batch(cfg, env, model_cfg)
     process = None if cfg.model == "ar" else MaskingProcess(
         model_cfg.vocab_size, SCHEDULES[cfg.schedule](), model_cfg.time_conditioning)
     phases = pretrain_phases(cfg, env, model, process)
@@ -336,25 +378,27 @@ def pretrain(cfg, env):
     if env.main:
         Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
         print(f"{cfg.model}: {count_params(model) / 1e6:.2f}M parameters, vocabulary {data.vocab_size}, "
-              f"{cfg.iters} steps of {cfg.batch_size}x{cfg.seq_len} tokens on {env.device}")
+              f"{cfg.iters} steps of {cfg.batch_size}x{cfg.seq_len} tokens on {env.device}"
+              + (f", micro-batches of {cfg.micro_batch_size}" if cfg.micro_batch_size else ""))
 
     def point(step):
         return checkpoint.record(cfg.model, dataclasses.asdict(model_cfg), process, data.meta(),
                                  dataclasses.asdict(cfg), model, ema, phases, step, step >= cfg.iters)
 
     tokens_per_s = train_steps(phases, ema, data, cfg, env, start, cfg.iters, ckpt_writer(env, path, point),
-                               cfg.model, lambda: validation(ema.module, process, data, cfg, env))
+                               cfg.model, lambda: validation(ema.module, process, data, cfg, env),
+                               step_flops_per_token(model, cfg.seq_len, cfg.model))
     if env.main and start < cfg.iters:
-        report_throughput(model, cfg, tokens_per_s)
+        report_throughput(model, cfg, env, tokens_per_s)
     return path
 
 
-def report_throughput(model, cfg, tokens_per_s):
-    """Training tokens/s and achieved FLOP/s against this machine's measured matmul peak."""
-    achieved = training_flops_per_token(model, cfg.seq_len) * tokens_per_s
-    peak = matmul_peak_flops(next(model.parameters()).device)
+def report_throughput(model, cfg, env, tokens_per_s):
+    """Training tokens/s and achieved FLOP/s against the device's peak (flops.peak_flops)."""
+    achieved = step_flops_per_token(model, cfg.seq_len, cfg.model) * tokens_per_s
+    peak, what = peak_flops(env.device)
     print(f"throughput: {tokens_per_s:.0f} tokens/s, {achieved / 1e9:.1f} GFLOP/s = "
-          f"{100 * achieved / peak:.0f}% of the measured fp32 matmul peak ({peak / 1e9:.0f} GFLOP/s)")
+          f"{100 * achieved / (peak * env.world):.0f}% of {what} ({peak / 1e9:.0f} GFLOP/s)")
 
 
 def main():

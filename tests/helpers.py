@@ -1,7 +1,10 @@
 """Shared by the tests: hypothesis settings, tiny enumerable worlds and their optimal denoiser,
 tiny models and checkpoints on disk, and running a script to check its errors."""
+import base64
 import dataclasses
 import itertools
+import json
+import math
 import os
 import subprocess
 import sys
@@ -114,6 +117,78 @@ def random_dit(seed, vocab_size, seq_len):
     return model.eval()
 
 
+def mdlm_state_dict(cfg, seed, prefix="backbone."):
+    """Random tensors under the parameter names and shapes of MDLM's DiT (SPEC section 2), plus a
+    key of the diffusion wrapper around it that the loader must ignore."""
+    g = torch.Generator().manual_seed(seed)
+    W, C, V1, D = cfg.n_embd, cfg.cond_dim, cfg.vocab_size + 1, cfg.n_embd // cfg.n_head
+
+    def linear(name, fan_out, fan_in, bias=True):
+        sd[f"{name}.weight"] = torch.randn(fan_out, fan_in, generator=g) / math.sqrt(fan_in)
+        if bias:
+            sd[f"{name}.bias"] = 0.3 * torch.randn(fan_out, generator=g)
+
+    def norm(name):
+        sd[f"{name}.weight"] = 1 + 0.3 * torch.randn(W, generator=g)
+
+    sd = {"vocab_embed.embedding": torch.randn(V1, W, generator=g)}
+    linear("sigma_map.mlp.0", C, 256)
+    linear("sigma_map.mlp.2", C, C)
+    for i in range(cfg.n_layer):
+        norm(f"blocks.{i}.norm1")
+        linear(f"blocks.{i}.attn_qkv", 3 * W, W, bias=False)
+        linear(f"blocks.{i}.attn_out", W, W, bias=False)
+        norm(f"blocks.{i}.norm2")
+        linear(f"blocks.{i}.mlp.0", 4 * W, W)
+        linear(f"blocks.{i}.mlp.2", W, 4 * W)
+        linear(f"blocks.{i}.adaLN_modulation", 6 * W, C)
+    norm("output_layer.norm_final")
+    linear("output_layer.linear", V1, W)
+    linear("output_layer.adaLN_modulation", 2 * W, C)
+    sd["rotary_emb.inv_freq"] = 1.0 / 10000 ** (torch.arange(0, D, 2).float() / D)
+    sd = {prefix + k: v for k, v in sd.items()}
+    sd["noise.sigma_min"] = torch.tensor(1e-4)
+    return sd
+
+
+def write_hub_folder(folder, state_dict, cfg, weights="model.safetensors"):
+    """A folder in the layout of MDLM's Hugging Face repository: config.json (the hub's field
+    names; its vocab_size counts MASK) and the weights as safetensors or a torch pickle."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fields = {"model_type": "mdlm", "vocab_size": cfg.vocab_size + 1, "model_length": cfg.seq_len,
+              "hidden_dim": cfg.n_embd, "cond_dim": cfg.cond_dim, "n_blocks": cfg.n_layer, "n_heads": cfg.n_head,
+              "dropout": cfg.dropout, "time_conditioning": cfg.time_conditioning, "scale_by_sigma": True}
+    (folder / "config.json").write_text(json.dumps(fields))
+    tensors = {k: v.contiguous() for k, v in state_dict.items()}
+    if weights.endswith(".safetensors"):
+        from safetensors.torch import save_file
+        save_file(tensors, folder / weights)
+    else:
+        torch.save(tensors, folder / weights)
+    return folder
+
+
+def tiny_gpt2_folder(folder, context=64, seed=0):
+    """A randomly initialised 2-layer GPT-2 with GPT-2's own tokenizer (built offline from
+    tiktoken's ranks), saved as a local Hugging Face folder: a stand-in for gpt2-large."""
+    transformers = __import__("pytest").importorskip("transformers")
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    from data import GPT2_EOS, GPT2_PATTERN, gpt2_encoding
+    folder.mkdir(parents=True, exist_ok=True)
+    ranks = folder / "gpt2.tiktoken"
+    ranks.write_text("".join(f"{base64.b64encode(token).decode()} {rank}\n"
+                             for token, rank in gpt2_encoding()._mergeable_ranks.items()))
+    converter = TikTokenConverter(vocab_file=str(ranks), pattern=GPT2_PATTERN,
+                                  extra_special_tokens={"<|endoftext|>": GPT2_EOS})
+    transformers.PreTrainedTokenizerFast(tokenizer_object=converter.converted(), eos_token="<|endoftext|>",
+                                         bos_token="<|endoftext|>").save_pretrained(folder)
+    torch.manual_seed(seed)
+    config = transformers.GPT2Config(vocab_size=GPT2_EOS + 1, n_positions=context, n_embd=32, n_layer=2, n_head=2)
+    transformers.GPT2LMHeadModel(config).save_pretrained(folder)
+    return folder
+
+
 def save_tiny_checkpoint(path, kind="mdlm", data_meta=SYNTHETIC, **fields):
     state = tiny_model(kind).state_dict()
     checkpoint.save({"kind": kind, "model_config": dataclasses.asdict(tiny_model(kind).config), "model": state,
@@ -121,9 +196,9 @@ def save_tiny_checkpoint(path, kind="mdlm", data_meta=SYNTHETIC, **fields):
     return path
 
 
-def run_script(*args):
+def run_script(*args, env=None, timeout=120):
     return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120)
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, timeout=timeout)
 
 
 def assert_one_error_line(result):

@@ -94,7 +94,7 @@ def test_load_model_refuses_the_wrong_kind(tmp_path):
 def test_a_bare_mdlm_state_dict_loads_as_an_mdlm_checkpoint(tmp_path):
     model = tiny_model()
     torch.save({"backbone." + k: v for k, v in model.state_dict().items()}, tmp_path / "mdlm.pt")
-    loaded, ckpt = checkpoint.load_model(tmp_path / "mdlm.pt", mdlm_config=model.config)
+    loaded, ckpt = checkpoint.load_model(tmp_path / "mdlm.pt")
     assert ckpt["kind"] == "mdlm" and checkpoint.process_of(ckpt).kind == "absorbing"
     tokens = torch.randint(0, model.config.vocab_size + 1, (2, model.config.seq_len))
     sigma = torch.zeros(2)

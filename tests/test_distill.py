@@ -108,3 +108,30 @@ def test_idlm_runs_end_to_end_and_its_checkpoint_rebuilds_the_student_and_the_fa
 
 def test_distill_py_without_a_method_is_one_error_line():
     assert "--distill" in assert_one_error_line(run_script("distill.py"))
+
+
+def test_a_teacher_with_gpt2s_full_vocabulary_implies_openwebtext_and_gpt2_large_unless_told(capsys):
+    import distill as distill_py
+    import train
+    owt_teacher, env = {"data_meta": {"kind": "gpt2", "gpt2_ids": None}}, train.Env(torch.device("cpu"))
+    cfg = distill_py.teacher_defaults(train.TrainConfig(distill="sdtt", seq_len=1024), owt_teacher, env)
+    assert (cfg.data, cfg.judge, cfg.seq_len) == ("openwebtext", "gpt2-large", 1024)
+    told = train.TrainConfig(distill="sdtt", seq_len=1024, data="corpus.txt", judge="out/ar/ckpt.pt")
+    assert distill_py.teacher_defaults(told, owt_teacher, env) == told
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and "--data openwebtext, --judge gpt2-large" in lines[0]
+    assert "--data" not in lines[1]
+    compact = train.TrainConfig(distill="sdtt")
+    assert distill_py.teacher_defaults(compact, {"data_meta": data.load_data("synthetic").meta()}, env) == compact
+    assert capsys.readouterr().out == ""
+
+
+def test_a_judge_for_another_vocabulary_is_refused_before_the_first_training_step(tmp_path):
+    synthetic_teacher(tmp_path / "teacher.pt")
+    meta = {**data.load_data("synthetic", seq_len=SEQ_LEN).meta(), "vocab_size": 5}
+    judge = helpers.save_tiny_checkpoint(tmp_path / "stale_ar.pt", "ar", meta)
+    result = run_script("train.py", "--distill", "sdtt", "--data", "synthetic", "--size", "micro", "--seq-len",
+                        str(SEQ_LEN), "--batch-size", "4", "--iters", "2", "--teacher", str(tmp_path / "teacher.pt"),
+                        "--judge", str(judge), "--out-dir", str(tmp_path / "sdtt"))
+    assert "different tokenizer/vocabulary" in assert_one_error_line(result)
+    assert not (tmp_path / "sdtt" / "ckpt.pt").exists()

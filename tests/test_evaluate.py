@@ -8,9 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import evaluate
-from data import MarkovSource
-from diffusion import MaskingProcess
-from helpers import L, SYNTHETIC, V, save_tiny_checkpoint, tiny_model
+from data import GPT2_EOS, MarkovSource, Tokenizer
+from diffusion import Cosine, LogLinear, MaskingProcess, antithetic_times
+from helpers import L, SYNTHETIC, V, random_dit, save_tiny_checkpoint, tiny_gpt2_folder, tiny_model
 token_rows = st.lists(st.integers(0, 50), min_size=1, max_size=40)
 
 
@@ -62,6 +62,65 @@ def test_load_judge_refuses_mismatched_vocabularies(tmp_path):
 
 
 # ----------------------------------------------------------------------------- entropy and self-BLEU
+
+def test_judged_positions_are_the_real_tokens_and_the_first_eos_after_the_first_token():
+    E = 9
+    ids = torch.tensor([[1, E, 2, E, E], [E, 3, 4, E, 5], [1, 2, 3, 4, 5]])
+    assert evaluate.judged_positions(ids, E).tolist() == [[True, True, False, False],
+                                                          [True, True, False, True],
+                                                          [True, True, True, True]]
+
+
+@pytest.fixture(scope="module")
+def gpt2_judge(tmp_path_factory):
+    folder = tiny_gpt2_folder(tmp_path_factory.mktemp("gpt2"), context=32)
+    return evaluate.load_judge(str(folder), {"kind": "gpt2", "gpt2_ids": None}, "cpu")
+
+
+def our_samples():
+    """GPT-2 token samples whose texts re-tokenize to different lengths, some with an EOS inside,
+    and one longer than the judge's context of 32 (scored in two chunks)."""
+    encode = Tokenizer().encode
+    texts = ["The cat sat on the mat and looked at the door for a long while, then slept.",
+             "Numbers 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30",
+             "Short.", "A line\n\nthen another one", "x y z"]
+    rows = [encode(text)[:40] for text in texts]
+    rows[2] = rows[2] + [GPT2_EOS] + encode(" After the end.")
+    return torch.tensor([(row + [GPT2_EOS] * 40)[:40] for row in rows])
+
+
+def test_hf_judge_batched_and_one_by_one_nll_agree(gpt2_judge):
+    tokens = our_samples()
+    gpt2_judge.batch_size = len(tokens)
+    batched = gpt2_judge.nll_per_token(tokens)
+    gpt2_judge.batch_size = 1
+    one_by_one = gpt2_judge.nll_per_token(tokens)
+    assert torch.isfinite(batched).all()
+    assert torch.allclose(batched, one_by_one, atol=1e-4, rtol=0)
+
+
+def test_hf_judge_scores_without_bos_the_real_tokens_and_the_first_eos(gpt2_judge):
+    """One sample scored by hand: the judge's own tokens, no BOS, every next-token prediction
+    from the second token on, of which the first EOS counts and the padding after it does not."""
+    tokens = our_samples()[2:3, :20]  # fits the judge's context: one chunk
+    text = Tokenizer().decode(tokens[0])
+    ids = gpt2_judge.hf_tokenizer(text, return_tensors="pt")["input_ids"][:, :20]
+    first_eos = (ids[0] == GPT2_EOS).nonzero()[0].item()
+    assert ids[0, 0] != GPT2_EOS and first_eos < ids.shape[1] - 1
+    with torch.no_grad():
+        logits = gpt2_judge.model(ids).logits[0, :-1]
+    nll = torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="none")
+    keep = torch.tensor([i + 1 <= first_eos or ids[0, i + 1] != GPT2_EOS for i in range(ids.shape[1] - 1)])
+    expected = nll[keep].mean()
+    assert torch.allclose(gpt2_judge.nll_per_token(tokens)[0].float(), expected, atol=1e-5)
+
+
+def test_a_judge_that_cannot_be_loaded_is_one_clear_error(tmp_path):
+    pytest.importorskip("transformers")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="could not load judge"):
+        evaluate.load_judge(str(tmp_path / "empty"), {"kind": "gpt2", "gpt2_ids": None}, "cpu")
+
 
 def test_entropy_of_constant_sample_is_zero_and_of_all_distinct_tokens_is_log_length():
     assert evaluate.token_entropy(torch.full((1, L), 3)).item() == 0
@@ -127,3 +186,42 @@ def test_lambada_decodes_each_last_word_in_one_forward_pass():
         word = len(text.rsplit(maxsplit=1)[1]) + 1  # the space belongs to the word, as in GPT-2
         assert (z[0, -word:] == V).all() and (z[0, :-word] != V).all() and z.shape[1] <= L
     assert 0 <= result["accuracy"] <= 1 and 1 < result["ppl_bound"] < math.inf
+
+
+def nelbo_inputs(seed, n=4):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, V, (n, L), generator=g)
+    return x, antithetic_times(torch.rand((), generator=g).item(), n), torch.rand(x.shape, generator=g)
+
+
+@settings(max_examples=6, deadline=None, derandomize=True)
+@given(seed=st.integers(0, 2**31 - 1), time_conditioned=st.booleans())
+def test_masked_nelbo_equals_the_full_nelbo(seed, time_conditioned):
+    model = random_dit(seed, V, L)
+    process = MaskingProcess(V, Cosine(1e-3) if time_conditioned else LogLinear(), time_conditioned)
+    x, t, u = nelbo_inputs(seed)
+    with torch.no_grad():
+        full, masked = process.loss(model, x, t, u), evaluate.masked_nelbo(model, process, x, t, u)
+    assert torch.allclose(masked, full, rtol=1e-5, atol=1e-6)
+
+
+def test_micro_batched_validation_equals_one_pass():
+    model, process = random_dit(0, V, L), MaskingProcess(V, LogLinear())
+    batches = [nelbo_inputs(seed, n=6) for seed in range(2)]
+    whole = evaluate.validation_loss(model, process, batches)
+    assert evaluate.validation_loss(model, process, batches, micro_batch=4) == pytest.approx(whole, rel=1e-6)
+    assert evaluate.validation_loss(model, process, batches, micro_batch=1) == pytest.approx(whole, rel=1e-6)
+
+
+def test_fp16_autocast_losses_stay_finite_even_with_huge_logits():
+    """Logits of order 3e4 (fp16 holds up to 65504): SUBS's masking, in float32, yields no NaN."""
+    model, process = random_dit(0, V, L), MaskingProcess(V, LogLinear())
+    x, t, u = nelbo_inputs(0)
+    with torch.no_grad():
+        largest = model(process.forward_sample(x, t, u), torch.zeros(len(x))).abs().max()
+        model.output_layer.linear.weight.mul_(3e4 / largest)
+        model.output_layer.linear.bias.mul_(3e4 / largest)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.float16):
+        assert model(process.prior(1, L, "cpu"), torch.zeros(1)).dtype == torch.float16
+        losses = process.loss(model, x, t, u), evaluate.masked_nelbo(model, process, x, t, u)
+    assert all(torch.isfinite(loss) for loss in losses)

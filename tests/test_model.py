@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import model
+from helpers import mdlm_state_dict
 
 
 def examples(n):
@@ -99,40 +100,6 @@ def test_rotary_rotates_pair_i_and_i_plus_half_by_position_times_base_power(seed
 # ----------------------------------------------------------------------------- DiT
 
 CFG = model.ModelConfig(vocab_size=11, seq_len=16, n_layer=2, n_head=2, n_embd=16, cond_dim=8)
-
-
-def mdlm_state_dict(cfg, seed, prefix="backbone."):
-    """Random tensors under the parameter names and shapes of MDLM's DiT (SPEC section 2), plus a
-    key of the diffusion wrapper around it that the loader must ignore."""
-    g = torch.Generator().manual_seed(seed)
-    W, C, V1, D = cfg.n_embd, cfg.cond_dim, cfg.vocab_size + 1, cfg.n_embd // cfg.n_head
-
-    def linear(name, fan_out, fan_in, bias=True):
-        sd[f"{name}.weight"] = torch.randn(fan_out, fan_in, generator=g) / math.sqrt(fan_in)
-        if bias:
-            sd[f"{name}.bias"] = 0.3 * torch.randn(fan_out, generator=g)
-
-    def norm(name):
-        sd[f"{name}.weight"] = 1 + 0.3 * torch.randn(W, generator=g)
-
-    sd = {"vocab_embed.embedding": torch.randn(V1, W, generator=g)}
-    linear("sigma_map.mlp.0", C, 256)
-    linear("sigma_map.mlp.2", C, C)
-    for i in range(cfg.n_layer):
-        norm(f"blocks.{i}.norm1")
-        linear(f"blocks.{i}.attn_qkv", 3 * W, W, bias=False)
-        linear(f"blocks.{i}.attn_out", W, W, bias=False)
-        norm(f"blocks.{i}.norm2")
-        linear(f"blocks.{i}.mlp.0", 4 * W, W)
-        linear(f"blocks.{i}.mlp.2", W, 4 * W)
-        linear(f"blocks.{i}.adaLN_modulation", 6 * W, C)
-    norm("output_layer.norm_final")
-    linear("output_layer.linear", V1, W)
-    linear("output_layer.adaLN_modulation", 2 * W, C)
-    sd["rotary_emb.inv_freq"] = 1.0 / 10000 ** (torch.arange(0, D, 2).float() / D)
-    sd = {prefix + k: v for k, v in sd.items()}
-    sd["noise.sigma_min"] = torch.tensor(1e-4)
-    return sd
 
 
 def reference_dit(sd, tokens, sigma, n_head):

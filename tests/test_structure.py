@@ -10,9 +10,9 @@ from helpers import ROOT
 # Bottom to top. A file may import files of its own layer or of layers below it.
 LAYERS = [
     ["cli", "devices"],                                     # plumbing with no project imports
-    ["diffusion", "model", "data", "exact", "flops"],       # maths, networks, data
+    ["diffusion", "model", "corpus", "data", "exact", "flops"],  # maths, networks, data
     ["sdtt", "idlm", "samplers"],                           # methods and samplers
-    ["checkpoint", "evaluate"],                             # plumbing on the maths
+    ["hub", "checkpoint", "evaluate"],                      # plumbing on the maths
     ["train"],                                              # the loop
     ["distill"],                                            # orchestration on the loop
     ["bench", "sweep", "reproduce", "sample"],              # entry points

@@ -36,7 +36,8 @@ def assert_same_weights(a, b, atol=0.0):
 
 
 def val_curve(out):
-    return [json.loads(line)["val"] for line in (Path(out) / "log.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (Path(out) / "log.jsonl").read_text().splitlines()]
+    return [r["val"] for r in records if "val" in r]
 
 
 @pytest.mark.parametrize("kind", ["mdlm", "ar"])
@@ -133,3 +134,50 @@ def test_sdtt_divergence_is_the_papers_at_full_size_the_mse_on_cpu_presets_and_a
     assert train.resolve(train.TrainConfig(distill="sdtt"), cpu).divergence == "mse"
     chosen = train.TrainConfig(distill="sdtt", divergence="reverse_kl")
     assert train.resolve(chosen, cpu).divergence == "reverse_kl"
+
+
+def test_log_jsonl_gets_tokens_per_second_mfu_and_peak_memory_every_interval(tmp_path):
+    train(*TINY, "--iters", "5", "--log-every", "2", "--out-dir", str(tmp_path))
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    rates = [r for r in records if "tokens_per_s" in r]
+    assert [r["step"] for r in rates] == [2, 4, 5]
+    for r in rates:
+        assert r["tokens_per_s"] > 0 and 0 < r["mfu"] < 1 and r["peak_memory_gb"] > 0 and "loss" in r
+
+
+def test_the_checkpoint_is_written_before_validation_runs(tmp_path):
+    import train as train_py
+    from helpers import tiny_model
+    from diffusion import MaskingProcess, LogLinear
+    model = tiny_model()
+    cfg = train_py.TrainConfig(lr=1e-3, warmup=1, batch_size=2, seq_len=model.config.seq_len, micro_batch_size=0,
+                               eval_every=1, ckpt_every=1, out_dir=str(tmp_path))
+    env = train_py.Env(torch.device("cpu"))
+    process = MaskingProcess(model.config.vocab_size, LogLinear())
+    phases, ema, written = train_py.pretrain_phases(cfg, env, model, process), train_py.make_ema(model, 0.5), []
+
+    class Source:
+        def batch(self, split, n, seq_len, generator):
+            return torch.randint(0, model.config.vocab_size, (n, seq_len), generator=generator)
+
+    def validate():
+        assert written == [1], "validation ran before the checkpoint"
+        raise MemoryError("validation ran out of memory")
+    with pytest.raises(MemoryError):
+        train_py.train_steps(phases, ema, Source(), cfg, env, 0, 1, written.append, "test", validate)
+
+
+@pytest.mark.parametrize("sequences_that_fit, expected", [(100, 0), (8.5, 8), (5.5, 4), (0.3, 1)])
+def test_the_default_micro_batch_is_the_largest_divisor_of_the_batch_that_fits(monkeypatch, sequences_that_fit,
+                                                                                expected):
+    import devices
+    import train as train_py
+    from model import config_for
+    model_cfg = config_for("small", vocab_size=50257, seq_len=1024)
+    each = devices.training_bytes_per_sequence(50258, 768, 12, 1024)
+    monkeypatch.setattr(devices, "free_memory", lambda device: sequences_that_fit * each / 0.6)  # 60% is used
+    cfg = train_py.TrainConfig(batch_size=24, seq_len=1024)
+    fitted = train_py.fit_micro_batch(cfg, train_py.Env(torch.device("cpu")), model_cfg)
+    assert fitted.micro_batch_size == expected
+    chosen = train_py.TrainConfig(batch_size=24, micro_batch_size=3)
+    assert train_py.fit_micro_batch(chosen, train_py.Env(torch.device("cpu")), model_cfg) == chosen

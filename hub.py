@@ -1,0 +1,228 @@
+"""Teachers from anywhere: MDLM's published weights, in each layout they come in, as one of our
+checkpoints (the dict checkpoint.record writes, kind "mdlm").
+
+    a folder in the Hugging Face layout   config.json + model.safetensors (or pytorch_model.bin)
+    a hub name                             kuleshov-group/mdlm-owt (downloaded once, then cached)
+    a Lightning checkpoint                 *.ckpt of MDLM's training code (its EMA weights when present)
+    a bare state dict                      MDLM's parameter names, with or without `backbone.`
+
+The architecture comes from config.json, under the hub's field names. A bare state dict has no
+config, so it is read off the tensors' shapes; it is never guessed from a preset. Loading is
+strict: one error names every unknown and missing key.
+"""
+import json
+import pickle
+import re
+from pathlib import Path
+
+import torch
+
+from model import DiT, ModelConfig, load_mdlm_state_dict
+
+GPT2_VOCAB = 50257                      # MDLM's OpenWebText models: GPT-2's tokens, then MASK
+MDLM_CONTEXT = 1024                     # MDLM's model_length, for a state dict that does not say
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+FILE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors")
+# config.json field (the hub's MDLMConfig) -> ModelConfig field
+HUB_FIELDS = {"vocab_size": "vocab_size", "model_length": "seq_len", "hidden_dim": "n_embd", "cond_dim": "cond_dim",
+              "n_blocks": "n_layer", "n_heads": "n_head", "dropout": "dropout",
+              "time_conditioning": "time_conditioning"}
+
+
+# ----------------------------------------------------------------------------- architecture
+
+def config_from_json(fields, source):
+    """ModelConfig from a config.json in the hub's layout (its vocab_size counts MASK)."""
+    missing = sorted(set(HUB_FIELDS) - set(fields))
+    if missing:
+        raise ValueError(f"{source}: config.json lacks {', '.join(missing)} (an MDLM config has {', '.join(HUB_FIELDS)})")
+    values = {ours: fields[theirs] for theirs, ours in HUB_FIELDS.items()}
+    return ModelConfig(**{**values, "vocab_size": values["vocab_size"] - 1})
+
+
+def config_from_shapes(state_dict, source):
+    """ModelConfig read off a state dict: width and vocabulary from the embedding, cond_dim from
+    sigma_map, head size from the rotary frequencies, depth from the block indices."""
+    try:
+        rows, width = state_dict["vocab_embed.embedding"].shape
+        cond_dim = state_dict["sigma_map.mlp.0.weight"].shape[0]
+        head_dim = 2 * state_dict["rotary_emb.inv_freq"].numel()
+    except KeyError as e:
+        raise ValueError(f"{source}: cannot read the architecture off the state dict: it has no {e.args[0]}") from None
+    blocks = {int(m.group(1)) for k in state_dict if (m := re.match(r"blocks\.(\d+)\.", k))}
+    if width % head_dim or not blocks:
+        raise ValueError(f"{source}: width {width}, head size {head_dim} and {len(blocks)} blocks are not a DiT")
+    return ModelConfig(vocab_size=rows - 1, seq_len=MDLM_CONTEXT, n_layer=max(blocks) + 1, n_head=width // head_dim,
+                       n_embd=width, cond_dim=cond_dim, dropout=0.1, time_conditioning=False)
+
+
+def without_prefix(state_dict):
+    """MDLM's names without the `backbone.` of its wrappers (Lightning module, Hugging Face model)."""
+    return {k.removeprefix("backbone."): v for k, v in state_dict.items()}
+
+
+def as_checkpoint(state_dict, cfg, source, ema_params=None):
+    """Our checkpoint of MDLM's weights (strictly loaded). ema_params: EMA values of the
+    parameters in the state dict's order (a Lightning checkpoint's shadow_params)."""
+    model = DiT(cfg)
+    try:
+        load_mdlm_state_dict(model, state_dict)
+    except ValueError as e:
+        raise ValueError(f"{source}: {e}") from None
+    raw, ema = model.state_dict(), None
+    if ema_params is not None:
+        names = [k for k in without_prefix(state_dict) if k in dict(model.named_parameters())]
+        if len(ema_params) < len(names) or any(p.shape != raw[k].shape for k, p in zip(names, ema_params)):
+            raise ValueError(f"{source}: its EMA weights do not match its parameters")
+        ema = {**raw, **dict(zip(names, ema_params))}
+    vocab = cfg.vocab_size
+    meta = {"kind": "gpt2", "gpt2_ids": None} if vocab == GPT2_VOCAB else {"kind": "foreign", "vocab_size": vocab}
+    return {"kind": "mdlm", "model_config": vars(cfg), "process": None, "model": raw, "ema": ema, "data_meta": meta,
+            "source": source}
+
+
+# ----------------------------------------------------------------------------- files
+
+def read_weights(path):
+    """A weights file: safetensors (no code at all) or a torch pickle of tensors only."""
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            return load_file(path)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except ImportError:
+        raise ValueError(f"{path} is a safetensors file: pip install -r requirements-gpu.txt") from None
+    except Exception as e:  # safetensors and torch raise several kinds for a damaged file
+        raise ValueError(f"{path} is truncated or corrupt ({type(e).__name__})") from None
+
+
+class Inert:
+    """Stands in for every object of a Lightning checkpoint that is not a tensor or a container
+    (its Hydra config, tokenizer, loops): built from nothing, so no pickled code ever runs."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __call__(self, *args, **kwargs):
+        return Inert()
+
+    def __setstate__(self, state):
+        pass
+
+    def __setitem__(self, key, value):
+        pass
+
+    def append(self, item):
+        pass
+
+    def extend(self, items):
+        pass
+
+
+class InertUnpickler(pickle.Unpickler):
+    """Resolves only what tensors and containers are made of; anything else becomes Inert."""
+    ALLOWED = {("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_parameter"),
+               ("torch._utils", "_rebuild_parameter_with_state"), ("torch._tensor", "_rebuild_from_type_v2"),
+               ("torch", "Size"), ("torch", "Tensor"), ("torch.nn.parameter", "Parameter"),
+               ("collections", "OrderedDict"), ("builtins", "set"), ("builtins", "frozenset")}
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED or (module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)):
+            return super().find_class(module, name)
+        return Inert
+
+
+class InertPickle:
+    """The pickle module torch.load is given for a Lightning checkpoint."""
+    Unpickler = InertUnpickler
+    __name__ = "InertPickle"
+
+    @staticmethod
+    def load(file, **kwargs):
+        return InertUnpickler(file, **kwargs).load()
+
+
+def read_lightning(path):
+    """(state dict of the backbone, EMA shadow parameters or None) of a Lightning checkpoint."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False, pickle_module=InertPickle)
+    except Exception as e:
+        raise ValueError(f"{path} is truncated or corrupt ({type(e).__name__})") from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+        raise ValueError(f"{path} is not a Lightning checkpoint (no state_dict)")
+    backbone = {k: v for k, v in ckpt["state_dict"].items() if k.startswith("backbone.")}
+    ema = ckpt.get("ema")
+    return backbone, ema.get("shadow_params") if isinstance(ema, dict) else None
+
+
+def download(name):
+    """A hub repository's config and weights, through huggingface_hub's cache."""
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise ValueError(f"{name} is not a local file or folder; a hub name needs "
+                         "`pip install -r requirements-gpu.txt`") from None
+    try:
+        return Path(snapshot_download(name, allow_patterns=["config.json", *WEIGHT_FILES]))
+    except Exception as e:  # no network, unknown repository, gated: all mean "not available"
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ValueError(f"could not download {name} from the Hugging Face hub ({type(e).__name__}: "
+                         f"{reason[:160]})") from None
+
+
+def save_folder(model, folder):
+    """Our DiT in the hub's layout: config.json (the hub's field names) and model.safetensors
+    (MDLM's names under `backbone.`), what `load` reads back. Returns the folder."""
+    from safetensors.torch import save_file
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = vars(model.config)
+    fields = {"model_type": "mdlm", **{theirs: cfg[ours] for theirs, ours in HUB_FIELDS.items()}}
+    fields["vocab_size"] += 1  # the hub counts MASK
+    (folder / "config.json").write_text(json.dumps(fields, indent=2) + "\n")
+    save_file({"backbone." + k: v.detach().contiguous() for k, v in model.state_dict().items()},
+              folder / "model.safetensors")
+    return folder
+
+
+# ----------------------------------------------------------------------------- the routes
+
+def from_state_dict(state_dict, source):
+    """A bare state dict in MDLM's layout: the architecture read off its shapes."""
+    stripped = without_prefix(state_dict)
+    if "vocab_embed.embedding" not in stripped:
+        raise ValueError(f"{source} is neither one of our checkpoints nor an MDLM state dict")
+    return as_checkpoint(state_dict, config_from_shapes(stripped, source), source)
+
+
+def from_folder(folder, source):
+    """A folder in the Hugging Face layout: config.json and one weights file."""
+    config_file = folder / "config.json"
+    weights = next((folder / name for name in WEIGHT_FILES if (folder / name).is_file()), None)
+    if not config_file.is_file() or weights is None:
+        raise ValueError(f"{source}: a model folder needs config.json and {' or '.join(WEIGHT_FILES)}")
+    try:
+        fields = json.loads(config_file.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{config_file} is not valid JSON ({e.msg})") from None
+    return as_checkpoint(read_weights(weights), config_from_json(fields, source), source)
+
+
+def load(spec):
+    """Our checkpoint of MDLM weights from a folder, a hub name, a .ckpt, a .safetensors file or a
+    bare state dict (see the module docstring)."""
+    path = Path(spec)
+    if path.is_dir():
+        return from_folder(path, spec)
+    if path.is_file() and path.suffix == ".ckpt":
+        state_dict, ema_params = read_lightning(path)
+        stripped = without_prefix(state_dict)
+        if "vocab_embed.embedding" not in stripped:
+            raise ValueError(f"{spec}: its state_dict holds no MDLM backbone")
+        return as_checkpoint(state_dict, config_from_shapes(stripped, spec), spec, ema_params)
+    if path.is_file():
+        return from_state_dict(read_weights(path), spec)
+    if path.suffix in FILE_SUFFIXES or not re.fullmatch(r"[\w.-]+/[\w.-]+", str(spec)):
+        raise ValueError(f"checkpoint {spec} does not exist")
+    return from_folder(download(spec), spec)

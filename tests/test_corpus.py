@@ -1,0 +1,75 @@
+"""corpus.py: MDLM's split (the last documents held out, EOS after every document), parallel
+tokenization identical to serial, ids streamed in the narrowest dtype, and an atomic build."""
+import json
+
+import numpy as np
+import pytest
+
+import corpus
+import data
+
+
+@pytest.fixture
+def data_dir(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "DATA_DIR", tmp_path / "data")
+    return tmp_path / "data"
+
+
+def documents(n):
+    return [f"Document {i} says: " + "lorem ipsum dolor " * (i % 7 + 1) for i in range(n)]
+
+
+def encoded(texts):
+    enc = data.gpt2_encoding()
+    return np.array([i for text in texts for i in enc.encode_ordinary(text) + [data.GPT2_EOS]])
+
+
+def test_the_last_documents_are_validation_and_every_document_ends_with_eos(data_dir, monkeypatch):
+    monkeypatch.setattr(corpus, "VAL_DOCUMENTS", 3)  # MDLM's 100k, scaled to a 100-document corpus
+    docs = documents(100)
+    stream = data.TokenStream(data.prepare_corpus("docs", docs, 50257, num_proc=1))
+    assert np.array_equal(stream.splits["train"], encoded(docs[:97]))
+    assert np.array_equal(stream.splits["val"], encoded(docs[97:]))
+    small = data.TokenStream(data.prepare_corpus("small", docs[:40], 50257, num_proc=1))
+    assert np.array_equal(small.splits["val"], encoded(docs[38:40]))  # 5% of the documents
+
+
+def test_parallel_tokenization_writes_the_same_stream_as_one_process(data_dir, monkeypatch):
+    monkeypatch.setattr(corpus, "BATCH_CHARS", 200)  # many batches, so the workers interleave
+    docs = documents(60)
+    one, two = (data.TokenStream(data.prepare_corpus(f"p{n}", docs, 50257, num_proc=n)) for n in (1, 2))
+    for split in ("train", "val"):
+        assert np.array_equal(one.splits[split], two.splits[split])
+    assert one.splits["train"].dtype == np.uint16
+
+
+def test_ids_take_the_narrowest_unsigned_type():
+    assert corpus.dtype_for(50257) == np.uint16 and corpus.dtype_for(65536) == np.uint16
+    assert corpus.dtype_for(65537) == np.uint32 and corpus.dtype_for(151_936) == np.uint32
+
+
+def test_a_compacted_vocabulary_counts_only_the_training_tokens(data_dir, monkeypatch):
+    monkeypatch.setattr(corpus, "VAL_DOCUMENTS", 1)
+    docs = [" alpha beta" * 50] * 30 + [" zebra" * 100]  # the held-out document's word is never kept
+    stream = data.TokenStream(data.prepare_corpus("compact", docs, 8, num_proc=1))
+    tokenizer = stream.tokenizer
+    assert data.gpt2_encoding().encode_ordinary(" zebra")[0] not in tokenizer.gpt2_ids
+    assert set(np.asarray(stream.splits["val"]).tolist()) == {tokenizer.unk_id, tokenizer.eos_id}
+
+
+def test_a_failed_build_leaves_neither_the_corpus_nor_a_partial_folder(data_dir):
+    def failing():
+        yield "one document"
+        raise OSError("disk full")
+    with pytest.raises(OSError):
+        data.prepare_corpus("broken", failing(), 50257, num_proc=1)
+    assert list((data_dir / "broken").iterdir()) == []
+
+
+def test_jsonl_files_hold_one_document_a_line(tmp_path, data_dir):
+    path = tmp_path / "corpus.jsonl"
+    docs = documents(25)
+    path.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    stream = data.load_data(str(path), 50257)
+    assert np.array_equal(np.concatenate([stream.splits["train"], stream.splits["val"]]), encoded(docs))
+    assert np.array_equal(stream.splits["val"], encoded(docs[24:]))
