@@ -95,8 +95,9 @@ class EvalConfig:
     steps: list[int] = flag([4, 8, 16, 32, 64, 128], "sampling steps of the diffusion checkpoints of --ckpts",
                             at_least=1)
     judge: Optional[str] = flag(None, "GenPPL judge: 'exact' (synthetic source), our AR checkpoint, or a Hugging "
-                                      "Face name such as gpt2-large (needs transformers and a network); default: "
-                                      f"exact for synthetic data, else {DEFAULT_AR_JUDGE}")
+                                      "Face model (folder or hub name, needs requirements-gpu.txt); default: exact "
+                                      f"for synthetic data, gpt2-large for GPT-2's full vocabulary, else "
+                                      f"{DEFAULT_AR_JUDGE}")
     num_samples: int = flag(64, "unconditional samples per row", at_least=1)
     batch_size: int = flag(16, "samples generated together", at_least=1)
     seq_len: Optional[int] = flag(None, "sample length (default: the shortest checkpoint context)", at_least=1)
@@ -151,6 +152,10 @@ def load_checkpoints(cfg, device):
 
 
 def default_judge(cfg, data_meta):
+    """--judge when not given: exact for the synthetic source, GPT-2 Large (the papers') for
+    GPT-2's full vocabulary, else our AR model."""
+    if cfg.judge is None and data_meta == {"kind": "gpt2", "gpt2_ids": None}:
+        return "gpt2-large"
     judge = cfg.judge or ("exact" if data_meta["kind"] == "synthetic" else DEFAULT_AR_JUDGE)
     if judge == DEFAULT_AR_JUDGE and not Path(judge).is_file():
         raise ValueError(f"no judge: {judge} does not exist; train one (python train.py --model ar) or pass --judge")

@@ -73,3 +73,17 @@ def test_jsonl_files_hold_one_document_a_line(tmp_path, data_dir):
     stream = data.load_data(str(path), 50257)
     assert np.array_equal(np.concatenate([stream.splits["train"], stream.splits["val"]]), encoded(docs))
     assert np.array_equal(stream.splits["val"], encoded(docs[24:]))
+
+
+def test_openwebtext_is_loaded_by_its_current_hub_id_with_processes_and_its_error_is_shown(monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    calls = []
+
+    def load_dataset(name, **kwargs):
+        calls.append((name, kwargs))
+        raise ConnectionError("Couldn't reach 'Skylion007/openwebtext' on the Hub (LocalEntryNotFoundError)")
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    with pytest.raises(ValueError) as error:
+        data.openwebtext_texts(num_proc=3)
+    assert calls == [("Skylion007/openwebtext", {"split": "train", "num_proc": 3})]
+    assert "ConnectionError: Couldn't reach 'Skylion007/openwebtext'" in str(error.value)

@@ -66,3 +66,16 @@ def test_sweep_of_the_exact_denoiser_alone_or_on_text_is_one_error_line(tmp_path
     text = save_tiny_checkpoint(tmp_path / "mdlm.pt", data_meta={"kind": "gpt2", "gpt2_ids": list(range(V))})
     line = assert_one_error_line(run_script("sweep.py", "--ckpts", "exact", str(text), "--judge", str(text)))
     assert "only for the synthetic source" in line
+
+
+def test_a_checkpoint_with_gpt2s_full_vocabulary_is_judged_by_gpt2_large_by_default(tmp_path):
+    import pytest
+    import torch
+    pytest.importorskip("transformers")
+    from helpers import mdlm_state_dict
+    from model import ModelConfig
+    torch.save(mdlm_state_dict(ModelConfig(vocab_size=50257, n_layer=1, n_head=2, n_embd=8, cond_dim=8), 0),
+               tmp_path / "owt.pt")
+    result = run_script("sweep.py", "--ckpts", str(tmp_path / "owt.pt"), "--steps", "1", "--num-samples", "1",
+                        "--seq-len", "4", "--out-dir", str(tmp_path / "out"), env={"HF_HUB_OFFLINE": "1"})
+    assert "could not load judge 'gpt2-large'" in assert_one_error_line(result)
