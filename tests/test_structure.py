@@ -12,10 +12,10 @@ LAYERS = [
     ["cli", "devices"],                                     # plumbing with no project imports
     ["diffusion", "model", "data", "exact", "flops"],       # maths, networks, data
     ["sdtt", "idlm"],                                       # methods
-    ["checkpoint", "evaluate"],                             # plumbing on the maths
+    ["checkpoint", "evaluate", "likelihood"],               # plumbing on the maths
     ["train"],                                              # the loop
     ["distill"],                                            # orchestration on the loop
-    ["bench", "sweep", "reproduce", "sample"],              # entry points
+    ["bench", "sweep", "reproduce", "sample", "harness"],   # entry points
 ]
 LAYER = {name: depth for depth, names in enumerate(LAYERS) for name in names}
 SOURCES = sorted(ROOT.glob("*.py")) + sorted((ROOT / "scripts").glob("*.py"))
