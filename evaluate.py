@@ -321,3 +321,10 @@ def markdown_table(rows, columns):
         return f"{value:.2f}" if isinstance(value, float) else str(value)
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     return "\n".join(lines + ["| " + " | ".join(cell(row[c]) for c in columns) + " |" for row in rows])
+
+
+if __name__ == "__main__":
+    # `python evaluate.py --tasks ...` is the lm-evaluation-harness command line of harness.py;
+    # it is run rather than imported, since harness.py is built on this file
+    import runpy
+    runpy.run_path(str(Path(__file__).with_name("harness.py")), run_name="__main__")
