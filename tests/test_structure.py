@@ -15,7 +15,7 @@ LAYERS = [
     ["checkpoint", "evaluate", "likelihood"],               # plumbing on the maths
     ["train"],                                              # the loop
     ["distill"],                                            # orchestration on the loop
-    ["bench", "sweep", "reproduce", "sample", "harness", "continuations"],  # entry points
+    ["bench", "sweep", "reproduce", "sample", "harness", "continuations", "zeroshot"],  # entry points
 ]
 LAYER = {name: depth for depth, names in enumerate(LAYERS) for name in names}
 SOURCES = sorted(ROOT.glob("*.py")) + sorted((ROOT / "scripts").glob("*.py"))
