@@ -19,6 +19,7 @@ times), negated, so it is a lower bound on log p. is_greedy: for a diffusion mod
 one forward pass with the whole continuation masked decodes it (SDTT's LAMBADA protocol).
 """
 import sys
+import zlib
 
 import torch
 
@@ -51,8 +52,11 @@ class CheckpointLM(TemplateLM):
     (a diffusion request's K time samples share one batch)."""
 
     def __init__(self, ckpt=None, weights="ema", time_samples=DEFAULT_TIME_SAMPLES, steps=None, seed=0,
-                 device="auto", batch_size=None, **unused):
+                 device="auto", batch_size=None, max_batch_size=None, **unknown):
         super().__init__()
+        if unknown:
+            raise ValueError(f"unknown model argument(s) {', '.join(unknown)}: ours are ckpt, weights, "
+                             "time_samples, steps and seed")
         if ckpt is None:
             raise ValueError("give the checkpoint: --model_args ckpt=PATH")
         if weights not in ("ema", "raw"):
@@ -60,7 +64,8 @@ class CheckpointLM(TemplateLM):
         self.model, record = load_model(str(ckpt), weights=weights, device=pick_device(device))
         self.process = process_of(record)
         self.tokenizer = tokenizer_from_meta(record["data_meta"])
-        self.time_samples, self.steps, self.seed = int(time_samples), steps, int(seed)
+        self.time_samples, self.seed = int(time_samples), int(seed)
+        self.steps = None if steps is None else int(steps)
         self.seq_len = self.model.config.seq_len
 
     @property
@@ -75,17 +80,19 @@ class CheckpointLM(TemplateLM):
     def tok_decode(self, tokens):
         return self.tokenizer.decode(tokens)
 
-    def generator(self, request_index):
-        """Each request's own seed: a result does not depend on which requests came before it."""
-        return torch.Generator().manual_seed(self.seed * 1_000_003 + request_index)
+    def generator(self, context):
+        """A generator seeded by the context: a request's result does not depend on the order or
+        company lm-eval runs it in, and the choices of one question share their time samples
+        (common random numbers, so the comparison between choices is less noisy)."""
+        return torch.Generator().manual_seed(zlib.crc32(repr((self.seed, list(context))).encode()))
 
-    def score(self, context, continuation, index):
+    def score(self, context, continuation):
         """(log p or its NELBO bound, is_greedy) of one continuation token list."""
         if self.process is None:
             nll, greedy = ar_continuation(self.model, context, continuation)
         else:
             nll, greedy = diffusion_continuation(self.model, self.process, context, continuation,
-                                                 self.time_samples, self.generator(index))
+                                                 self.time_samples, self.generator(context))
         return -nll, greedy
 
     def with_start(self, context):
@@ -97,17 +104,16 @@ class CheckpointLM(TemplateLM):
         return [start, *context]
 
     def _loglikelihood_tokens(self, requests, disable_tqdm=False, **kwargs):
-        return [self.score(self.with_start(context), continuation, i)
-                for i, (_, context, continuation) in enumerate(requests)]
+        return [self.score(self.with_start(context), continuation) for _, context, continuation in requests]
 
     def loglikelihood_rolling(self, requests, disable_tqdm=False):
         """log p of whole texts, in disjoint windows of seq_len tokens (likelihood.rolling_windows):
         an AR model predicts each window after one token of context (the start token before the
         first); a diffusion model scores each window on its own (MDLM's wrapped blocks)."""
         results = []
-        for i, request in enumerate(requests):
+        for request in requests:
             tokens = self.tok_encode(request.args[0])
-            results.append(sum(self.score(self.with_start(context), window, i)[0]
+            results.append(sum(self.score(self.with_start(context), window)[0]
                                for context, window in rolling_windows(tokens, self.seq_len)))
         return results
 
@@ -116,7 +122,7 @@ class CheckpointLM(TemplateLM):
         at the first stop string. Diffusion: `steps` ancestral steps (default: one per new
         token), always sampled (seeded); AR: greedy unless do_sample, else at `temperature`."""
         results = []
-        for i, request in enumerate(requests):
+        for request in requests:
             context, gen_kwargs = request.args
             until = gen_kwargs.get("until", [])
             until = [until] if isinstance(until, str) else list(until)
@@ -127,7 +133,7 @@ class CheckpointLM(TemplateLM):
             greedy = not gen_kwargs.get("do_sample", False) or temperature == 0
             # a nucleus of one token is greedy decoding (AR only; the diffusion sampler ignores both)
             tokens, _ = generate(self.model, self.process, 1, len(prompt) + new_tokens, self.steps or new_tokens,
-                                 prompt=prompt, bos_id=self.tokenizer.eos_id, generator=self.generator(i),
+                                 prompt=prompt, bos_id=self.tokenizer.eos_id, generator=self.generator(prompt),
                                  top_p=1e-12 if greedy else 1.0, temperature=1.0 if greedy else temperature)
             text = self.tok_decode(tokens[0, len(prompt):])
             for stop in until:

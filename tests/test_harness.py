@@ -132,3 +132,18 @@ def test_without_the_extras_the_command_fails_in_one_line_naming_the_requirement
     hide = "import sys, runpy; sys.modules['lm_eval'] = None; runpy.run_path('evaluate.py', run_name='__main__')"
     line = assert_one_error_line(run_script("-c", hide, "--tasks", "x"))
     assert "requirements-eval.txt" in line
+
+
+@needs_lm_eval
+def test_a_diffusion_requests_estimate_does_not_depend_on_the_requests_around_it(tmp_path):
+    from harness import CheckpointLM
+    lm = CheckpointLM(ckpt=task_checkpoint(tmp_path / "mdlm.pt", "mdlm"), device="cpu", time_samples=4)
+    first, second = (request("loglikelihood", item["context"], " " + item["choices"][0]) for item in ITEMS[:2])
+    assert lm.loglikelihood([first, second])[1] == lm.loglikelihood([second])[0]
+
+
+@needs_lm_eval
+def test_an_unknown_model_argument_is_an_error_not_ignored(tmp_path):
+    from harness import CheckpointLM
+    with pytest.raises(ValueError, match="unknown model argument.*time_sample"):
+        CheckpointLM(ckpt=task_checkpoint(tmp_path / "ar.pt", "ar"), time_sample=4)
