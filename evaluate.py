@@ -16,7 +16,6 @@ judge lengths do). Also: self-BLEU
 of continuations of one prompt (SDTT appendix A), LAMBADA last-word accuracy decoded in one
 forward pass and its NELBO perplexity bound (SDTT section 4).
 """
-import collections
 import contextlib
 import math
 import time
@@ -162,36 +161,24 @@ def token_entropy(tokens):
     return torch.stack(entropies)
 
 
-def ngrams(tokens, n):
-    return collections.Counter(tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1))
-
-
-def bleu(hypothesis, references, max_n=4):
-    """Sentence BLEU (Papineni et al. 2002): brevity penalty times the geometric mean of the
-    modified n-gram precisions, n = 1..max_n (orders longer than the hypothesis are skipped).
-    A zero match count is smoothed to 0.1, as in Texygen's self-BLEU (Zhu et al. 2018)."""
-    orders = range(1, min(max_n, len(hypothesis)) + 1)
-    if not orders:
-        return 0.0
-    log_precision = 0.0
-    for n in orders:
-        counts, clip = ngrams(hypothesis, n), collections.Counter()
-        for reference in references:
-            clip |= ngrams(reference, n)  # each n-gram counts at most as often as in one reference
-        matches = sum((counts & clip).values())
-        log_precision += math.log(max(matches, 0.1) / sum(counts.values())) / len(orders)
-    closest = min(references, key=lambda r: (abs(len(r) - len(hypothesis)), len(r)))
-    brevity = min(1.0, math.exp(1 - len(closest) / len(hypothesis)))
-    return brevity * math.exp(log_precision)
-
-
 def self_bleu(continuations, max_n=4):
-    """SDTT appendix A, eq. 8: each continuation's BLEU against the others, averaged.
-    1 for identical continuations (deterministic sampling); lower is more diverse."""
+    """SDTT appendix A, eq. 8: each continuation's sentence BLEU against the others, averaged.
+    1 for identical continuations (deterministic sampling); lower is more diverse.
+
+    sacrebleu on the token ids (no re-tokenization), with Texygen's smoothing (Zhu et al. 2018):
+    a zero n-gram match count counts as 0.1, and orders longer than a continuation are skipped.
+    """
+    try:
+        from sacrebleu.metrics import BLEU
+    except ImportError:
+        raise ValueError("self-BLEU needs sacrebleu: pip install -r requirements-eval.txt") from None
     if len(continuations) < 2:
         raise ValueError("self-BLEU needs at least two continuations")
-    return sum(bleu(c, continuations[:i] + continuations[i + 1:], max_n)
-               for i, c in enumerate(continuations)) / len(continuations)
+    metric = BLEU(tokenize="none", smooth_method="floor", smooth_value=0.1, effective_order=True,
+                  max_ngram_order=max_n)
+    texts = [" ".join(str(int(token)) for token in c) for c in continuations]
+    return sum(metric.sentence_score(text, texts[:i] + texts[i + 1:]).score / 100
+               for i, text in enumerate(texts)) / len(texts)
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -389,3 +376,10 @@ def markdown_table(rows, columns):
         return f"{value:.2f}" if isinstance(value, float) else str(value)
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     return "\n".join(lines + ["| " + " | ".join(cell(row[c]) for c in columns) + " |" for row in rows])
+
+
+if __name__ == "__main__":
+    # `python evaluate.py --tasks ...` is the lm-evaluation-harness command line of harness.py;
+    # it is run rather than imported, since harness.py is built on this file
+    import runpy
+    runpy.run_path(str(Path(__file__).with_name("harness.py")), run_name="__main__")

@@ -12,6 +12,7 @@ and results/claims.md, which states which claims held. Finished runs are reused:
 only re-evaluates, and a killed call resumes.
 """
 import csv
+import importlib.util
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -106,6 +107,8 @@ def check_claims(setting, sweep_rows, lambada_rows, labels, seq_len):
 
 def main():
     cfg = cli.parse_config(ReproduceConfig, __doc__.split("\n\n")[0])
+    if importlib.util.find_spec("sacrebleu") is None:  # say so now, not after hours of training
+        raise ValueError("reproduce.py reports self-BLEU, which needs sacrebleu: pip install -r requirements-eval.txt")
     results = Path(cfg.results_dir)
     for setting in cfg.settings:
         seq_len = int(SETTINGS[setting]["common"][-1])

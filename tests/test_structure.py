@@ -12,10 +12,10 @@ LAYERS = [
     ["cli", "devices"],                                     # plumbing with no project imports
     ["diffusion", "model", "corpus", "data", "exact", "flops"],  # maths, networks, data
     ["sdtt", "idlm", "samplers"],                           # methods and samplers
-    ["hub", "checkpoint", "evaluate"],                      # plumbing on the maths
+    ["hub", "checkpoint", "evaluate", "likelihood"],        # plumbing on the maths
     ["train"],                                              # the loop
     ["distill"],                                            # orchestration on the loop
-    ["bench", "sweep", "reproduce", "sample"],              # entry points
+    ["bench", "sweep", "reproduce", "sample", "harness", "continuations", "zeroshot"],  # entry points
 ]
 LAYER = {name: depth for depth, names in enumerate(LAYERS) for name in names}
 SOURCES = sorted(ROOT.glob("*.py")) + sorted((ROOT / "scripts").glob("*.py"))
