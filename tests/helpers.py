@@ -1,6 +1,5 @@
 """Shared by the tests: hypothesis settings, tiny enumerable worlds and their optimal denoiser,
 tiny models and checkpoints on disk, and running a script to check its errors."""
-import base64
 import dataclasses
 import itertools
 import json
@@ -170,23 +169,14 @@ def write_hub_folder(folder, state_dict, cfg, weights="model.safetensors"):
 
 def tiny_gpt2_folder(folder, context=64, seed=0):
     """A randomly initialised 2-layer GPT-2 with GPT-2's own tokenizer (built offline from
-    tiktoken's ranks), saved as a local Hugging Face folder: a stand-in for gpt2-large."""
-    transformers = __import__("pytest").importorskip("transformers")
-    from transformers.convert_slow_tokenizer import TikTokenConverter
-
-    from data import GPT2_EOS, GPT2_PATTERN, gpt2_encoding
-    folder.mkdir(parents=True, exist_ok=True)
-    ranks = folder / "gpt2.tiktoken"
-    ranks.write_text("".join(f"{base64.b64encode(token).decode()} {rank}\n"
-                             for token, rank in gpt2_encoding()._mergeable_ranks.items()))
-    converter = TikTokenConverter(vocab_file=str(ranks), pattern=GPT2_PATTERN,
-                                  extra_special_tokens={"<|endoftext|>": GPT2_EOS})
-    transformers.PreTrainedTokenizerFast(tokenizer_object=converter.converted(), eos_token="<|endoftext|>",
-                                         bos_token="<|endoftext|>").save_pretrained(folder)
-    torch.manual_seed(seed)
-    config = transformers.GPT2Config(vocab_size=GPT2_EOS + 1, n_positions=context, n_embd=32, n_layer=2, n_head=2)
-    transformers.GPT2LMHeadModel(config).save_pretrained(folder)
-    return folder
+    tiktoken's ranks), saved as a local Hugging Face folder: a stand-in for gpt2-large. Built by
+    the dress rehearsal's own function, so the tests check the stand-in the script uses."""
+    __import__("pytest").importorskip("transformers")
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("dress_rehearsal", ROOT / "scripts" / "dress_rehearsal.py")
+    rehearsal = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rehearsal)
+    return rehearsal.write_tiny_gpt2(folder, context, seed)
 
 
 def save_tiny_checkpoint(path, kind="mdlm", data_meta=SYNTHETIC, **fields):
@@ -208,3 +198,15 @@ def assert_one_error_line(result):
     assert "Traceback" not in result.stderr
     assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
     return lines[0]
+
+
+class RecordingModel(torch.nn.Module):
+    """Wraps a model and records the tokens of every forward pass."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.config, self.inputs = model, model.config, []
+
+    def forward(self, tokens, sigma=None):
+        self.inputs.append(tokens.clone())
+        return self.model(tokens, sigma)

@@ -13,7 +13,7 @@ from data import MarkovSource
 from diffusion import MaskingProcess
 from evaluate import ARJudge
 from exact import ExactDenoiser
-from helpers import L, V, examples, random_dit, seeds, tiny_model
+from helpers import L, V, RecordingModel, examples, random_dit, seeds, tiny_model
 
 SOURCE = MarkovSource(vocab_size=V, seq_len=L, branching=3, seed=0)
 
@@ -72,18 +72,6 @@ def test_ar_scoring_refuses_an_empty_context_and_cuts_a_long_one_on_the_left():
 
 
 # ----------------------------------------------------------------------------- diffusion: the NELBO
-
-class RecordingModel(torch.nn.Module):
-    """Wraps a model and records the tokens of every forward pass."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model, self.config, self.inputs = model, model.config, []
-
-    def forward(self, tokens, sigma=None):
-        self.inputs.append(tokens.clone())
-        return self.model(tokens, sigma)
-
 
 @examples(10)
 @given(seeds, st.integers(0, L - 1))

@@ -12,7 +12,7 @@ import zeroshot
 from data import Tokenizer
 from diffusion import MaskingProcess
 from evaluate import ARJudge
-from helpers import L, V, assert_one_error_line, examples, random_dit, run_script, tiny_model
+from helpers import L, V, RecordingModel, assert_one_error_line, examples, random_dit, run_script, tiny_model
 
 documents = st.lists(st.lists(st.integers(0, V - 3), max_size=40), min_size=1, max_size=5)
 
@@ -49,16 +49,6 @@ def test_ar_zero_shot_nll_is_our_judges_and_ignores_padding():
     judge = ARJudge(model, start)
     expected = sum(judge.nll_per_token(block[None, :n]).item() * n for block, n in zip(blocks, lengths.tolist()))
     assert tokens == 5 + L + 3 and total == pytest.approx(expected, rel=1e-5)
-
-
-class RecordingModel(torch.nn.Module):
-    def __init__(self, model):
-        super().__init__()
-        self.model, self.config, self.inputs = model, model.config, []
-
-    def forward(self, tokens, sigma=None):
-        self.inputs.append(tokens.clone())
-        return self.model(tokens, sigma)
 
 
 def test_diffusion_zero_shot_never_masks_padding_and_scores_only_real_tokens():
