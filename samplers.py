@@ -51,8 +51,7 @@ class HiddenCache:
     """
 
     def __init__(self, network, process, mode="sequence"):
-        if mode not in ("sequence", "batch", "none"):
-            raise ValueError(f"cache {mode!r}: choose sequence, batch or none")
+        check_cache_mode(mode)
         self.network, self.process, self.mode = network, process, mode
         self.z = self.hidden = self.c = None
         self.forwards = 0  # sequence-forwards
@@ -64,7 +63,7 @@ class HiddenCache:
         stale = needed
         if self.hidden is not None and self.mode != "none" and not self.process.time_conditioned:
             changed = (z != self.z).any(1)
-            stale = needed & changed if self.mode == "sequence" else changed.any() & torch.ones_like(needed)
+            stale = needed & changed if self.mode == "sequence" else changed.any().expand_as(needed)
         if stale.any():
             self.update(z, stale.nonzero().squeeze(1), t)
         return self.network.head(self.hidden[rows], self.c[rows[0]])
@@ -77,6 +76,14 @@ class HiddenCache:
             self.c = c.new_zeros(z.shape[0], *c.shape[1:])
         self.z[index], self.hidden[index], self.c[index] = z[index], hidden, c
         self.forwards += len(index)
+
+
+CACHE_MODES = ("sequence", "batch", "none")
+
+
+def check_cache_mode(mode):
+    if mode not in CACHE_MODES:
+        raise ValueError(f"cache {mode!r}: choose {', '.join(CACHE_MODES)}")
 
 
 def check_steps(steps):
@@ -152,7 +159,7 @@ class Revealed:
     extends_context = False
 
     def __init__(self, final="argmax", cache="sequence", t_min=T_MIN):
-        HiddenCache(None, None, cache)  # checks the mode
+        check_cache_mode(cache)
         self.final, self.cache, self.t_min = final, cache, t_min
 
     @torch.no_grad()
