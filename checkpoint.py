@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from diffusion import process_from_config
+from processes import process_from_config
 import hub
 from model import ModelConfig, build_model
 

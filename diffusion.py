@@ -311,14 +311,3 @@ class MaskingProcess:
         masked = self.loss_positions(z_t).unsqueeze(-1)
         cross = -(torch.where(masked, log_f, torch.zeros_like(log_f)) * x_probs).sum(-1)
         return (self.loss_weight(t)[:, None] * cross).sum() / z_t.numel()
-
-
-PROCESSES = {"absorbing": MaskingProcess}
-
-
-def process_from_config(config, vocab_size, time_conditioned=False):
-    """Rebuild the process a checkpoint recorded (checkpoints from before it was recorded are
-    absorbing with the log-linear schedule)."""
-    config = config or {"kind": "absorbing", "schedule": "loglinear", "eps": 1e-3}
-    schedule = SCHEDULES[config["schedule"]](config["eps"])
-    return PROCESSES[config["kind"]](vocab_size, schedule, time_conditioned)

@@ -10,7 +10,7 @@ from helpers import ROOT
 # Bottom to top. A file may import files of its own layer or of layers below it.
 LAYERS = [
     ["cli", "devices"],                                     # plumbing with no project imports
-    ["diffusion", "model", "corpus", "data", "exact", "flops"],  # maths, networks, data
+    ["diffusion", "processes", "model", "corpus", "data", "exact", "flops"],  # maths, networks, data
     ["sdtt", "idlm", "samplers"],                           # methods and samplers
     ["hub", "checkpoint", "evaluate", "likelihood"],        # plumbing on the maths
     ["train"],                                              # the loop
