@@ -6,6 +6,10 @@ MDLM's protocol (its OpenWebText split and `wrap`): EOS after every document, th
 documents held out for validation, the stream cut into L-token blocks (data.TokenStream.batch).
 A corpus too small to spare 100k documents holds out its last 5% of documents; one of fewer
 than 20 documents, the last 5% of its tokens (a contiguous tail either way: nothing leaks).
+
+The embedded default (Shakespeare, 37 plays) keeps the first release's split instead (`SPLITS`
+"tails"): the last 5% of every play is validation and batches are windows at any offset, so
+its validation text comes from every play and its figures stay comparable with earlier ones.
 """
 import collections
 import json
@@ -87,6 +91,32 @@ def validation_start(doc_lengths):
     return total - int(doc_lengths[-held_out:].sum())
 
 
+def hold_out_tails(path, doc_lengths, dtype, fraction=VAL_FRACTION):
+    """The first release's split: the last `fraction` of every document is validation. Rewrites
+    the raw file at path as all the documents' heads, then all their tails (through a file
+    beside it, one document at a time); returns the token offset where validation begins."""
+    ends = np.cumsum(doc_lengths)
+    cuts = [(end - n, end - n + int(n * (1 - fraction)), end) for n, end in zip(doc_lengths.tolist(), ends.tolist())]
+    stream, tmp = np.memmap(path, dtype=dtype, mode="r"), Path(path).with_suffix(".split")
+    with open(tmp, "wb") as out:
+        for part in (0, 1):
+            for bounds in cuts:
+                stream[bounds[part]:bounds[part + 1]].tofile(out)
+    del stream
+    os.replace(tmp, path)
+    return sum(cut - start for start, cut, _ in cuts)
+
+
+SPLITS = ("documents", "tails")  # MDLM's split; the first release's (the embedded default's)
+
+
+def split_corpus(path, doc_lengths, dtype, split):
+    """Where validation begins in the raw file at path, under `split` (see SPLITS)."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown corpus split {split!r} (known: {', '.join(SPLITS)})")
+    return hold_out_tails(path, doc_lengths, dtype) if split == "tails" else validation_start(doc_lengths)
+
+
 def remap_in_place(path, dtype, table, chunk=1 << 24):
     """Replace every id i of the raw file by table[i], a chunk at a time."""
     stream = np.memmap(path, dtype=dtype, mode="r+")
@@ -97,16 +127,21 @@ def remap_in_place(path, dtype, table, chunk=1 << 24):
 
 
 def token_counts(path, dtype, end, minlength, chunk=1 << 24):
-    """How often each id occurs in the first `end` tokens of the raw file."""
+    """How often each id occurs in the first `end` tokens of the raw file, and where it first
+    occurs (`end` for an id that never does)."""
     stream, counts = np.memmap(path, dtype=dtype, mode="r"), np.zeros(minlength, dtype=np.int64)
+    first = np.full(minlength, end, dtype=np.int64)
     for start in range(0, end, chunk):
-        counts += np.bincount(stream[start:min(start + chunk, end)], minlength=minlength)
-    return counts
+        part = stream[start:min(start + chunk, end)]
+        counts += np.bincount(part, minlength=minlength)
+        ids, index = np.unique(part, return_index=True)
+        first[ids] = np.minimum(first[ids], start + index)
+    return counts, first
 
 
-def write_meta(folder, meta, dtype, total, val_start):
+def write_meta(folder, meta, dtype, total, val_start, split):
     (Path(folder) / "meta.json").write_text(json.dumps({**meta, "dtype": dtype.name, "tokens": total,
-                                                        "val_start": val_start}))
+                                                        "val_start": val_start, "split": split}))
 
 
 def open_stream(folder):

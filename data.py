@@ -117,12 +117,15 @@ class Tokenizer:
         return "".join(pieces + [self.enc.decode(run)])
 
 
-def compact_vocabulary(counts, size):
+def compact_vocabulary(counts, size, first=None):
     """The size-1 most frequent GPT-2 tokens of the counts per token id (EOS always among them,
-    ties to the lower id); the last id is <unk>."""
+    ties to the token that occurs first, given `first`, each id's first position); the last id
+    is <unk>."""
     counts = np.asarray(counts).copy()
     counts[GPT2_EOS] = 0
-    frequent = [int(tok) for tok in np.argsort(-counts, kind="stable")[:size - 2] if counts[tok] > 0]
+    first = np.arange(len(counts)) if first is None else np.asarray(first)
+    order = np.lexsort((first, -counts))  # by count, then by first occurrence
+    frequent = [int(tok) for tok in order[:size - 2] if counts[tok] > 0]
     return sorted([GPT2_EOS] + frequent)
 
 
@@ -171,12 +174,12 @@ def openwebtext_texts(num_proc):
     return (row["text"] for row in dataset)
 
 
-def prepare_corpus(name, documents, vocab_size, num_proc=None):
+def prepare_corpus(name, documents, vocab_size, num_proc=None, split="documents"):
     """Tokenize documents (an iterable of texts, read lazily) into DATA_DIR/<name>: in parallel,
-    streamed to disk, split and wrapped with MDLM's protocol (corpus.py); a vocabulary under
+    streamed to disk, split with MDLM's protocol or the first release's (`split`, corpus.py); a vocabulary under
     GPT-2's is compacted to the most frequent training tokens. Built in a folder beside the
     destination, then renamed: atomic, on the destination's own filesystem."""
-    folder = DATA_DIR / name / f"v{vocab_size}-stream"
+    folder = DATA_DIR / name / (f"v{vocab_size}-stream" if split == "documents" else f"v{vocab_size}-{split}")
     if (folder / "meta.json").exists():
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -187,12 +190,13 @@ def prepare_corpus(name, documents, vocab_size, num_proc=None):
                                           num_proc or corpus.default_num_proc())
         if lengths.sum() == 0:
             raise ValueError(f"corpus {name!r} is empty")
-        val_start = corpus.validation_start(lengths)
+        val_start = corpus.split_corpus(tokens, lengths, dtype, split)
         gpt2_ids = None
         if vocab_size < GPT2_EOS + 1:
-            gpt2_ids = compact_vocabulary(corpus.token_counts(tokens, dtype, val_start, GPT2_EOS + 1), vocab_size)
+            counts, first = corpus.token_counts(tokens, dtype, val_start, GPT2_EOS + 1)
+            gpt2_ids = compact_vocabulary(counts, vocab_size, first)
             corpus.remap_in_place(tokens, dtype, Tokenizer(gpt2_ids).to_model.astype(dtype))
-        corpus.write_meta(tmp, Tokenizer(gpt2_ids).meta(), dtype, int(lengths.sum()), val_start)
+        corpus.write_meta(tmp, Tokenizer(gpt2_ids).meta(), dtype, int(lengths.sum()), val_start, split)
         os.replace(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -200,23 +204,29 @@ def prepare_corpus(name, documents, vocab_size, num_proc=None):
 
 
 class TokenStream:
-    """A tokenized corpus; batches are random windows of the train or val stream (nanoGPT)."""
+    """A tokenized corpus, split into a train and a val stream. Batches are L-token blocks of
+    the stream (MDLM) or, under the first release's split, windows at any offset (nanoGPT)."""
 
     def __init__(self, folder):
         meta, self.splits = corpus.open_stream(folder)
         self.tokenizer = Tokenizer(meta["gpt2_ids"])
         self.vocab_size = self.tokenizer.vocab_size
+        self.windows = meta.get("split") == "tails"
 
     def meta(self):
         return self.tokenizer.meta()
 
     def batch(self, split, n, seq_len, generator):
         """n of the stream's seq_len-token blocks, drawn at random (MDLM's `wrap`: the stream
-        cut into consecutive blocks, documents running across block boundaries)."""
+        cut into consecutive blocks, documents running across block boundaries), or n windows
+        starting anywhere (the first release's batches, kept with its split)."""
         stream = self.splits[split]
-        if len(stream) < seq_len:
-            raise ValueError(f"the {split} split has {len(stream)} tokens, fewer than seq_len={seq_len}")
-        starts = (seq_len * torch.randint(0, len(stream) // seq_len, (n,), generator=generator)).tolist()
+        if len(stream) < seq_len + self.windows:
+            raise ValueError(f"the {split} split has {len(stream)} tokens, too few for seq_len={seq_len}")
+        if self.windows:
+            starts = torch.randint(0, len(stream) - seq_len, (n,), generator=generator).tolist()
+        else:
+            starts = (seq_len * torch.randint(0, len(stream) // seq_len, (n,), generator=generator)).tolist()
         return torch.from_numpy(np.stack([stream[s:s + seq_len] for s in starts]).astype(np.int64))
 
     def val_texts(self, min_words=8):
@@ -325,7 +335,7 @@ def load_data(name, vocab_size=4096, seq_len=128):
     if name == "synthetic":
         return MarkovSource(seq_len=seq_len)
     if name == "shakespeare":
-        return TokenStream(prepare_corpus("shakespeare", shakespeare_texts(), vocab_size))
+        return TokenStream(prepare_corpus("shakespeare", shakespeare_texts(), vocab_size, split="tails"))
     if name == "openwebtext":
         folder = DATA_DIR / "openwebtext" / f"v{GPT2_EOS + 1}-stream"  # downloaded only when not prepared
         num_proc = corpus.default_num_proc()

@@ -45,18 +45,21 @@ def ensure_default(kind, cfg, env):
 
 
 def load_teacher(cfg, env):
-    """(teacher, its process, its checkpoint, its path, cfg with the teacher's L and vocabulary)."""
+    """(teacher, its process, its checkpoint, its path, cfg with the teacher's vocabulary and L,
+    or the shorter L the user gave)."""
     path = cfg.teacher or ensure_default("mdlm", cfg, env)
     teacher, ckpt = checkpoint.load_model(path, kinds=checkpoint.DIFFUSION_KINDS, device=env.device)
+    if (cfg.seq_len or 0) > teacher.config.seq_len:
+        raise ValueError(f"--seq-len {cfg.seq_len} is longer than the teacher's L = {teacher.config.seq_len}")
     vocab = ckpt["data_meta"].get("gpt2_ids")
-    cfg = dataclasses.replace(cfg, seq_len=teacher.config.seq_len,
+    cfg = dataclasses.replace(cfg, seq_len=cfg.seq_len or teacher.config.seq_len,
                               vocab_size=len(vocab) + 1 if vocab else teacher.config.vocab_size)
     return teacher, checkpoint.process_of(ckpt), ckpt, str(path), cfg
 
 
 def teacher_defaults(cfg, teacher_ckpt, env):
     """A teacher with GPT-2's full vocabulary is MDLM's OpenWebText setting: unless given, --data
-    is openwebtext and --judge gpt2-large (L is the teacher's already). Said in one line."""
+    is openwebtext and --judge gpt2-large (L is the teacher's unless given). Said in one line."""
     if teacher_ckpt["data_meta"] != FULL_GPT2:
         return cfg
     filled = {name: value for name, value in (("data", "openwebtext"), ("judge", PAPER_JUDGE))

@@ -53,7 +53,8 @@ class TrainConfig:
     schedule: str = flag("loglinear", "noise schedule of a pretrained diffusion model", choices=list(SCHEDULES))
     vocab_size: int = flag(4096, "compacted vocabulary for small corpora (most frequent GPT-2 tokens + <unk>)",
                            at_least=3)
-    seq_len: int = flag(128, "sequence length L", at_least=2)
+    seq_len: Optional[int] = flag(None, "sequence length L (default: 128; a distillation: the teacher's L, "
+                                        "or shorter when given)", at_least=2)
     batch_size: Optional[int] = flag(None, "global batch (all processes, all accumulation steps)", at_least=1)
     micro_batch_size: Optional[int] = flag(None, "per-process micro-batch (0 = the whole batch at once); default: "
                                                  "the largest that fits in the free memory", at_least=0)
@@ -110,11 +111,16 @@ DEFAULTS = {
 }
 
 
+SEQ_LEN = 128  # L of the embedded default
+
+
 def resolve(cfg, width):
     """Fill the flags left at None from DEFAULTS, by method and by scale (full size from 768 wide)."""
     method = cfg.distill or cfg.model
     table = DEFAULTS[(method, "paper" if width >= 768 else "cpu")]
     filled = {k: v for k, v in table.items() if getattr(cfg, k) is None}
+    if cfg.seq_len is None:
+        cfg = dataclasses.replace(cfg, seq_len=SEQ_LEN)
     if cfg.data is None:
         filled["data"] = "shakespeare"
     if method == "sdtt" and cfg.ema_teacher and cfg.ema is None:

@@ -87,3 +87,36 @@ def test_openwebtext_is_loaded_by_its_current_hub_id_with_processes_and_its_erro
         data.openwebtext_texts(num_proc=3)
     assert calls == [("Skylion007/openwebtext", {"split": "train", "num_proc": 3})]
     assert "ConnectionError: Couldn't reach 'Skylion007/openwebtext'" in str(error.value)
+
+
+def test_the_first_release_split_holds_out_the_tail_of_every_document(data_dir):
+    docs = documents(30)
+    stream = data.TokenStream(data.prepare_corpus("tails", docs, 50257, num_proc=1, split="tails"))
+    ids = [encoded([d]) for d in docs]
+    cuts = [int(len(row) * (1 - corpus.VAL_FRACTION)) for row in ids]
+    assert np.array_equal(stream.splits["train"], np.concatenate([row[:c] for row, c in zip(ids, cuts)]))
+    assert np.array_equal(stream.splits["val"], np.concatenate([row[c:] for row, c in zip(ids, cuts)]))
+
+
+def test_the_first_release_split_draws_windows_at_any_offset(data_dir):
+    import torch
+    stream = data.TokenStream(data.prepare_corpus("w", documents(30), 50257, num_proc=1, split="tails"))
+    train, g = np.asarray(stream.splits["train"]), torch.Generator().manual_seed(0)
+    starts = torch.randint(0, len(train) - 8, (64,), generator=torch.Generator().manual_seed(0)).tolist()
+    assert any(s % 8 for s in starts)  # the draws this test checks include unaligned ones
+    assert np.array_equal(stream.batch("train", 64, 8, g).numpy(), np.stack([train[s:s + 8] for s in starts]))
+
+
+def test_an_unknown_split_is_one_error(data_dir):
+    with pytest.raises(ValueError, match="unknown corpus split"):
+        data.prepare_corpus("x", documents(3), 50257, num_proc=1, split="middle")
+
+
+def test_a_compacted_vocabulary_breaks_count_ties_by_first_occurrence(data_dir):
+    enc = data.gpt2_encoding()
+    late, early = sorted(enc.encode_ordinary(w)[0] for w in (" apple", " zebra"))[::-1]
+    assert late > early  # so that "the lower id" and "the first seen" disagree
+    text = enc.decode([late, early] * 3 + [early + 1] * 9)  # a tie of 3 and 3 for the one free slot
+    stream = data.TokenStream(data.prepare_corpus("ties", [text] * 20, 4, num_proc=1))
+    kept = set(stream.tokenizer.gpt2_ids)
+    assert early + 1 in kept and late in kept and early not in kept

@@ -106,6 +106,19 @@ def test_idlm_runs_end_to_end_and_its_checkpoint_rebuilds_the_student_and_the_fa
     assert model.config.seq_len == SEQ_LEN
 
 
+def test_l_follows_the_teacher_unless_a_shorter_one_is_given(tmp_path):
+    import distill as distill_py
+    import train
+    synthetic_teacher(tmp_path / "teacher.pt")
+    env, teacher = train.Env(torch.device("cpu")), str(tmp_path / "teacher.pt")
+    assert distill_py.load_teacher(train.TrainConfig(distill="sdtt", teacher=teacher), env)[-1].seq_len == SEQ_LEN
+    shorter = train.TrainConfig(distill="sdtt", teacher=teacher, seq_len=SEQ_LEN // 2)
+    assert distill_py.load_teacher(shorter, env)[-1].seq_len == SEQ_LEN // 2
+    longer = run_script("train.py", "--distill", "sdtt", "--data", "synthetic", "--teacher", teacher,
+                        "--seq-len", str(2 * SEQ_LEN), "--out-dir", str(tmp_path / "sdtt"))
+    assert f"longer than the teacher's L = {SEQ_LEN}" in assert_one_error_line(longer)
+
+
 def test_distill_py_without_a_method_is_one_error_line():
     assert "--distill" in assert_one_error_line(run_script("distill.py"))
 
