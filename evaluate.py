@@ -258,12 +258,13 @@ def continuation_self_bleu(model, process, data, seq_len, steps, prompts, seed, 
                            sampler=None):
     """SDTT appendix A: 5 continuations of each held-out prompt (the first half of a validation
     window), self-BLEU of the continuations of each prompt, averaged over prompts."""
-    generator = torch.Generator().manual_seed(seed)
+    generator, device = torch.Generator().manual_seed(seed), next(model.parameters()).device
     scores = []
     for window in data.batch("val", prompts, seq_len, generator):
         prompt = window[:seq_len // 2].tolist()
-        tokens, _ = generate(model, process, CONTINUATIONS_PER_PROMPT, seq_len, steps, prompt=prompt,
-                             bos_id=bos_id, batch_size=batch_size, generator=generator, sampler=sampler)
+        with devices.autocast(device):  # bf16 on a GPU, as in training
+            tokens, _ = generate(model, process, CONTINUATIONS_PER_PROMPT, seq_len, steps, prompt=prompt,
+                                 bos_id=bos_id, batch_size=batch_size, generator=generator, sampler=sampler)
         scores.append(self_bleu([row[len(prompt):].tolist() for row in tokens]))
     return sum(scores) / len(scores)
 
@@ -292,7 +293,7 @@ def lambada(model, process, examples, tokenizer, device, nelbo_samples=16, seed=
     generator = torch.Generator().manual_seed(seed)
     correct = n = word_tokens = 0
     nelbo_nats = 0.0
-    with eval_mode(model):
+    with eval_mode(model), devices.autocast(device):  # bf16 on a GPU, as in training
         for text in examples:
             context, word = lambada_split(text, tokenizer)
             if not context or not word or len(word) >= seq_len:
