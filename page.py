@@ -87,11 +87,11 @@ show(0);
 """
 
 
-def panel(title, trace, tokenizer, sample_rows=None):
+def panel(title, trace, tokenizer):
     """A checkpoint's trace as the page's data: per sample and position, [frame, text] at each
     frame where its token changes (text null: MASK)."""
     texts = TokenTexts(tokenizer, trace.mask_id)
-    frames = trace.frames if sample_rows is None else trace.frames[:, :sample_rows]
+    frames = trace.frames
     samples = []
     for n in range(frames.shape[1]):
         shown = [texts(frame) for frame in frames[:, n].tolist()]
