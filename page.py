@@ -24,7 +24,7 @@ body { font-family: sans-serif; margin: 1.5em; color: #222; }
 .panel { flex: 1; min-width: 0; }
 .panel h2 { font-size: 1em; margin: 0 0 .3em 0; }
 .status { color: #555; font-size: .9em; margin-bottom: .5em; }
-.sample { font-family: monospace; white-space: pre-wrap; border-top: 1px solid #ddd; padding: .4em 0; }
+.sample { font-family: monospace; white-space: pre-wrap; overflow-wrap: anywhere; border-top: 1px solid #ddd; padding: .4em 0; }
 .masked { color: #bbb; }
 .fixed { font-weight: bold; }
 .now { outline: 1px solid #222; }
