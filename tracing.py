@@ -69,16 +69,18 @@ class Traced:
         counted = Counted(model)
         frames, forwards = [], []
 
-        def record(i, tokens, done=None):
+        def record(i, tokens, reported=None):
+            """A frame; `reported`: the count of the start (0) and of the end (the sampler's own),
+            else (a step, passed on to on_step) the counter's."""
             frames.append(tokens.detach().cpu().clone())
-            forwards.append((counted.forwards if done is None else done) / tokens.shape[0])
+            forwards.append((counted.forwards if reported is None else reported) / tokens.shape[0])
             if self.on_frame is not None:
                 self.on_frame(len(frames) - 1, frames[-1], forwards[-1])
-            if on_step is not None and done is None:
+            if on_step is not None and reported is None:
                 on_step(i, tokens)
 
         record(None, z, 0)
-        tokens, done = self.sampler(counted, process, z, steps, generator, lambda i, z_i: record(i, z_i))
+        tokens, done = self.sampler(counted, process, z, steps, generator, record)
         if len(frames) > 1:  # the last step's frame becomes the returned tokens
             frames.pop(), forwards.pop()
         record(None, tokens, done)
