@@ -53,6 +53,23 @@ def record(kind, model_config, process, data_meta, train_config, model, ema, pha
             "ema_state": ema.state_dict(), "step": step, "finished": finished, **extra}
 
 
+def distilled_for(sampling_steps, round, teacher_sampling_steps):
+    """What a student checkpoint says of its distillation (`record`'s extra entries): the steps
+    it was distilled to sample with, its round (0 for a one-round method), its teacher's steps."""
+    return {"sampling_steps": sampling_steps, "round": round, "teacher_sampling_steps": teacher_sampling_steps}
+
+
+def default_steps(ckpt):
+    """(the steps a student was distilled for, a sentence saying so), or None for a checkpoint
+    that does not record them (a teacher)."""
+    steps = ckpt.get("sampling_steps")
+    if steps is None:
+        return None
+    teacher = ckpt.get("teacher_sampling_steps")
+    history = f"{ckpt['kind']} round {ckpt.get('round', 0)}" + (f", its teacher sampled with {teacher}" if teacher else "")
+    return steps, f"{steps} steps, as it was distilled for ({history})"
+
+
 def restore(state, phases, ema):
     """Load what `record` saved for resuming into the phases' optimizers and schedulers and the EMA."""
     for phase, optimizer, scheduler in zip(phases, state["optimizers"], state["schedulers"]):

@@ -159,7 +159,7 @@ def main(argv=None):
     if not cfg.ckpts and not cfg.rounds:
         raise ValueError("give the checkpoints: --ckpts PATH [PATH ...] and/or --rounds DIR")
     device = devices.pick(cfg.device)
-    loaded, series, data_meta = load_checkpoints(cfg, device)
+    loaded, series, data_meta, _ = load_checkpoints(cfg, device)
     judge = load_mauve_judge(cfg.judge, data_meta, device)
     windows = held_out_windows(held_out_data(cfg.data, data_meta, tokenizer_from_meta(data_meta).vocab_size),
                                cfg.prompts, cfg.seed)

@@ -19,8 +19,9 @@ import evaluate
 import idlm
 import sdtt
 from cli import parse_config, run
-from data import load_data
+from data import load_data, tokenizer_from_meta
 from model import config_for, frozen
+from samplers import DEFAULT_SAMPLER
 from flops import step_flops_per_token
 from train import (TrainConfig, check_config, ckpt_writer, existing_run, fit_micro_batch, make_ema, make_phase,
                    pretrain, resolve, resume, setup, train_steps, validation)
@@ -119,7 +120,7 @@ def run_sdtt(cfg, env, data, teacher, process, teacher_ckpt, teacher_path):
     def point(step, j):
         return checkpoint.record("sdtt", teacher_ckpt["model_config"], process, data.meta(), dataclasses.asdict(cfg),
                                  student, ema, phases, step, j == cfg.rounds - 1 and step >= cfg.iters,
-                                 round=j, sampling_steps=schedule[j + 1], teacher_path=teacher_path)
+                                 teacher_path=teacher_path, **checkpoint.distilled_for(schedule[j + 1], j, schedule[j]))
 
     start_round, start_step, state = 0, 0, existing_run(cfg)
     if state is not None:
@@ -159,7 +160,8 @@ def run_idlm(cfg, env, data, teacher, process, teacher_ckpt, teacher_path):
     def point(step):
         return checkpoint.record("idlm", teacher_ckpt["model_config"], process, data.meta(), dataclasses.asdict(cfg),
                                  student, ema, phases, step, step >= cfg.iters, fake=fake.state_dict(),
-                                 sampling_steps=steps[-1], teacher_path=teacher_path)
+                                 teacher_path=teacher_path,  # the teacher's reference: L steps
+                                 **checkpoint.distilled_for(steps[-1], 0, cfg.seq_len))
 
     path = Path(cfg.out_dir) / "ckpt.pt"
     train_steps(phases, ema, data, cfg, env, start, cfg.iters, ckpt_writer(env, path, point), "idlm",
@@ -169,18 +171,25 @@ def run_idlm(cfg, env, data, teacher, process, teacher_ckpt, teacher_path):
 
 # ----------------------------------------------------------------------------- the final table
 
-def print_final_table(cfg, env, judge_spec, judge, teacher, process, students):
+def print_final_table(cfg, env, judge_spec, judge, teacher, process, students, teacher_path, data_meta):
     """GenPPL and entropy of the teacher at L, L/4, L/16, L/32 steps and of each student at
-    its steps; printed, and written to <out_dir>/table.md."""
+    its steps; printed, and written to <out_dir>/table.md, with every sample scored in
+    <out_dir>/samples.jsonl (evaluate.write_samples)."""
     L = cfg.seq_len
     entries = [("teacher", teacher, process, s) for s in (L, L // 4, L // 16, L // 32) if s >= 1]
+    paths = [teacher_path] * len(entries)
     for label, path, steps in students:
         model, _ = checkpoint.load_model(path, device=env.device)
         entries.append((label, model, process, steps))
-    rows = evaluate.quality_rows(entries, judge, cfg.eval_samples, min(cfg.eval_samples, 32), L, cfg.seed, env.device)
+        paths.append(str(path))
+    scored = []
+    rows = evaluate.quality_rows(entries, judge, cfg.eval_samples, min(cfg.eval_samples, 32), L, cfg.seed, env.device,
+                                 scored=scored)
     table = evaluate.markdown_table(rows, ["label", "steps", "genppl", "entropy", "nfe"])
     print(f"\nGenPPL (judge: {judge_spec}) and entropy, {cfg.eval_samples} samples of {L} tokens:\n{table}")
     (Path(cfg.out_dir) / "table.md").write_text(table + "\n")
+    evaluate.write_samples(Path(cfg.out_dir) / "samples.jsonl", scored, tokenizer_from_meta(data_meta),
+                           [{"checkpoint": path, "sampler": DEFAULT_SAMPLER} for path in paths])
 
 
 def distill(cfg, env):
@@ -200,7 +209,8 @@ def distill(cfg, env):
     run_method = run_sdtt if cfg.distill == "sdtt" else run_idlm
     students = run_method(cfg, env, data, teacher, process, teacher_ckpt, teacher_path)
     if env.main and cfg.eval_samples > 0:
-        print_final_table(cfg, env, judge, judge_model, teacher, process, students)
+        print_final_table(cfg, env, judge, judge_model, teacher, process, students, teacher_path,
+                          teacher_ckpt["data_meta"])
 
 
 def main():

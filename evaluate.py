@@ -17,6 +17,7 @@ of continuations of one prompt (SDTT appendix A), LAMBADA last-word accuracy dec
 forward pass and its NELBO perplexity bound (SDTT section 4).
 """
 import contextlib
+import json
 import math
 import time
 from pathlib import Path
@@ -197,7 +198,8 @@ def eval_mode(model):
 @torch.no_grad()
 def generate(model, process, n, seq_len, steps, *, sampler=None, prompt=(), bos_id=None, batch_size=64,
              generator=None, top_p=1.0, temperature=1.0, on_step=None):
-    """n samples of seq_len tokens that start with `prompt` (kept fixed), made in batches.
+    """n samples of seq_len tokens that start with `prompt` (kept fixed), made in batches. A
+    diffusion model also infills: None in `prompt` is a gap position (prompts.template).
 
     A diffusion model (process given): `sampler` (samplers.py; default: the exact, cached one)
     from the process's prior after the prompt, in `steps` steps. An AR model (process None): the
@@ -210,13 +212,16 @@ def generate(model, process, n, seq_len, steps, *, sampler=None, prompt=(), bos_
     if seq_len > context and not (process is not None and sampler.extends_context):
         raise ValueError(f"samples of {seq_len} tokens do not fit the model's context of {context} "
                          "(the semi-ar sampler makes longer ones)")
-    if len(prompt) >= seq_len:
+    fixed = [i for i, token in enumerate(prompt) if token is not None]  # None: a gap (prompts.py)
+    if len(prompt) > seq_len or len(fixed) == len(prompt) >= seq_len:
         raise ValueError(f"the prompt has {len(prompt)} tokens: it must be shorter than the "
                             f"{seq_len} tokens of a sample")
+    if process is None and len(fixed) < len(prompt):
+        raise ValueError("gaps ([MASK]) need a diffusion model: an AR model only continues a prefix")
     device = next(model.parameters()).device
-    prompt = torch.tensor(list(prompt), dtype=torch.long, device=device)
+    fixed_tokens = torch.tensor([prompt[i] for i in fixed], dtype=torch.long, device=device)
     if process is None:
-        start = prompt if bos_id is None else torch.cat([prompt.new_tensor([bos_id]), prompt])
+        start = fixed_tokens if bos_id is None else torch.cat([fixed_tokens.new_tensor([bos_id]), fixed_tokens])
         if len(start) == 0:
             raise ValueError("this AR model's vocabulary has no start token: give a prompt")
     samples, forwards = [], 0
@@ -229,17 +234,19 @@ def generate(model, process, n, seq_len, steps, *, sampler=None, prompt=(), bos_
                 forwards += size * (seq_len - len(prompt))
             else:
                 z = process.prior(size, seq_len, device)
-                z[:, :len(prompt)] = prompt
+                z[:, fixed] = fixed_tokens
                 tokens, more = sampler(model, process, z, steps, generator=generator, on_step=on_step)
                 forwards += more
             samples.append(tokens.cpu())
     return torch.cat(samples), forwards / n
 
 
-def quality_rows(entries, judge, num_samples, batch_size, seq_len, seed, device, bos_id=None, sampler=None):
+def quality_rows(entries, judge, num_samples, batch_size, seq_len, seed, device, bos_id=None, sampler=None,
+                 scored=None):
     """GenPPL, entropy and forward passes (NFE per sequence) of unconditional samples, one row
     per entry (label, model, process, steps), process None for an AR model. Every entry samples
-    with the same seed. bos_id: the AR models' start token (the tokenizer's EOS)."""
+    with the same seed. bos_id: the AR models' start token (the tokenizer's EOS). scored: a
+    list that receives each row's samples, for `write_samples`."""
     rows = []
     for label, model, process, steps in entries:
         start = time.perf_counter()
@@ -249,9 +256,23 @@ def quality_rows(entries, judge, num_samples, batch_size, seq_len, seed, device,
                                    sampler=sampler)
         seconds = time.perf_counter() - start
         nll = judge.nll_per_token(tokens).double()
+        if scored is not None:
+            scored.append({"label": label, "steps": steps, "seed": seed, "batch_size": batch_size, "tokens": tokens})
         rows.append({"label": label, "steps": steps, "genppl": nll.mean().exp().item(),
                      "entropy": token_entropy(tokens).mean().item(), "nfe": nfe, "seconds": seconds})
     return rows
+
+
+def write_samples(path, scored, tokenizer, sources):
+    """Every sample behind a table, one JSON object per line: its row's label and steps, the
+    seed and batch size that make it again, its index, text and tokens, and sources[i] (the
+    checkpoint, the sampler) of row i. Re-scoring them checks any reported figure."""
+    with open(path, "w") as f:
+        for entry, source in zip(scored, sources):
+            fields = {k: v for k, v in entry.items() if k != "tokens"}
+            for index, row in enumerate(entry["tokens"].tolist()):
+                f.write(json.dumps({**fields, **source, "index": index, "text": tokenizer.decode(row),
+                                    "tokens": row}) + "\n")
 
 
 def continuation_self_bleu(model, process, data, seq_len, steps, prompts, seed, bos_id=None, batch_size=64,

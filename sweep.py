@@ -21,7 +21,7 @@ from checkpoint import DIFFUSION_KINDS, load_model, process_of
 from cli import flag
 from data import load_data, source_from_meta, tokenizer_from_meta
 from evaluate import (CONTINUATIONS_PER_PROMPT, DEFAULT_AR_JUDGE, continuation_self_bleu, lambada,
-                      lambada_examples, load_judge, markdown_table, quality_rows)
+                      lambada_examples, load_judge, markdown_table, quality_rows, write_samples)
 from diffusion import MaskingProcess
 from exact import ExactDenoiser
 from model import compile_blocks
@@ -36,8 +36,8 @@ def rounds_label(run_dir):
 
 
 def round_students(run_dir, weights, device):
-    """An SDTT run's students, [(model, checkpoint)], fewest sampling steps first."""
-    students = [load_model(path, ("sdtt",), weights, device) for path in Path(run_dir).glob("round*.pt")]
+    """An SDTT run's students, [(model, checkpoint, path)], fewest sampling steps first."""
+    students = [(*load_model(path, ("sdtt",), weights, device), str(path)) for path in Path(run_dir).glob("round*.pt")]
     if not students:
         raise ValueError(f"--rounds {run_dir}: no SDTT round*.pt files there")
     return sorted(students, key=lambda student: student[1]["sampling_steps"])
@@ -130,12 +130,14 @@ def held_out_data(name, data_meta, vocab_size):
 
 
 def load_checkpoints(cfg, device):
-    """--ckpts in their order and --rounds' students, as (label, model, process, checkpoint)."""
+    """--ckpts in their order and --rounds' students, as (label, model, process, checkpoint),
+    and the path of each student of --rounds."""
     kinds = DIFFUSION_KINDS + ("ar",)
     loaded = {path: (path, *load_model(path, kinds, cfg.weights, device)) for path in cfg.ckpts if path != EXACT}
     loaded = {path: (label, model, process_of(ckpt), ckpt) for path, (label, model, ckpt) in loaded.items()}
-    series = [(rounds_label(run_dir), model, process_of(ckpt), ckpt) for run_dir in cfg.rounds
-              for model, ckpt in round_students(run_dir, cfg.weights, device)]
+    students = [(rounds_label(run_dir), *student) for run_dir in cfg.rounds
+                for student in round_students(run_dir, cfg.weights, device)]
+    series = [(label, model, process_of(ckpt), ckpt) for label, model, ckpt, _ in students]
     found = list(loaded.values()) + series
     if not found:
         raise ValueError(f"--ckpts {EXACT} needs a checkpoint of the synthetic source beside it")
@@ -148,7 +150,7 @@ def load_checkpoints(cfg, device):
             raise ValueError(f"--ckpts {EXACT}: the exact denoiser exists only for the synthetic source")
         loaded[EXACT] = (EXACT, ExactDenoiser(source).to(device), MaskingProcess(source.vocab_size),
                          {"kind": "mdlm", "data_meta": data_meta})
-    return [loaded[path] for path in cfg.ckpts], series, data_meta
+    return [loaded[path] for path in cfg.ckpts], series, data_meta, [path for *_, path in students]
 
 
 def default_judge(cfg, data_meta):
@@ -167,7 +169,7 @@ def main():
     if not cfg.ckpts and not cfg.rounds:
         raise ValueError("give the checkpoints to evaluate: --ckpts PATH [PATH ...] or --rounds DIR")
     device = devices.pick(cfg.device)
-    loaded, series, data_meta = load_checkpoints(cfg, device)
+    loaded, series, data_meta, series_paths = load_checkpoints(cfg, device)
     seq_len = cfg.seq_len or min(model.config.seq_len for _, model, _, _ in loaded + series)
     tokenizer = tokenizer_from_meta(data_meta)
     judge_spec = default_judge(cfg, data_meta)
@@ -182,8 +184,12 @@ def main():
     entries = [(label, model, process, steps) for label, model, process, _ in loaded
                for steps in ([seq_len] if process is None else cfg.steps)]
     entries += [(label, model, process, ckpt["sampling_steps"]) for label, model, process, ckpt in series]
+    scored = []
     rows = quality_rows(entries, judge, cfg.num_samples, cfg.batch_size, seq_len, cfg.seed, device,
-                        bos_id=tokenizer.eos_id, sampler=sampler)
+                        bos_id=tokenizer.eos_id, sampler=sampler, scored=scored)
+    sources = [{"checkpoint": label, "sampler": cfg.sampler if process is not None else "ar"}
+               for label, _, process, _ in entries[:len(entries) - len(series)]]
+    sources += [{"checkpoint": path, "sampler": cfg.sampler} for path in series_paths]
     columns = ["label", "steps", "genppl", "entropy", "nfe", "seconds"]
     if cfg.self_bleu:
         for row, (_, model, process, steps) in zip(rows, entries):
@@ -194,6 +200,7 @@ def main():
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     table = write_tables(rows, columns, out, "sweep")
+    write_samples(out / "samples.jsonl", scored, tokenizer, sources)
     plot_sweep(rows, {label for label, _, process, _ in loaded if process is None}, out / "genppl.png")
     print(f"judge: {judge_spec}; {cfg.num_samples} samples of {seq_len} tokens per row\n\n{table}\n")
     if cfg.lambada:

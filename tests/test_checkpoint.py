@@ -99,3 +99,11 @@ def test_a_bare_mdlm_state_dict_loads_as_an_mdlm_checkpoint(tmp_path):
     tokens = torch.randint(0, model.config.vocab_size + 1, (2, model.config.seq_len))
     sigma = torch.zeros(2)
     assert torch.equal(loaded(tokens, sigma), model(tokens, sigma))
+
+
+def test_a_student_records_what_it_was_distilled_for_and_a_teacher_nothing():
+    student = {"kind": "sdtt", **checkpoint.distilled_for(8, 3, 16)}
+    assert checkpoint.default_steps(student) == (8, "8 steps, as it was distilled for (sdtt round 3, its teacher sampled with 16)")
+    assert checkpoint.default_steps({"kind": "idlm", "sampling_steps": 4}) == (
+        4, "4 steps, as it was distilled for (idlm round 0)")  # a checkpoint from before the teacher's steps
+    assert checkpoint.default_steps({"kind": "mdlm"}) is None

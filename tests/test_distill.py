@@ -2,6 +2,7 @@
 the previous round's student), a run resumed at a round boundary, IDLM end to end, and the
 entry point's errors."""
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -68,6 +69,11 @@ def test_two_rounds_of_train_py_halve_the_steps_and_round_1_is_taught_by_round_0
     rounds = [checkpoint.read(out / f"round{j}.pt") for j in range(2)]
     assert [r["kind"] for r in rounds] == ["sdtt", "sdtt"]
     assert [r["sampling_steps"] for r in rounds] == [seq_len // 2, seq_len // 4]
+    assert [(r["round"], r["teacher_sampling_steps"]) for r in rounds] == [(0, seq_len), (1, seq_len // 2)]
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert [(s["checkpoint"], s["steps"]) for s in samples[-8:]] == (
+        [(str(out / "round0.pt"), seq_len // 2)] * 4 + [(str(out / "round1.pt"), seq_len // 4)] * 4)
+    assert all(len(s["tokens"]) == seq_len and s["seed"] == 0 for s in samples)
 
     teachers = torch.load(recorded, weights_only=True)
     assert sorted(teachers) == pytest.approx([1 / seq_len, 2 / seq_len], rel=1e-4)  # 16 -> 8 -> 4 steps
@@ -100,6 +106,7 @@ def test_idlm_runs_end_to_end_and_its_checkpoint_rebuilds_the_student_and_the_fa
     ckpt = checkpoint.read(tmp_path / "idlm" / "ckpt.pt")
     assert ckpt["kind"] == "idlm" and ckpt["finished"]
     assert ckpt["sampling_steps"] == 1  # L/32 steps, at least one
+    assert ckpt["round"] == 0 and ckpt["teacher_sampling_steps"] == SEQ_LEN
     assert ckpt["process"] == {"kind": "absorbing", "schedule": "loglinear", "eps": 1e-3}
     assert ckpt["fake"].keys() == ckpt["model"].keys() and len(ckpt["optimizers"]) == 2
     model, _ = checkpoint.load_model(tmp_path / "idlm" / "ckpt.pt")

@@ -63,3 +63,39 @@ def test_samplers_by_name_semi_ar_past_the_context_and_topk(tmp_path):
     assert all(len(r["tokens"]) == L + 8 and r["tokens"][:2] == [0, 1] for r in records)
     assert "semi-ar" in assert_one_error_line(run_sample("--ckpt", str(ckpt), "--seq-len", str(L + 8)))
     assert run_sample("--ckpt", str(ckpt), "--steps", "4", "--num-samples", "2", "--sampler", "topk").returncode == 0
+
+
+def test_a_student_samples_with_the_steps_it_was_distilled_for_and_says_so(tmp_path):
+    student = save_tiny_checkpoint(tmp_path / "round2.pt", "sdtt", sampling_steps=3, round=2,
+                                   teacher_sampling_steps=6)
+    out = tmp_path / "samples.jsonl"
+    result = run_sample("--ckpt", str(student), "--num-samples", "2", "--jsonl", str(out))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == (f"{student}: 3 steps, as it was distilled for (sdtt round 2, its teacher "
+                                     "sampled with 6); --steps changes it")
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert all(r["steps"] == 3 and r["checkpoint"] == str(student) and r["seed"] == 1337 for r in records)
+    given = run_sample("--ckpt", str(student), "--num-samples", "2", "--steps", "5", "--jsonl", str(out))
+    assert given.stderr == "" and json.loads(out.read_text().splitlines()[0])["steps"] == 5
+
+
+def test_infill_keeps_the_text_around_the_gaps(tmp_path):
+    ckpt = save_tiny_checkpoint(tmp_path / "mdlm.pt")
+    out = tmp_path / "samples.jsonl"
+    result = run_sample("--ckpt", str(ckpt), "--steps", "4", "--num-samples", "2", "--prompt", "a [MASK:3] b [MASK] c",
+                        "--gap", "2", "--jsonl", str(out))
+    assert result.returncode == 0, result.stderr
+    for record in (json.loads(line) for line in out.read_text().splitlines()):
+        tokens = record["tokens"]
+        assert tokens[0] == 0 and tokens[4] == 1 and tokens[7] == 2 and len(tokens) == L
+
+
+def test_infill_and_trace_mistakes_are_one_error_line(tmp_path):
+    ckpt = save_tiny_checkpoint(tmp_path / "mdlm.pt")
+    ar = save_tiny_checkpoint(tmp_path / "ar.pt", "ar", data_meta={"kind": "gpt2", "gpt2_ids": list(range(V - 1))})
+    assert "malformed gap marker" in assert_one_error_line(run_sample("--ckpt", str(ckpt), "--prompt", "a [MASK:two]"))
+    assert "longer than the" in assert_one_error_line(run_sample("--ckpt", str(ckpt), "--prompt", f"[MASK:{L + 1}]"))
+    line = assert_one_error_line(run_sample("--ckpt", str(ckpt), str(ckpt), "--steps", "1", "2", "3"))
+    assert "one per checkpoint" in line
+    assert "AR model" in assert_one_error_line(run_sample("--ckpt", str(ar), "--trace", str(tmp_path / "t.html")))
+    assert "diffusion model" in assert_one_error_line(run_sample("--ckpt", str(ar), "--prompt", "a [MASK:2] b"))

@@ -10,9 +10,9 @@ from helpers import ROOT
 # Bottom to top. A file may import files of its own layer or of layers below it.
 LAYERS = [
     ["cli", "devices"],                                     # plumbing with no project imports
-    ["diffusion", "processes", "model", "corpus", "data", "exact", "flops"],  # maths, networks, data
-    ["sdtt", "idlm", "samplers"],                           # methods and samplers
-    ["hub", "checkpoint", "evaluate", "likelihood"],        # plumbing on the maths
+    ["diffusion", "processes", "model", "corpus", "data", "exact", "flops", "prompts"],  # maths, networks, data
+    ["sdtt", "idlm", "samplers", "tracing"],                # methods and samplers (and a sampler's trace)
+    ["hub", "checkpoint", "evaluate", "likelihood", "show", "page"],  # plumbing on the maths
     ["train"],                                              # the loop
     ["distill"],                                            # orchestration on the loop
     ["bench", "sweep", "reproduce", "sample", "harness", "continuations", "zeroshot"],  # entry points

@@ -1,6 +1,7 @@
 """sweep.py: checkpoints x steps into a table; SDTT rounds at their own steps; the exact
 denoiser as a reference; user mistakes as one error line."""
 import csv
+import json
 
 from helpers import L, SYNTHETIC, V, assert_one_error_line, run_script, save_tiny_checkpoint
 
@@ -40,6 +41,12 @@ def test_sweep_rounds_samples_each_sdtt_student_only_with_its_own_steps(tmp_path
         rows = [(row["label"], int(row["steps"])) for row in csv.DictReader(f)]
     series = str(run / "round*.pt")
     assert rows == [(str(teacher), 16), (str(teacher), 3), (series, 2), (series, 4), (series, 8)]
+    samples = [json.loads(line) for line in (tmp_path / "out" / "samples.jsonl").read_text().splitlines()]
+    assert [(s["checkpoint"], s["steps"]) for s in samples[::4]] == [
+        (str(teacher), 16), (str(teacher), 3), (str(run / "round2.pt"), 2), (str(run / "round1.pt"), 4),
+        (str(run / "round0.pt"), 8)]
+    assert all(s["seed"] == 0 and s["sampler"] == "cached" and len(s["tokens"]) == L for s in samples)
+    assert [s["index"] for s in samples[:4]] == [0, 1, 2, 3]
 
 
 def test_sweep_rounds_of_a_folder_without_rounds_is_one_error_line(tmp_path):
