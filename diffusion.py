@@ -305,6 +305,13 @@ class MaskingProcess:
         per_position = self.loss_weight(t)[:, None] * masked_nll(log_x, x, z_t, self.mask_id)
         return per_position.sum() / x.numel()
 
+    def loss_gap(self, log_teacher, log_fake, x_probs, z_t, t):
+        """soft_loss(teacher) - soft_loss(fake) on the same z_t, inside one sum so that the two
+        losses' large common terms never cancel in floating point (IDLM eq. 11). Its gradient
+        w.r.t. x_probs is w(t) (log f_fake - log f_teacher) at masked positions, per token."""
+        gap = torch.where(self.loss_positions(z_t).unsqueeze(-1), log_teacher - log_fake, torch.zeros_like(log_fake))
+        return -(self.loss_weight(t)[:, None] * (gap * x_probs).sum(-1)).sum() / z_t.numel()
+
     def soft_loss(self, log_f, x_probs, z_t, t):
         """The NELBO with a soft target x [N, L, V]: w(t) sum over masked positions of -<log f, x>,
         per token (IDLM eqs. 10-11). log_f: [N, L, V] over the real tokens."""

@@ -1,7 +1,9 @@
-"""Distill a diffusion teacher into a few-step student: iterated SDTT or IDLM, on train.py's loop.
+"""Distill a diffusion teacher into a few-step student: iterated SDTT, IDLM or DCD, on train.py's loop.
 
     python train.py --distill sdtt          # the same as: python distill.py --distill sdtt
     python train.py --distill idlm --teacher out/mdlm/ckpt.pt --judge out/ar/ckpt.pt
+    python train.py --distill idlm --teacher out/uniform/ckpt.pt   # IDLM-Duo (a uniform-state teacher)
+    python train.py --distill dcd           # Duo's DCD of the uniform default teacher (out/uniform)
 
 The teacher is loaded (or, on a fresh machine, the embedded default is trained first), the
 method's phases run on train.py's loop, and a final table gives GenPPL and entropy of the
@@ -15,6 +17,7 @@ from pathlib import Path
 import torch.distributed as dist
 
 import checkpoint
+import dcd
 import evaluate
 import idlm
 import sdtt
@@ -35,7 +38,7 @@ PAPER_JUDGE = "gpt2-large"
 def ensure_default(kind, cfg, env):
     """The embedded teacher (kind "mdlm") or AR judge: reused when finished, else (re)trained."""
     default = TrainConfig(model=kind, data=cfg.data, size=cfg.size, vocab_size=cfg.vocab_size,
-                          seq_len=cfg.seq_len, seed=cfg.seed, device=cfg.device, resume=True)
+                          seq_len=cfg.seq_len, seed=cfg.seed, device=cfg.device, resume=True, process=cfg.process)
     default = resolve(default, config_for(cfg.size).n_embd)
     path = Path(default.out_dir) / "ckpt.pt"
     if path.exists() and checkpoint.read(path).get("finished"):
@@ -169,6 +172,45 @@ def run_idlm(cfg, env, data, teacher, process, teacher_ckpt, teacher_path):
     return [("IDLM", path, s) for s in steps]
 
 
+# ----------------------------------------------------------------------------- DCD
+
+def run_dcd(cfg, env, data, teacher, process, teacher_ckpt, teacher_path):
+    """Duo's DCD (dcd.py): round j trains the student against a frozen copy at gap dt = 2^j / T_d
+    (T_d = --start-steps; default 512 at full size, L/2 on the CPU presets), then copies it over."""
+    if existing_run(cfg) is not None:
+        raise ValueError("--resume is not supported for --distill dcd: start again in a new --out-dir")
+    base = cfg.start_steps or (512 if teacher.config.n_embd >= 768 else max(1, cfg.seq_len // 2))
+    student = trainable_copy(teacher)
+    phases = [make_phase("dcd", student, cfg.lr, cfg, lambda m: dcd.RoundLoss(m, process, base), env)]
+    ema = make_ema(student, cfg.ema)
+    teacher, path = frozen(teacher), Path(cfg.out_dir) / "ckpt.pt"
+    steps = max(1, cfg.seq_len // 16)
+
+    def point(step, j):
+        return checkpoint.record("dcd", teacher_ckpt["model_config"], process, data.meta(), dataclasses.asdict(cfg),
+                                 student, ema, phases, step, j == cfg.rounds - 1 and step >= cfg.iters, round=j,
+                                 sampling_steps=steps, teacher_path=teacher_path)
+
+    for j in range(cfg.rounds):
+        if j > 0:  # Duo: the student is copied into the teacher at each round's start
+            teacher.load_state_dict(student.state_dict())
+        phases[0].loss.start_round(teacher, j)
+        train_steps(phases, ema, data, cfg, env, 0, cfg.iters, ckpt_writer(env, path, partial(point, j=j)),
+                    f"dcd round {j} (dt = {dcd.round_gap(j, base):.4f})",
+                    lambda: validation(ema.module, process, data, cfg, env),
+                    step_flops_per_token(student, cfg.seq_len, "sdtt", teacher_steps=1))  # + one teacher forward
+    return [("DCD", path, steps)]
+
+
+def check_method(method, process):
+    """One clear line where a method does not apply to the teacher's process."""
+    if method == "sdtt" and process.kind != "absorbing":
+        raise ValueError(f"SDTT distills an absorbing (MDLM) teacher; this teacher is {process.kind}: "
+                         "use --distill idlm or dcd")
+    if method == "dcd":
+        dcd.check_uniform(process)
+
+
 # ----------------------------------------------------------------------------- the final table
 
 def print_final_table(cfg, env, judge_spec, judge, teacher, process, students, teacher_path, data_meta):
@@ -193,7 +235,10 @@ def print_final_table(cfg, env, judge_spec, judge, teacher, process, students, t
 
 
 def distill(cfg, env):
+    if cfg.distill == "dcd":  # the default teacher of DCD is the uniform-state one
+        cfg = dataclasses.replace(cfg, process="uniform")
     teacher, process, teacher_ckpt, teacher_path, cfg = load_teacher(cfg, env)
+    check_method(cfg.distill, process)
     cfg = resolve(teacher_defaults(cfg, teacher_ckpt, env), teacher.config.n_embd)
     check_config(cfg, env.world)
     cfg = fit_micro_batch(cfg, env, teacher.config)
@@ -206,7 +251,7 @@ def distill(cfg, env):
     # the judge is loaded (and so checked) before the first training step, not after the rounds
     judge_model = evaluate.load_judge(judge, teacher_ckpt["data_meta"], env.device) if env.main else None
     Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
-    run_method = run_sdtt if cfg.distill == "sdtt" else run_idlm
+    run_method = {"sdtt": run_sdtt, "idlm": run_idlm, "dcd": run_dcd}[cfg.distill]
     students = run_method(cfg, env, data, teacher, process, teacher_ckpt, teacher_path)
     if env.main and cfg.eval_samples > 0:
         print_final_table(cfg, env, judge, judge_model, teacher, process, students, teacher_path,
@@ -216,7 +261,7 @@ def distill(cfg, env):
 def main():
     cfg = parse_config(TrainConfig, __doc__.split("\n\n")[0])
     if not cfg.distill:
-        raise ValueError("give the method: --distill sdtt or --distill idlm (pretraining is python train.py)")
+        raise ValueError("give the method: --distill sdtt, idlm or dcd (pretraining is python train.py)")
     env = setup(cfg)
     distill(cfg, env)
     if env.world > 1:

@@ -207,7 +207,7 @@ def generate(model, process, n, seq_len, steps, *, sampler=None, prompt=(), bos_
     unused). on_step(i, z) is called after each diffusion step. Returns (tokens [n, seq_len] on
     the CPU, NFE: forward passes per sequence, averaged over the samples).
     """
-    sampler = make_sampler() if sampler is None else sampler
+    sampler = make_sampler(process=process) if sampler is None else sampler
     context = model.config.seq_len
     if seq_len > context and not (process is not None and sampler.extends_context):
         raise ValueError(f"samples of {seq_len} tokens do not fit the model's context of {context} "
@@ -386,7 +386,10 @@ def validation_loss(model, process, batches, micro_batch=0):
         for batch in batches:
             rows = batch[0].shape[0]
             chunks = zip(*(v.split(micro_batch or rows) for v in batch))
-            losses.append(sum((next_token_nll(model, x) if process is None else masked_nelbo(model, process, x, t, u))
+            nelbo = masked_nelbo  # the uniform process has a loss term at every position: its own loss
+            if process is not None and process.mask_id is None:
+                nelbo = lambda m, p, x, t, u: p.loss(m, x, t, u)  # noqa: E731
+            losses.append(sum((next_token_nll(model, x) if process is None else nelbo(model, process, x, t, u))
                               .item() * x.shape[0] / rows for x, t, u in chunks))
     return sum(losses) / len(losses)
 

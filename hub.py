@@ -1,8 +1,8 @@
-"""Teachers from anywhere: MDLM's published weights, in each layout they come in, as one of our
-checkpoints (the dict checkpoint.record writes, kind "mdlm").
+"""Teachers from anywhere: MDLM's and Duo's published weights, in each layout they come in, as one
+of our checkpoints (the dict checkpoint.record writes, kind "mdlm"; Duo's record the uniform process).
 
     a folder in the Hugging Face layout   config.json + model.safetensors (or pytorch_model.bin)
-    a hub name                             kuleshov-group/mdlm-owt (downloaded once, then cached)
+    a hub name                             kuleshov-group/mdlm-owt, s-sahoo/duo, s-sahoo/duo-distilled
     a Lightning checkpoint                 *.ckpt of MDLM's training code (its EMA weights when present)
     a bare state dict                      MDLM's parameter names, with or without `backbone.`
 
@@ -61,9 +61,10 @@ def without_prefix(state_dict):
     return {k.removeprefix("backbone."): v for k, v in state_dict.items()}
 
 
-def as_checkpoint(state_dict, cfg, source, ema_params=None):
+def as_checkpoint(state_dict, cfg, source, ema_params=None, process=None):
     """Our checkpoint of MDLM's weights (strictly loaded). ema_params: EMA values of the
-    parameters in the state dict's order (a Lightning checkpoint's shadow_params)."""
+    parameters in the state dict's order (a Lightning checkpoint's shadow_params). process: the
+    process config to record (None: MDLM's absorbing process)."""
     model = DiT(cfg)
     try:
         load_mdlm_state_dict(model, state_dict)
@@ -77,7 +78,7 @@ def as_checkpoint(state_dict, cfg, source, ema_params=None):
         ema = {**raw, **dict(zip(names, ema_params))}
     vocab = cfg.vocab_size
     meta = {"kind": "gpt2", "gpt2_ids": None} if vocab == GPT2_VOCAB else {"kind": "foreign", "vocab_size": vocab}
-    return {"kind": "mdlm", "model_config": vars(cfg), "process": None, "model": raw, "ema": ema, "data_meta": meta,
+    return {"kind": "mdlm", "model_config": vars(cfg), "process": process, "model": raw, "ema": ema, "data_meta": meta,
             "source": source}
 
 
@@ -196,8 +197,19 @@ def from_state_dict(state_dict, source):
     return as_checkpoint(state_dict, config_from_shapes(stripped, source), source)
 
 
+def duo_fields(fields):
+    """(config fields, process config) of a Duo checkpoint (s-sahoo/duo, s-sahoo/duo-distilled:
+    `architectures: [DUO]`), else (fields, None). Duo's DiT has MDLM's keys (UNCONFIRMED: read in a
+    third-party port, A5.16) but is time-conditioned, and its vocab_size 50258 counts GPT-2's
+    tokens and [PAD], a state of the uniform noise: id 50257 is not MASK, so the process is recorded."""
+    if "DUO" not in fields.get("architectures", ()):
+        return fields, None
+    process = {"kind": "uniform", "schedule": "loglinear", "eps": 1e-3, "states": fields.get("vocab_size")}
+    return {**fields, "time_conditioning": True}, process
+
+
 def from_folder(folder, source):
-    """A folder in the Hugging Face layout: config.json and one weights file."""
+    """A folder in the Hugging Face layout: config.json and one weights file (MDLM's or Duo's)."""
     config_file = folder / "config.json"
     weights = next((folder / name for name in WEIGHT_FILES if (folder / name).is_file()), None)
     if not config_file.is_file() or weights is None:
@@ -206,7 +218,8 @@ def from_folder(folder, source):
         fields = json.loads(config_file.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{config_file} is not valid JSON ({e.msg})") from None
-    return as_checkpoint(read_weights(weights), config_from_json(fields, source), source)
+    fields, process = duo_fields(fields)
+    return as_checkpoint(read_weights(weights), config_from_json(fields, source), source, process=process)
 
 
 def load(spec):

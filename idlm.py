@@ -1,4 +1,4 @@
-"""Inverse-distilled Diffusion Language Models (IDLM), for an MDLM teacher.
+"""Inverse-distilled Diffusion Language Models (IDLM), for MDLM, Duo (uniform) and DCD teachers.
 
 Three networks start from the teacher: the frozen teacher f*, a trainable fake model f_hat,
 and the student G_theta. The student is a denoiser with the teacher's interface whose output
@@ -26,7 +26,10 @@ def noised_student_output(student, x, t, u, process):
     G_theta(x_t~, t~); then a fresh t and z_t ~ q(. | stopgrad(x0_soft)) for the losses.
 
     No gradient flows through the discrete draw: for MDLM only masked positions carry loss,
-    and which positions are masked does not depend on x0.
+    and which positions are masked does not depend on x0. For the uniform process the student
+    sees discrete z_t~ (the tau -> 0 limit of Duo's soft input w~/tau, IDLM App. C.2: UNCONFIRMED
+    simplification) and the loss z_t ~ Cat(alpha_t x0 + (1-alpha_t)/V), the exact relaxation
+    (A3.3 (c)) rather than IDLM-code's Gaussian argmax of a soft x0 (pitfall A5.4).
     """
     x_noisy = process.forward_sample(x, t, u)
     x0_soft = student_simplex(student, x_noisy, t, process)
@@ -48,12 +51,15 @@ def fake_loss(fake, student, x, t, u, process):
 
 
 def student_objective(x0_soft, log_teacher, log_fake, z_t, t, process):
-    """IDLM eq. 11: L(f*, x0_soft) - L(f_hat, x0_soft) on the same z_t. Both log-prob tensors
-    are constants here, so the gradient w.r.t. x0_soft is w(t) (log f_hat - log f*) at masked
-    positions (divided by the token count) and zero elsewhere. The difference is taken inside
-one sum, so that the two losses' large common terms never cancel in floating point."""
-    gap = torch.where(process.loss_positions(z_t).unsqueeze(-1), log_teacher - log_fake, torch.zeros_like(log_fake))
-    return -(process.loss_weight(t)[:, None] * (gap * x0_soft).sum(-1)).sum() / z_t.numel()
+    """IDLM eq. 11: L(f*, x0_soft) - L(f_hat, x0_soft) on the same z_t (`process.loss_gap`, one
+    sum). Both log-prob tensors are constants here. MDLM: the gradient w.r.t. x0_soft is
+    w(t) (log f_hat - log f*) at masked positions (per token) and zero elsewhere. Uniform (Duo):
+    the explicit xbar terms of `uniform.udlm_loss_gap`.
+
+    UNCONFIRMED (uniform): z_t is drawn from the detached x0_soft, so the gradient of the law of
+    z_t w.r.t. x0 is not followed, as in IDLM's public code at small tau (its Gaussian argmax has
+    no gradient, and its soft-input path vanishes as tau -> 0, pitfall A5.9)."""
+    return process.loss_gap(log_teacher, log_fake, x0_soft, z_t, t)
 
 
 def student_loss(student, teacher, fake, x, t, u, process):

@@ -133,6 +133,11 @@ class EmbeddingLayer(nn.Module):
         nn.init.kaiming_uniform_(self.embedding, a=math.sqrt(5))
 
     def forward(self, tokens):
+        """Token ids [N, L] -> rows of E; or float logits [N, L, K] (Duo's soft input w / tau) ->
+        softmax(logits) @ E[:K], the embedding of a point of the simplex (pass logits, not
+        probabilities: the softmax is applied here)."""
+        if tokens.is_floating_point():
+            return tokens.float().softmax(-1).to(self.embedding.dtype) @ self.embedding[:tokens.shape[-1]]
         return self.embedding[tokens]
 
 

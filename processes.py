@@ -6,8 +6,9 @@ samplers only talk to that interface; a checkpoint records `process.config()` so
 `process_from_config` rebuilds the same value when the checkpoint is read.
 """
 from diffusion import SCHEDULES, MaskingProcess
+from uniform import UniformProcess
 
-PROCESSES = {"absorbing": MaskingProcess}
+PROCESSES = {"absorbing": MaskingProcess, "uniform": UniformProcess}
 
 
 def process_from_config(config, vocab_size, time_conditioned=False):
@@ -17,4 +18,5 @@ def process_from_config(config, vocab_size, time_conditioned=False):
     if config["kind"] not in PROCESSES:
         raise ValueError(f"unknown diffusion process {config['kind']!r} (known: {', '.join(PROCESSES)})")
     schedule = SCHEDULES[config["schedule"]](config["eps"])
-    return PROCESSES[config["kind"]](vocab_size, schedule, time_conditioned)
+    extra = {k: v for k, v in config.items() if k not in ("kind", "schedule", "eps")}  # e.g. uniform's states
+    return PROCESSES[config["kind"]](vocab_size, schedule, time_conditioned, **extra)

@@ -86,6 +86,20 @@ def check_cache_mode(mode):
         raise ValueError(f"cache {mode!r}: choose {', '.join(CACHE_MODES)}")
 
 
+def waiting(z, process):
+    """The (sequence, position) index of the MASK positions of z: none for a process without MASK."""
+    if process.mask_id is None:
+        return (z.new_zeros(0), z.new_zeros(0))
+    return (z == process.mask_id).nonzero(as_tuple=True)
+
+
+def require_absorbing(process, name):
+    """The reveal-based samplers exist only for the absorbing process: one clear error otherwise."""
+    if process.mask_id is None:
+        raise ValueError(f"the {name} sampler needs the absorbing (MASK) process; for the {process.kind} "
+                         "process use --sampler ancestral or greedy-tail")
+
+
 def check_steps(steps):
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
@@ -133,7 +147,7 @@ class Ancestral:
         reuse = self.cache and not process.time_conditioned
         logits, seen, forwards = None, None, 0
         for i in range(steps + 1):
-            rows = (z == process.mask_id).nonzero(as_tuple=True)
+            rows = waiting(z, process)
             if i == steps and not len(rows[0]):
                 break
             if not (reuse and seen is not None and torch.equal(z, seen)):
@@ -164,6 +178,7 @@ class Revealed:
 
     @torch.no_grad()
     def __call__(self, model, process, z, steps, generator=None, on_step=None):
+        require_absorbing(process, "revealed/cached")
         cache = HiddenCache(trunk_and_head(model), process, self.cache)
         return revealed_steps(process, z, steps, self.t_min, self.final, cache, generator, on_step)
 
@@ -204,6 +219,7 @@ class Confidence:
 
     @torch.no_grad()
     def __call__(self, model, process, z, steps, generator=None, on_step=None):
+        require_absorbing(process, "topk")
         check_steps(steps)
         times = time_grid(steps, self.t_min)
         cache = HiddenCache(trunk_and_head(model), process, "sequence")
@@ -237,6 +253,7 @@ class SemiAR:
 
     @torch.no_grad()
     def __call__(self, model, process, z, steps, generator=None, on_step=None):
+        require_absorbing(process, "semi-ar")
         context = model.config.seq_len
         block = self.block or max(1, context // 2)
         if not 0 < block <= context:
@@ -250,6 +267,26 @@ class SemiAR:
             if end == z.shape[1]:
                 return z, forwards
             end = min(end + block, z.shape[1])
+
+
+class GreedyTail:
+    """Duo's Greedy-Tail (SPEC-teachers A1.4): K ancestral steps down to t_min, then one more
+    forward at t_min and the argmax of x_theta at *every* position, in place of a last ancestral
+    step. Lower entropy than ancestral sampling, K + 1 forwards. For the absorbing process the
+    argmax changes nothing already revealed (carry-over): ancestral sampling plus one forward.
+    The uniform process changes every position, so a prompt in z is not kept fixed."""
+    extends_context = False
+
+    def __init__(self, t_min=T_MIN):
+        self.t_min = t_min
+
+    @torch.no_grad()
+    def __call__(self, model, process, z, steps, generator=None, on_step=None):
+        z, forwards = Ancestral(final="argmax", cache=False, t_min=self.t_min)(model, process, z, steps, generator,
+                                                                                  on_step)
+        log_x = process.denoise(model, z, self.t_min)
+        tokens = log_x[..., :process.vocab_size].argmax(-1)
+        return tokens, forwards + z.shape[0]
 
 
 def within(z, window, on_step):
@@ -280,13 +317,14 @@ SAMPLERS = {
     "cached": lambda final: Revealed(final, cache="sequence"),  # ... and the trunk cached per sequence
     "topk": lambda final: Confidence(),                         # LLaDA-style, not ancestral
     "semi-ar": lambda final: SemiAR(Revealed(final)),           # past the context, block by block
+    "greedy-tail": lambda final: GreedyTail(),                  # Duo: K ancestral steps, then argmax everywhere
 }
 DEFAULT_SAMPLER = "cached"  # exact (the same tokens as "ancestral"), and the least work
 
 
-def make_sampler(name=None, final="argmax"):
-    """The sampler called `name` (default: DEFAULT_SAMPLER)."""
-    name = name or DEFAULT_SAMPLER
+def make_sampler(name=None, final="argmax", process=None):
+    """The sampler called `name` (default: DEFAULT_SAMPLER; "ancestral" for a process without MASK)."""
+    name = name or (DEFAULT_SAMPLER if process is None or process.mask_id is not None else "ancestral")
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; choose from {', '.join(SAMPLERS)}")
     return SAMPLERS[name](final)

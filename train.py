@@ -4,6 +4,8 @@
     python train.py --model ar              # the AR model (latency baseline and GenPPL judge)
     python train.py --distill sdtt          # iterated SDTT of a teacher (distill.py; made first if missing)
     python train.py --distill idlm          # IDLM of a teacher
+    python train.py --process uniform       # a Duo-style uniform-state teacher (out/uniform)
+    python train.py --distill dcd --process uniform   # Duo's DCD of that teacher
     torchrun --nproc_per_node=2 train.py    # DDP (gloo on CPU, NCCL on GPU)
 
 This file owns the loop, the optimizers, checkpointing and logging, and pretraining. Every
@@ -30,20 +32,26 @@ from tqdm import tqdm
 
 import checkpoint
 import devices
+import duo
 import sdtt
 from cli import flag, parse_config, run
 from data import load_data
-from diffusion import SCHEDULES, MaskingProcess, antithetic_times
+from diffusion import SCHEDULES, antithetic_times
 from evaluate import next_token_nll, validation_loss
 from flops import peak_flops, step_flops_per_token
 from model import build_model, config_for, count_params
+from processes import PROCESSES
 
 
 @dataclass
 class TrainConfig:
     model: str = flag("mdlm", "what to pretrain: a masked diffusion LM or an AR model", choices=["mdlm", "ar"])
     distill: Optional[str] = flag(None, "distill a diffusion teacher instead of pretraining (distill.py)",
-                                  choices=["sdtt", "idlm"])
+                                  choices=["sdtt", "idlm", "dcd"])
+    process: str = flag("absorbing", "diffusion process of a pretrained teacher: absorbing (MDLM) or uniform (Duo)",
+                        choices=list(PROCESSES))
+    tau: Optional[float] = flag(None, "uniform process: train with Duo's curriculum, soft inputs softmax(w/tau) "
+                                      "(Duo: 1e-3); default: the discrete UDLM loss", above=0)
     teacher: Optional[str] = flag(None, "teacher: our checkpoint, MDLM's weights as a Hugging Face folder or hub "
                                         "name (kuleshov-group/mdlm-owt), a Lightning .ckpt or a state dict; "
                                         "default: the embedded teacher, trained first if missing")
@@ -108,6 +116,9 @@ DEFAULTS = {
     # differs"), so its students got worse; the MSE sharpens, as in the paper's Figure 6.
     ("sdtt", "cpu"): dict(batch_size=32, iters=80, lr=3e-4, warmup=10, ema=0.9, divergence="mse"),
     ("idlm", "cpu"): dict(batch_size=32, iters=250, lr=1e-4, warmup=20, ema=0.99),
+    # DCD (Duo's consistency distillation, dcd.py): iters per round, the teacher copied each round
+    ("dcd", "paper"): dict(batch_size=128, iters=10_000, lr=6e-5, warmup=500, ema=0.999, rounds=5),
+    ("dcd", "cpu"): dict(batch_size=32, iters=60, lr=3e-4, warmup=10, ema=0.9, rounds=3),
 }
 
 
@@ -133,7 +144,8 @@ def resolve(cfg, width):
     if cfg.fake_lr is None:
         cfg = dataclasses.replace(cfg, fake_lr=cfg.lr)
     if cfg.out_dir is None:
-        cfg = dataclasses.replace(cfg, out_dir=f"out/{method}")
+        name = "uniform" if method == "mdlm" and cfg.process == "uniform" else method
+        cfg = dataclasses.replace(cfg, out_dir=f"out/{name}")
     return cfg
 
 
@@ -370,13 +382,14 @@ def ckpt_writer(env, path, point):
 def pretrain(cfg, env):
     """MDLM (SDTT eq. 3) or AR pretraining. Returns the path of the finished checkpoint."""
     data = load_data(cfg.data, cfg.vocab_size, cfg.seq_len)
-    model_cfg = config_for(cfg.size, vocab_size=data.vocab_size, seq_len=cfg.seq_len, dropout=cfg.dropout)
+    # MDLM's models are not time-conditioned; Duo's (the uniform process) are
+    process = None if cfg.model == "ar" else PROCESSES[cfg.process](data.vocab_size, SCHEDULES[cfg.schedule]())
+    model_cfg = config_for(cfg.size, vocab_size=data.vocab_size, seq_len=cfg.seq_len, dropout=cfg.dropout,
+                           time_conditioning=process is not None and process.time_conditioned)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, model_cfg).to(env.device)
     cfg = fit_micro_batch(cfg, env, model_cfg)
-    process = None if cfg.model == "ar" else MaskingProcess(
-        model_cfg.vocab_size, SCHEDULES[cfg.schedule](), model_cfg.time_conditioning)
-    phases = pretrain_phases(cfg, env, model, process)
+    phases = pretrain_phases(cfg, env, model, duo.Curriculum(process, cfg.tau) if cfg.tau else process)
     ema = make_ema(model, cfg.ema)
     path, start, state = Path(cfg.out_dir) / "ckpt.pt", 0, existing_run(cfg)
     if state is not None:

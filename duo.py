@@ -1,0 +1,115 @@
+"""Duo's Gaussian view of the uniform-state process, and its curriculum (soft-input) loss.
+
+Read alongside the IDLM paper section 2.1, eq. 22, and SPEC-teachers A1.1/A1.3. A Gaussian latent
+
+    w_t = at~ e_x + st~ eps,   eps ~ N(0, I_V),   at~^2 + st~^2 = 1,
+
+has argmax(w_t) ~ q(. | x) of the uniform process (for a one-hot x) with
+
+    alpha_t = T(at~) = (V P_V(at~/st~) - 1) / (V - 1),   P_V(m) = int phi(u - m) Phi(u)^(V-1) du,
+
+P_V(m) being the chance that the clean coordinate is the largest. Duo writes at~^2 = sigmoid(-gamma),
+st~^2 = sigmoid(gamma) (so m = exp(-gamma/2)) with gamma_t = g_min + t (g_max - g_min), and keeps T
+as a table over gamma. The curriculum feeds the network softmax(w_t / tau) (the DiT's embedding
+applies the softmax: it gets the logits w_t / tau) and evaluates the UDLM loss at z_t = argmax(w_t)
+with alpha_t = T(gamma_t) and its t-derivative; L_Duo -> L_UDLM as tau -> 0+.
+"""
+from functools import lru_cache
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from uniform import udlm_loss
+
+GAMMA_RANGE = (-3.5, -1.75)   # Duo's ch-1 default window (OWT teacher: [-3.55, -1.85]; DCD: [-4, -1])
+
+
+def gaussian_scales(gamma):
+    """(at~, st~) of Duo's gamma: at~^2 = sigmoid(-gamma), st~^2 = sigmoid(gamma)."""
+    gamma = torch.as_tensor(gamma, dtype=torch.float64)
+    return torch.sigmoid(-gamma).sqrt(), torch.sigmoid(gamma).sqrt()
+
+
+def argmax_probability(m, vocab, points=4001, width=12.0):
+    """P_V(m) = int phi(u - m) Phi(u)^(V-1) du, float64, by the trapezoid rule on a uniform grid over
+    [m - width, m + width] (the integrand is smooth and negligible at both ends, where the rule
+    converges exponentially fast), with Phi^(V-1) as exp((V-1) log Phi) (V = 50258 underflows)."""
+    m = np.atleast_1d(np.asarray(m, dtype=np.float64))[:, None]
+    u = m + np.linspace(-width, width, points)[None]
+    log_cdf = torch.special.log_ndtr(torch.from_numpy(u)).numpy()
+    density = np.exp(-0.5 * (u - m) ** 2) / np.sqrt(2 * np.pi)
+    return np.trapezoid(density * np.exp((vocab - 1) * log_cdf), u, axis=-1)
+
+
+def alpha_of_scales(alpha_tilde, sigma_tilde, vocab):
+    """T(at~) = (V P_V(at~/st~) - 1) / (V - 1), by quadrature."""
+    m = np.asarray(alpha_tilde, dtype=np.float64) / np.asarray(sigma_tilde, dtype=np.float64)
+    return (vocab * argmax_probability(m, vocab) - 1) / (vocab - 1)
+
+
+@lru_cache(maxsize=8)
+def alpha_table(vocab, g_min, g_max, points=1001):
+    """T on a uniform grid of gammas over [g_min, g_max] (cached per vocabulary and window)."""
+    gammas = np.linspace(g_min, g_max, points)
+    return torch.from_numpy(gammas), torch.from_numpy(alpha_of_scales(*(s.numpy() for s in gaussian_scales(
+        torch.from_numpy(gammas))), vocab))
+
+
+class GaussianSchedule:
+    """t -> gamma_t = g_min + t (g_max - g_min) -> alpha_t = T(at~(gamma_t)), from the cached table by
+    linear interpolation; alpha'_t is the interpolant's slope (Duo's code: nearest of 1e5 points
+    and a 1e-3 finite difference, pitfall A5.6)."""
+
+    def __init__(self, vocab, g_min=GAMMA_RANGE[0], g_max=GAMMA_RANGE[1]):
+        self.vocab, self.g_min, self.g_max = vocab, g_min, g_max
+        self.gammas, self.alphas = alpha_table(vocab, g_min, g_max)
+
+    def gamma(self, t):
+        return self.g_min + torch.as_tensor(t, dtype=torch.float64) * (self.g_max - self.g_min)
+
+    def alpha_and_slope(self, t):
+        """(alpha_t, d alpha_t / dt), float64, for times t in [0, 1] (any shape)."""
+        position = (torch.as_tensor(t, dtype=torch.float64).clamp(0, 1) * (len(self.gammas) - 1))
+        left = position.floor().long().clamp(max=len(self.gammas) - 2)
+        fraction = position - left
+        a0, a1 = self.alphas.to(position.device)[left], self.alphas.to(position.device)[left + 1]
+        return a0 + fraction * (a1 - a0), (a1 - a0) * (len(self.gammas) - 1)
+
+    def latent(self, x_probs, t, noise):
+        """w_t = at~ x + st~ eps for x [N, L, V] (one-hot data or a soft student output) and times t [N]."""
+        alpha_tilde, sigma_tilde = gaussian_scales(self.gamma(t))
+        shape = (-1,) + (1,) * (x_probs.dim() - 1)
+        return (alpha_tilde.reshape(shape).to(x_probs) * x_probs + sigma_tilde.reshape(shape).to(x_probs) * noise)
+
+
+def sigma_input(alpha):
+    """The network's time input -log alpha_t (Duo's `_sigma_from_alphat`), float32."""
+    return (-torch.log(alpha)).float()
+
+
+def curriculum_loss(model, process, schedule, x, t, tau):
+    """Duo's curriculum loss (A1.3), per token: z_t = argmax(w_t), the network fed w_t / tau (soft
+    input) at sigma = -log T(gamma_t), the UDLM loss at z_t with alpha = T and its slope."""
+    onehot = F.one_hot(x, process.vocab_size).float()
+    w = schedule.latent(onehot, t, torch.randn_like(onehot))
+    alpha, slope = schedule.alpha_and_slope(t)
+    log_x = process.log_probs(model(w / tau, sigma_input(alpha).to(x.device)))
+    return udlm_loss(log_x, onehot, w.argmax(-1), alpha.to(x.device), slope.to(x.device)).mean().float()
+
+
+class Curriculum:
+    """A uniform process whose training loss is Duo's soft-input curriculum at temperature tau; the
+    rest (sampling, validation, what a checkpoint records) is the process's own."""
+
+    def __init__(self, process, tau, schedule=None):
+        if process is None or process.kind != "uniform":
+            raise ValueError("--tau (Duo's curriculum) applies to the uniform process only (--process uniform)")
+        self.process, self.tau = process, tau
+        self.schedule = schedule or GaussianSchedule(process.vocab_size)
+
+    def __getattr__(self, name):
+        return getattr(self.process, name)
+
+    def loss(self, model, x, t, u):
+        return curriculum_loss(model, self.process, self.schedule, x, t, self.tau)

@@ -1,0 +1,43 @@
+"""DCD (dcd.py, SPEC-teachers A1.5): the coupled times, the round gaps, and the loss's fixed point."""
+import copy
+
+import pytest
+import torch
+
+import dcd
+import helpers
+from diffusion import MaskingProcess
+from uniform import UniformProcess
+
+
+def test_round_gaps_double_and_the_times_stay_ordered_in_zero_one():
+    assert [dcd.round_gap(j, 64) for j in range(3)] == [1 / 64, 2 / 64, 4 / 64]
+    t, s = dcd.coupled_times(torch.tensor([0.0, 0.5, 0.99]), 0.1)
+    assert torch.allclose(t - s, torch.full((3,), 0.1, dtype=torch.float64))
+    assert (s >= 0).all() and (t <= 1).all()
+
+
+def test_loss_is_zero_for_one_network_at_zero_gap_and_positive_otherwise():
+    """With dt = 0 student and teacher see the same argmax(w) at the same sigma: KL = 0. With a
+    gap the teacher sees a cleaner latent: KL > 0, and only the student gets a gradient."""
+    process = UniformProcess(6)
+    student = helpers.random_dit(0, 6, 5)
+    teacher = copy.deepcopy(student).requires_grad_(False)
+    loss = dcd.RoundLoss(student, process, base_steps=4)
+    x, t = torch.randint(6, (4, 5)), torch.rand(4)
+    torch.manual_seed(0)
+    loss.start_round(teacher, 0)
+    loss.dt = 0.0
+    assert abs(loss(x, t, None)[0].item()) < 1e-6
+    loss.start_round(teacher, 1)
+    torch.manual_seed(0)
+    value, _ = loss(x, t, None)
+    value.backward()
+    assert value.item() > 0
+    assert any(p.grad is not None for p in student.parameters())
+    assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_dcd_refuses_an_absorbing_teacher_in_one_line():
+    with pytest.raises(ValueError, match="uniform-state"):
+        dcd.RoundLoss(helpers.random_dit(0, 6, 5), MaskingProcess(6), 4)

@@ -1,0 +1,62 @@
+"""The uniform-state (Duo) family end to end through `python train.py`: pretraining with
+--process uniform (and the --tau curriculum), DCD of a uniform teacher, IDLM of the DCD
+student (IDLM-DCD), and the one-line refusals of methods that do not apply."""
+import dataclasses
+
+import checkpoint
+import data
+import helpers
+from helpers import assert_one_error_line, run_script
+
+SEQ_LEN = 16
+UNIFORM = {"kind": "uniform", "schedule": "loglinear", "eps": 1e-3, "states": None}
+MICRO = ["--data", "synthetic", "--size", "micro", "--seq-len", str(SEQ_LEN), "--batch-size", "4",
+         "--eval-every", "0", "--eval-batches", "1", "--judge", "exact", "--eval-samples", "4"]
+
+
+def uniform_teacher(path):
+    """A random micro DiT saved as a finished uniform-process checkpoint of the synthetic source."""
+    synthetic = data.load_data("synthetic", seq_len=SEQ_LEN)
+    teacher = helpers.random_dit(0, synthetic.vocab_size, SEQ_LEN)
+    state = teacher.state_dict()
+    config = {**dataclasses.asdict(teacher.config), "time_conditioning": True}
+    checkpoint.save({"kind": "mdlm", "model_config": config, "model": state, "ema": state,
+                     "process": {**UNIFORM, "states": synthetic.vocab_size},
+                     "data_meta": synthetic.meta(), "finished": True}, path)
+
+
+def train(*args):
+    result = run_script("train.py", *MICRO, *args, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_pretraining_with_the_uniform_process_records_it_and_the_curriculum_runs(tmp_path):
+    train("--process", "uniform", "--iters", "2", "--out-dir", str(tmp_path / "u"))
+    ckpt = checkpoint.read(tmp_path / "u" / "ckpt.pt")
+    assert ckpt["process"]["kind"] == "uniform" and ckpt["model_config"]["time_conditioning"]
+    assert type(checkpoint.process_of(ckpt)).__name__ == "UniformProcess"
+    train("--process", "uniform", "--tau", "0.01", "--iters", "2", "--out-dir", str(tmp_path / "duo"))
+
+
+def test_dcd_then_idlm_of_the_dcd_student_run_end_to_end(tmp_path):
+    uniform_teacher(tmp_path / "teacher.pt")
+    result = train("--distill", "dcd", "--iters", "2", "--rounds", "2", "--teacher", str(tmp_path / "teacher.pt"),
+                   "--out-dir", str(tmp_path / "dcd"))
+    assert "| DCD |" in result.stdout
+    ckpt = checkpoint.read(tmp_path / "dcd" / "ckpt.pt")
+    assert ckpt["kind"] == "dcd" and ckpt["finished"] and ckpt["process"]["kind"] == "uniform"
+    result = train("--distill", "idlm", "--iters", "2", "--teacher", str(tmp_path / "dcd" / "ckpt.pt"),
+                   "--out-dir", str(tmp_path / "idlm"))
+    assert "| IDLM |" in result.stdout
+    assert checkpoint.read(tmp_path / "idlm" / "ckpt.pt")["process"]["kind"] == "uniform"
+
+
+def test_methods_that_do_not_apply_are_one_error_line(tmp_path):
+    uniform_teacher(tmp_path / "teacher.pt")
+    line = assert_one_error_line(run_script("train.py", *MICRO, "--distill", "sdtt", "--teacher",
+                                            str(tmp_path / "teacher.pt"), "--out-dir", str(tmp_path / "s")))
+    assert "absorbing" in line
+    line = assert_one_error_line(run_script("train.py", *MICRO, "--model", "ar", "--tau", "0.1",
+                                            "--out-dir", str(tmp_path / "a")))
+    assert "uniform" in line

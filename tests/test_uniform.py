@@ -1,0 +1,131 @@
+"""The uniform-state process (SPEC-teachers A1.1-A1.4), exactly where it can be: the forward
+marginal, the reverse posterior against Bayes' rule (one-hot and soft x), the positive UDLM loss
+and its optimum on an enumerated world (float64, Gauss-Legendre in t), the samplers."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import processes
+import samplers
+from diffusion import LogLinear, MaskingProcess
+from small_world import (dirichlet, entropy, loo_denoiser, posterior_denoiser, sequences, uniform_expected_loss)
+from uniform import UniformProcess, forward_uniform, udlm_loss, uniform_posterior
+
+
+def transition(alpha_ts, vocab):
+    """q(z_t = b | z_s = a) = alpha_ts [a = b] + (1 - alpha_ts)/V, rows a."""
+    return alpha_ts * torch.eye(vocab, dtype=torch.float64) + (1 - alpha_ts) / vocab
+
+
+@pytest.mark.parametrize("vocab", [3, 5])
+def test_posterior_is_bayes_rule_for_one_hot_and_soft_x(vocab):
+    """q(z_s | z_t, x) = sum_x0 x(x0) q_s(z_s|x0) q(z_t|z_s) / sum_x0 x(x0) q_t(z_t|x0) (A1.2)."""
+    torch.manual_seed(0)
+    alpha_s, alpha_t = 0.7, 0.3
+    x_probs = torch.cat([F.one_hot(torch.arange(vocab), vocab).double(),
+                         torch.distributions.Dirichlet(torch.ones(vocab, dtype=torch.float64)).sample((4,))])
+    for z_t in range(vocab):
+        got = uniform_posterior(torch.full((len(x_probs), 1), z_t), x_probs[:, None], alpha_s, alpha_t)[:, 0]
+        q_s = alpha_s * x_probs + (1 - alpha_s) / vocab                               # [N, V] over z_s
+        joint = q_s * transition(alpha_t / alpha_s, vocab)[:, z_t]                    # z_s and then z_t
+        torch.testing.assert_close(got, joint / joint.sum(-1, keepdim=True), rtol=0, atol=1e-13)
+
+
+def test_forward_sample_has_the_uniform_marginal():
+    """P(z_t = x) = alpha + (1-alpha)/V and every other state (1-alpha)/V, from one uniform."""
+    vocab, alpha = 4, 0.6
+    u = (torch.arange(100_000, dtype=torch.float64) + 0.5) / 100_000  # a fine grid of uniforms
+    z = forward_uniform(torch.full_like(u, 2, dtype=torch.long), torch.tensor(alpha), u, vocab)
+    freq = torch.bincount(z, minlength=vocab).double() / len(u)
+    expected = torch.full((vocab,), (1 - alpha) / vocab, dtype=torch.float64)
+    expected[2] += alpha
+    torch.testing.assert_close(freq, expected, rtol=0, atol=1e-4)
+
+
+def test_udlm_loss_is_nonnegative_and_zero_at_the_truth():
+    torch.manual_seed(1)
+    x = torch.distributions.Dirichlet(torch.ones(5, dtype=torch.float64)).sample((3, 4))
+    z = torch.randint(5, (3, 4))
+    f = torch.distributions.Dirichlet(torch.ones(5, dtype=torch.float64)).sample((3, 4))
+    assert (udlm_loss(f.log(), x, z, 0.4, -0.9) >= 0).all()
+    torch.testing.assert_close(udlm_loss(x.log(), x, z, 0.4, -0.9), torch.zeros(3, 4, dtype=torch.float64),
+                               rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("vocab,length,nodes", [(3, 2, 400), (4, 3, 100)])
+def test_leave_one_out_denoiser_attains_the_entropy_and_the_posterior_does_not(vocab, length, nodes):
+    """E_{p*} L_UDLM(f*) = H(p*) at eps = 0 (alpha_1 = 0: the prior term vanishes and the ELBO is
+    tight) with the leave-one-out optimum f*(z)^i = p*(x^i | z^-i) (A1.3); a perturbed f* and the
+    denoising posterior p*(x^i | z) score higher. (A test that plugs in p(x|z_t) as "optimal"
+    fails: pitfall A5.3.)"""
+    xs = sequences(vocab, length)
+    p = dirichlet(len(xs), seed=vocab)
+    onehot = F.one_hot(xs, vocab).double()
+    loo = loo_denoiser(p, xs, vocab)
+    best = uniform_expected_loss(loo, onehot, p, vocab, nodes=nodes)
+    assert abs(best - entropy(p)) < 1e-9
+    noise = torch.randn(vocab ** length, length, vocab, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    perturbed = lambda alpha: (loo(alpha) * (0.05 * noise).exp()).div(  # noqa: E731
+        (loo(alpha) * (0.05 * noise).exp()).sum(-1, keepdim=True))
+    assert uniform_expected_loss(perturbed, onehot, p, vocab, nodes=nodes) > best + 1e-6
+    assert uniform_expected_loss(posterior_denoiser(p, xs, vocab), onehot, p, vocab, nodes=nodes) > best + 1e-3
+
+
+# ----------------------------------------------------------------------------- the process as a value
+
+class Exact(torch.nn.Module):
+    """A denoiser that returns fixed logits for every input (a stand-in network)."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, z, sigma):
+        return self.logits.expand(z.shape[0], -1, -1)
+
+
+def test_registry_rebuilds_the_uniform_process_with_its_states():
+    process = UniformProcess(7, LogLinear(), states=8)
+    rebuilt = processes.process_from_config(process.config(), 7)
+    assert isinstance(rebuilt, UniformProcess) and rebuilt.vocab_size == 8 and rebuilt.time_conditioned
+
+
+def test_ancestral_and_greedy_tail_make_tokens_of_the_uniform_process():
+    """Ancestral runs K reverse steps (K forwards); Greedy-Tail one more forward and then the argmax
+    of x_theta at every position: with a network sure of token 2 everywhere, every token is 2."""
+    vocab, length = 5, 6
+    logits = torch.full((1, length, vocab + 1), -30.0)
+    logits[..., 2] = 0.0
+    process = UniformProcess(vocab)
+    z = process.prior(3, length, "cpu")
+    g = torch.Generator().manual_seed(0)
+    tokens, forwards = samplers.make_sampler("ancestral")(Exact(logits), process, z, 4, g)
+    assert forwards == 3 * 4 and tokens.max() < vocab
+    tokens, forwards = samplers.make_sampler("greedy-tail")(Exact(logits), process, z, 4, g)
+    assert forwards == 3 * 5 and (tokens == 2).all()
+
+
+@pytest.mark.parametrize("name", ["revealed", "cached", "topk", "semi-ar"])
+def test_absorbing_only_samplers_refuse_the_uniform_process_in_one_line(name):
+    process = UniformProcess(5)
+    with pytest.raises(ValueError, match="absorbing"):
+        samplers.make_sampler(name)(Exact(torch.zeros(1, 4, 6)), process, process.prior(1, 4, "cpu"), 2)
+
+
+def test_default_sampler_of_the_uniform_process_is_ancestral():
+    assert isinstance(samplers.make_sampler(process=UniformProcess(5)), samplers.Ancestral)
+    assert not isinstance(samplers.make_sampler(process=MaskingProcess(5)), samplers.Ancestral)
+
+
+def test_loss_of_the_process_matches_the_integrand_and_is_finite_near_zero():
+    torch.manual_seed(0)
+    process = UniformProcess(6)
+    logits = torch.randn(1, 5, 7)
+    x = torch.randint(6, (4, 5))
+    t = torch.tensor([1e-5, 0.3, 0.7, 1.0])
+    u = torch.rand(4, 5)
+    loss = process.loss(Exact(logits), x, t, u)
+    z = process.forward_sample(x, t, u)
+    expected = udlm_loss(logits[..., :6].log_softmax(-1).expand(4, -1, -1), F.one_hot(x, 6), z,
+                         process.alpha(t), process.alpha_prime(t)).sum() / x.numel()
+    assert torch.isfinite(loss) and abs(loss.item() - expected.item()) < 1e-5

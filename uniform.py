@@ -1,0 +1,197 @@
+"""The uniform-state process of UDLM and Duo, as a value beside diffusion.MaskingProcess.
+
+Read alongside the IDLM paper, eqs. 17-22 and 5, and SPEC-teachers A1. There is no MASK: a token
+at time t is still clean with probability alpha_t, else it is resampled uniformly from all V
+states (for GPT-2 Duo, V = 50258 includes [PAD]). So z_1 ~ Uniform(V)^L, every position may
+change at every reverse step, and the denoiser's output is a log-softmax over V (no SUBS).
+
+Per position, for a one-hot or soft x (the map is linear in x):
+
+    q(z_t | x) = xbar(x) / V,    xbar(x) = V alpha_t x + (1 - alpha_t) 1.
+
+The network is time-conditioned on sigma = -log alpha_t (Duo). The schedule is the log-linear
+alpha_t of diffusion.py; Duo's Gaussian view of the same process is in duo.py.
+"""
+import torch
+import torch.nn.functional as F
+
+from diffusion import LogLinear, as_time, generator_device, per_row, sample_categorical
+
+
+# ----------------------------------------------------------------------------- the math
+
+def uniform_marginal(x_probs, alpha_t):
+    """q(z_t | x) = alpha_t x + (1 - alpha_t)/V per position, for x [N, L, V] (one-hot or soft)."""
+    alpha = per_row(alpha_t, x_probs).to(x_probs.dtype)
+    return alpha * x_probs + (1 - alpha) / x_probs.shape[-1]
+
+
+def forward_uniform(x, alpha_t, u, states):
+    """z_t ~ q(z_t | x) for hard tokens x, given uniforms u of x's shape.
+
+    A position is resampled when u < 1 - alpha_t; conditioned on that, u / (1 - alpha_t) is
+    itself uniform on [0, 1) and picks the new state. One uniform per position keeps this pure.
+    """
+    move = 1 - per_row(alpha_t, x).to(u.dtype)
+    new_state = (u / move * states).long().clamp_(max=states - 1)
+    return torch.where(u < move, new_state, x)
+
+
+def uniform_posterior(z_t, x_probs, alpha_s, alpha_t):
+    """q(z_s = j | z_t = i, x) of SPEC-teachers A1.2 (Duo's `_posterior_from_x0`), in float64:
+
+        [V a_t x_j d_ij + (a_ts - a_t) d_ij + (a_s - a_t) x_j + (1 - a_ts)(1 - a_s)/V] / [V a_t x_i + 1 - a_t]
+
+    with a_ts = a_t / a_s. x_probs [N, L, V] (one-hot or soft); returns [N, L, V]. At a_s = 1
+    (the end of the chain) this is the "ancestral removal" step.
+    """
+    x = x_probs.double()
+    V = x.shape[-1]
+    a_s, a_t = (per_row(torch.as_tensor(a, dtype=torch.float64), z_t)[..., None] for a in (alpha_s, alpha_t))
+    a_ts = a_t / a_s
+    stay = F.one_hot(z_t, V).double()
+    x_i = x.gather(-1, z_t.unsqueeze(-1))
+    numerator = V * a_t * x * stay + (a_ts - a_t) * stay + (a_s - a_t) * x + (1 - a_ts) * (1 - a_s) / V
+    return numerator / (V * a_t * x_i + 1 - a_t)
+
+
+def udlm_loss(log_f, x_probs, z_t, alpha_t, alpha_prime_t):
+    """The continuous-time UDLM NELBO integrand per position, in its positive form (A1.3), float64:
+
+        (-alpha'_t / (V alpha_t)) sum_j [ sh_j - s_j log sh_j + s_j (log s_j - 1) ]  >= 0,
+
+    s_j = xbar_j / xbar_i (the true ratios, x = x_probs), sh_j the same with x_theta = exp(log_f),
+    i = z_t at the position. The j = i term is zero, so the sum runs over the whole vocabulary:
+    that is the soft-x form IDLM needs (Duo's closed form assumes a one-hot x). IDLM eq. 5 writes
+    the same with a "positive" lambda_t and a non-positive bracket; the sign here makes it >= 0.
+    The ratios reach V alpha / (1 - alpha) near t = 0, hence float64 throughout.
+    log_f, x_probs: [N, L, V]; z_t: [N, L]; alpha_t, alpha_prime_t: scalars or [N]. Returns [N, L].
+    """
+    V = log_f.shape[-1]
+    a = per_row(torch.as_tensor(alpha_t, dtype=torch.float64), z_t)[..., None]
+    xbar = V * a * x_probs.double() + (1 - a)
+    xbar_model = V * a * log_f.double().exp() + (1 - a)
+    index = z_t.unsqueeze(-1)
+    log_s = xbar.log() - xbar.gather(-1, index).log()
+    log_sh = xbar_model.log() - xbar_model.gather(-1, index).log()
+    s = log_s.exp()
+    bracket = (log_sh.exp() - s * log_sh + s * (log_s - 1)).sum(-1)
+    rate = -per_row(torch.as_tensor(alpha_prime_t, dtype=torch.float64), z_t) / (V * a[..., 0])
+    return rate * bracket
+
+
+def udlm_loss_gap(log_teacher, log_fake, x_probs, z_t, alpha_t, alpha_prime_t):
+    """udlm_loss(teacher) - udlm_loss(fake) per position, as one sum (IDLM eq. 11 for Duo):
+
+        (-alpha'/(V alpha)) [ sum_j s_j (log sh_fake_j - log sh_teacher_j) + sum_j (sh_teacher_j - sh_fake_j) ],
+
+    the s log s terms cancelling exactly. Its gradient w.r.t. x (the student's output) comes only
+    through the true ratios s_j = xbar_j / xbar_i: with D_j the bracket's log difference,
+    d/dx_k = rate V alpha (D_k - [k = i] sum_j s_j D_j) / xbar_i (A3.2's "explicit xbar terms")."""
+    V = log_teacher.shape[-1]
+    a = per_row(torch.as_tensor(alpha_t, dtype=torch.float64), z_t)[..., None]
+    index = z_t.unsqueeze(-1)
+    xbar = V * a * x_probs.double() + (1 - a)
+    s = xbar / xbar.gather(-1, index)
+    ratios = []
+    for log_f in (log_teacher, log_fake):
+        log_xbar = (V * a * log_f.double().exp() + (1 - a)).log()
+        ratios.append(log_xbar - log_xbar.gather(-1, index))
+    log_sh_teacher, log_sh_fake = ratios
+    bracket = (s * (log_sh_fake - log_sh_teacher) + log_sh_teacher.exp() - log_sh_fake.exp()).sum(-1)
+    rate = -per_row(torch.as_tensor(alpha_prime_t, dtype=torch.float64), z_t) / (V * a[..., 0])
+    return rate * bracket
+
+
+# ----------------------------------------------------------------------------- the process, as a value
+
+class UniformProcess:
+    """Uniform-state diffusion (UDLM / Duo) under a schedule, with MASKingProcess's interface
+    where it applies. states: the number of states V (default: the model's vocab_size; Duo's
+    GPT-2 models have one more, [PAD], which the DiT's extra row already provides).
+
+    The absorbing-only parts (mask_id, reveal_positions, draw, final_tokens) do not exist here:
+    `mask_id` is None, which the samplers read as "no position is waiting to be filled".
+    """
+    kind = "uniform"
+    mask_id = None
+
+    def __init__(self, vocab_size, schedule=None, time_conditioned=True, states=None):
+        self.vocab_size = states or vocab_size
+        self.model_vocab = vocab_size
+        self.schedule = schedule if schedule is not None else LogLinear()
+        self.time_conditioned = True  # Duo is always time-conditioned (the model sees -log alpha_t)
+
+    def config(self):
+        """What a checkpoint records to rebuild this process (see processes.process_from_config)."""
+        return {"kind": self.kind, "schedule": type(self.schedule).__name__.lower(), "eps": self.schedule.eps,
+                "states": self.vocab_size}
+
+    def alpha(self, t):
+        return self.schedule.alpha(t)
+
+    def alpha_prime(self, t):
+        return self.schedule.alpha_prime(t)
+
+    def loss_weight(self, t):
+        """-alpha'_t / (V alpha_t): the rate of the uniform jumps (IDLM eq. 20), UDLM's weight."""
+        return -self.alpha_prime(t) / (self.vocab_size * self.alpha(t))
+
+    def noise_input(self, t, n, device):
+        """sigma = -log alpha_t for n sequences (Duo's `_sigma_from_alphat`)."""
+        sigma = self.schedule.sigma(as_time(t).to(device))
+        return sigma.float().expand(n) if sigma.dim() == 0 else sigma.float()
+
+    def prior(self, n, length, device, generator=None):
+        """z_1 ~ Uniform(V)^L (with alpha_1 = eps > 0 this is the NELBO's prior, not q(z_1|x))."""
+        return torch.randint(self.vocab_size, (n, length), generator=generator,
+                             device=generator_device(generator, torch.empty(0, device=device))).to(device)
+
+    def forward_sample(self, x, t, u):
+        """z_t ~ q(z_t | x) for hard tokens x, given uniforms u of x's shape."""
+        return forward_uniform(x, self.alpha(t), u, self.vocab_size)
+
+    def forward_sample_soft(self, x_probs, t, generator=None):
+        """z_t ~ Cat(alpha_t x + (1 - alpha_t)/V) for a soft x [N, L, V], in float64."""
+        return sample_categorical(uniform_marginal(x_probs.double(), self.alpha(t)), generator)
+
+    def loss_positions(self, z_t):
+        """Every position carries a loss term (and every position may change)."""
+        return torch.ones_like(z_t, dtype=torch.bool)
+
+    def log_probs(self, logits):
+        """log x_theta over the V states from the network's logits (no SUBS, float32)."""
+        return logits[..., :self.vocab_size].float().log_softmax(-1)
+
+    def denoise(self, model, z_t, t):
+        """log x_theta(z_t, t) [N, L, V]. z_t: tokens [N, L], or float logits [N, L, V] (Duo's
+        soft input w / tau, which the DiT's embedding turns into softmax(w / tau) @ E)."""
+        return self.log_probs(model(z_t, self.noise_input(t, z_t.shape[0], z_t.device)))
+
+    def posterior(self, z_t, x_probs, s, t):
+        """q(z_s | z_t, x), exactly (A1.2), in float64, over the V states."""
+        return uniform_posterior(z_t, x_probs[..., :self.vocab_size], self.alpha(s), self.alpha(t))
+
+    def reverse_step(self, logits, z_t, s, t, generator=None):
+        """One ancestral step z_t -> z_s ~ q(z_s | z_t, x = x_theta(z_t)) ("mean" parameterization,
+        Duo's plug-in sampler), drawn in float64 by inverse CDF at every position."""
+        x_theta = logits[..., :self.vocab_size].double().softmax(-1)
+        return sample_categorical(self.posterior(z_t, x_theta, s, t), generator)
+
+    def soft_loss(self, log_f, x_probs, z_t, t, alpha_t=None, alpha_prime_t=None):
+        """The UDLM loss with a soft target x [N, L, V], the j-sum over the whole vocabulary, per
+        token. alpha_t, alpha_prime_t: Duo's Gaussian-mapped values, when not the schedule's."""
+        alpha_t = self.alpha(t) if alpha_t is None else alpha_t
+        alpha_prime_t = self.alpha_prime(t) if alpha_prime_t is None else alpha_prime_t
+        return udlm_loss(log_f, x_probs, z_t, alpha_t, alpha_prime_t).sum() / z_t.numel()
+
+    def loss_gap(self, log_teacher, log_fake, x_probs, z_t, t):
+        """soft_loss(teacher) - soft_loss(fake) on the same z_t, as one sum (IDLM eq. 11), per token."""
+        return udlm_loss_gap(log_teacher, log_fake, x_probs, z_t, self.alpha(t), self.alpha_prime(t)).sum() / z_t.numel()
+
+    def loss(self, model, x, t, u):
+        """Monte-Carlo estimate of the continuous-time UDLM NELBO (A1.3), per token (float64 sum,
+        returned in float32 for the optimizer)."""
+        z_t = self.forward_sample(x, t, u)
+        log_x = self.denoise(model, z_t, t)
+        return self.soft_loss(log_x, F.one_hot(x, self.vocab_size), z_t, t).float()
