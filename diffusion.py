@@ -254,8 +254,8 @@ class MaskingProcess:
         sigma = self.schedule.sigma(t) if self.time_conditioned else torch.zeros_like(t)
         return sigma.float().expand(n) if sigma.dim() == 0 else sigma.float()
 
-    def prior(self, n, length, device):
-        """z_1: all MASK."""
+    def prior(self, n, length, device, generator=None):
+        """z_1: all MASK (no draw: `generator` is for processes with a random prior)."""
         return torch.full((n, length), self.mask_id, dtype=torch.long, device=device)
 
     def forward_sample(self, x, t, u):

@@ -218,6 +218,9 @@ def generate(model, process, n, seq_len, steps, *, sampler=None, prompt=(), bos_
                             f"{seq_len} tokens of a sample")
     if process is None and len(fixed) < len(prompt):
         raise ValueError("gaps ([MASK]) need a diffusion model: an AR model only continues a prefix")
+    if process is not None and process.mask_id is None and fixed:
+        raise ValueError("prompts and gaps need a model with MASK: a uniform-state model's sampler may "
+                         "change every token at every step")
     device = next(model.parameters()).device
     fixed_tokens = torch.tensor([prompt[i] for i in fixed], dtype=torch.long, device=device)
     if process is None:
@@ -233,7 +236,7 @@ def generate(model, process, n, seq_len, steps, *, sampler=None, prompt=(), bos_
                                         temperature=temperature, generator=generator)[:, -seq_len:]
                 forwards += size * (seq_len - len(prompt))
             else:
-                z = process.prior(size, seq_len, device)
+                z = process.prior(size, seq_len, device, generator)
                 z[:, fixed] = fixed_tokens
                 tokens, more = sampler(model, process, z, steps, generator=generator, on_step=on_step)
                 forwards += more

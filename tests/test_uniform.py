@@ -129,3 +129,15 @@ def test_loss_of_the_process_matches_the_integrand_and_is_finite_near_zero():
     expected = udlm_loss(logits[..., :6].log_softmax(-1).expand(4, -1, -1), F.one_hot(x, 6), z,
                          process.alpha(t), process.alpha_prime(t)).sum() / x.numel()
     assert torch.isfinite(loss) and abs(loss.item() - expected.item()) < 1e-5
+
+
+def test_generate_draws_the_uniform_prior_from_the_seed_and_refuses_a_prompt():
+    """The prior is random here: the same seed gives the same samples. A prompt cannot be kept
+    fixed by a sampler that may change every position, so it is one error, not a silent change."""
+    from evaluate import generate
+    from helpers import random_dit
+    model, process = random_dit(0, 5, 6), UniformProcess(5)
+    draws = [generate(model, process, 3, 6, 2, generator=torch.Generator().manual_seed(7))[0] for _ in range(2)]
+    torch.testing.assert_close(draws[0], draws[1], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="prompts and gaps need a model with MASK"):
+        generate(model, process, 1, 6, 2, prompt=[1, None])
