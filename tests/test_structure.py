@@ -10,8 +10,8 @@ from helpers import ROOT
 # Bottom to top. A file may import files of its own layer or of layers below it.
 LAYERS = [
     ["cli", "devices"],                                     # plumbing with no project imports
-    ["diffusion", "processes", "model", "corpus", "data", "exact", "flops"],  # maths, networks, data
-    ["sdtt", "idlm", "samplers"],                           # methods and samplers
+    ["diffusion", "sedd", "processes", "model", "corpus", "data", "exact", "flops"],  # maths, networks, data
+    ["sdtt", "idlm", "samplers", "score_samplers"],                           # methods and samplers
     ["hub", "checkpoint", "evaluate", "likelihood"],        # plumbing on the maths
     ["train"],                                              # the loop
     ["distill"],                                            # orchestration on the loop
