@@ -33,15 +33,17 @@ import devices
 import sdtt
 from cli import flag, parse_config, run
 from data import load_data
-from diffusion import SCHEDULES, MaskingProcess, antithetic_times
+from diffusion import SCHEDULES, antithetic_times
 from evaluate import next_token_nll, validation_loss
 from flops import peak_flops, step_flops_per_token
 from model import build_model, config_for, count_params
+from processes import PROCESSES
 
 
 @dataclass
 class TrainConfig:
-    model: str = flag("mdlm", "what to pretrain: a masked diffusion LM or an AR model", choices=["mdlm", "ar"])
+    model: str = flag("mdlm", "what to pretrain: a masked diffusion LM (MDLM), a SEDD score model (absorbing, "
+                              "time-conditioned) or an AR model", choices=["mdlm", "sedd", "ar"])
     distill: Optional[str] = flag(None, "distill a diffusion teacher instead of pretraining (distill.py)",
                                   choices=["sdtt", "idlm"])
     teacher: Optional[str] = flag(None, "teacher: our checkpoint, MDLM's weights as a Hugging Face folder or hub "
@@ -69,7 +71,7 @@ class TrainConfig:
     eval_batches: int = flag(4, "validation batches", at_least=1)
     log_every: int = flag(10, "write tokens/s, MFU and peak memory to <out-dir>/log.jsonl every N steps", at_least=1)
     ckpt_every: int = flag(100, "write the checkpoint every N steps", at_least=1)
-    out_dir: Optional[str] = flag(None, "output folder (default: out/<mdlm|ar|sdtt|idlm>)")
+    out_dir: Optional[str] = flag(None, "output folder (default: out/<mdlm|sedd|ar|sdtt|idlm>)")
     resume: bool = flag(False, "continue the run in --out-dir from its checkpoint")
     seed: int = flag(0, "random seed; a step's batch and noise are a function of (seed, step)")
     device: str = flag("auto", "where to train", choices=devices.DEVICES)
@@ -101,6 +103,8 @@ DEFAULTS = {
                             divergence="reverse_kl"),
     ("idlm", "paper"): dict(batch_size=512, iters=10_000, lr=1e-6, warmup=2500, ema=0.9999),
     ("mdlm", "cpu"): dict(batch_size=32, iters=800, lr=1e-3, warmup=50, ema=0.99, dropout=0.0),
+    ("sedd", "paper"): dict(batch_size=512, iters=1_000_000, lr=3e-4, warmup=2500, ema=0.9999, dropout=0.1),  # as MDLM
+    ("sedd", "cpu"): dict(batch_size=32, iters=800, lr=1e-3, warmup=50, ema=0.99, dropout=0.0),
     ("ar", "cpu"): dict(batch_size=32, iters=300, lr=1e-3, warmup=30, ema=0.99, dropout=0.0),
     # SDTT on CPU: the MSE of log-probs (appendix B.3). With the 7-minute teacher the reverse
     # KL's optimum over the 2-step targets is *flatter* than the teacher (README, "Where this
@@ -364,11 +368,12 @@ def ckpt_writer(env, path, point):
 def pretrain(cfg, env):
     """MDLM (SDTT eq. 3) or AR pretraining. Returns the path of the finished checkpoint."""
     data = load_data(cfg.data, cfg.vocab_size, cfg.seq_len)
-    model_cfg = config_for(cfg.size, vocab_size=data.vocab_size, seq_len=cfg.seq_len, dropout=cfg.dropout)
+    model_cfg = config_for(cfg.size, vocab_size=data.vocab_size, seq_len=cfg.seq_len, dropout=cfg.dropout,
+                           time_conditioning=cfg.model == "sedd")  # SEDD's scores depend on sigma(t)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, model_cfg).to(env.device)
     cfg = fit_micro_batch(cfg, env, model_cfg)
-    process = None if cfg.model == "ar" else MaskingProcess(
+    process = None if cfg.model == "ar" else PROCESSES["sedd" if cfg.model == "sedd" else "absorbing"](
         model_cfg.vocab_size, SCHEDULES[cfg.schedule](), model_cfg.time_conditioning)
     phases = pretrain_phases(cfg, env, model, process)
     ema = make_ema(model, cfg.ema)
