@@ -222,3 +222,34 @@ def test_teacher_minus_fake_gap_of_sedd_is_kl_minus_kl_at_time_one(vocab, length
     assert abs(gap - (kl - kl_1)) < 1e-9
     if eps == 0:
         assert abs(gap - kl) < 1e-9
+
+
+# ----------------------------------------------------------------------------- louaaron/sedd-small's layout
+
+def test_a_folder_in_sedd_smalls_layout_loads_as_a_sedd_teacher_with_its_process(tmp_path):
+    """Unprefixed keys in pytorch_model.bin and SEDD's Hydra config.json (A5.16): the same network,
+    recorded as kind and process "sedd", time-conditioned."""
+    import json
+
+    import checkpoint
+    from model import DiT, ModelConfig, load_mdlm_state_dict
+    cfg = ModelConfig(vocab_size=11, seq_len=12, n_layer=1, n_head=2, n_embd=32, cond_dim=16, dropout=0.1,
+                      time_conditioning=True)
+    state_dict = {k: v for k, v in helpers.mdlm_state_dict(cfg, seed=1, prefix="").items() if k != "noise.sigma_min"}
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"tokens": 11, "graph": {"type": "absorb"}, "noise": {"type": "loglinear"},
+         "model": {"name": "small", "type": "ddit", "hidden_size": 32, "cond_dim": 16, "length": 12,
+                   "n_blocks": 1, "n_heads": 2, "scale_by_sigma": True, "dropout": 0.1}}))
+    torch.save(state_dict, tmp_path / "pytorch_model.bin")
+    model, ckpt = checkpoint.load_model(tmp_path, kinds=checkpoint.DIFFUSION_KINDS)
+    reference = load_mdlm_state_dict(DiT(cfg), state_dict).eval()
+    tokens, sigma = torch.randint(0, 12, (2, 12), generator=torch.Generator().manual_seed(0)), torch.rand(2)
+    with torch.no_grad():
+        assert torch.equal(model(tokens, sigma), reference(tokens, sigma))
+    assert ckpt["kind"] == "sedd" and isinstance(checkpoint.process_of(ckpt), SeddProcess)
+    assert ckpt["model_config"]["time_conditioning"] is True
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["graph"]["type"] = "uniform"
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="only the absorbing graph"):
+        checkpoint.load_model(tmp_path)
