@@ -18,7 +18,7 @@ from processes import process_from_config
 import hub
 from model import ModelConfig, build_model
 
-DIFFUSION_KINDS = ("mdlm", "sdtt", "idlm", "dcd")
+DIFFUSION_KINDS = ("mdlm", "sedd", "sdtt", "idlm", "dcd")
 
 
 def save(obj, path):

@@ -274,6 +274,10 @@ class MaskingProcess:
         """log x_theta(z_t, t) over the V+1 ids (SUBS)."""
         return subs_log_probs(model(z_t, self.noise_input(t, z_t.shape[0], z_t.device)), z_t, self.mask_id)
 
+    def loss_log_outputs(self, model, z_t, t):
+        """What `soft_loss` scores: log x_theta(z_t, t) over the V real tokens."""
+        return self.denoise(model, z_t, t)[..., :self.vocab_size]
+
     def posterior(self, z_t, x_probs, s, t):
         """q(z_s | z_t, x), exactly (SDTT eq. 2), in float64."""
         return reverse_posterior(z_t, x_probs, self.alpha(s), self.alpha(t), self.mask_id)

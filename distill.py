@@ -204,8 +204,8 @@ def run_dcd(cfg, env, data, teacher, process, teacher_ckpt, teacher_path):
 
 def check_method(method, process):
     """One clear line where a method does not apply to the teacher's process."""
-    if method == "sdtt" and process.kind != "absorbing":
-        raise ValueError(f"SDTT distills an absorbing (MDLM) teacher; this teacher is {process.kind}: "
+    if method == "sdtt" and process.mask_id is None:
+        raise ValueError(f"SDTT distills an absorbing (MDLM or SEDD) teacher; this teacher is {process.kind}: "
                          "use --distill idlm or dcd")
     if method == "dcd":
         dcd.check_uniform(process)

@@ -38,7 +38,7 @@ def step_flops_per_token(model, seq_len, method, teacher_steps=2):
     training pass with teacher and fake forward passes. A forward pass is a third of training."""
     train = training_flops_per_token(model, seq_len)
     forward = train / 3
-    return {"mdlm": train, "ar": train, "sdtt": train + teacher_steps * forward,
+    return {"mdlm": train, "sedd": train, "ar": train, "sdtt": train + teacher_steps * forward,
             "idlm": 2 * train + 3 * forward}[method]
 
 

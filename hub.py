@@ -56,12 +56,31 @@ def config_from_shapes(state_dict, source):
                        n_embd=width, cond_dim=cond_dim, dropout=0.1, time_conditioning=False)
 
 
+def config_from_sedd_json(fields, source):
+    """ModelConfig from the Hydra config that SEDD's PyTorchModelHubMixin saves as config.json
+    (louaaron/sedd-small: tokens, graph, noise, model; its exact contents are UNCONFIRMED offline,
+    SPEC-teachers A5.16). Only the absorbing graph is a SEDD process here."""
+    try:
+        graph, model, tokens = fields["graph"]["type"], fields["model"], fields["tokens"]
+        values = dict(vocab_size=tokens, seq_len=model["length"], n_embd=model["hidden_size"],
+                      cond_dim=model["cond_dim"], n_layer=model["n_blocks"], n_head=model["n_heads"],
+                      dropout=model.get("dropout", 0.1), time_conditioning=True)
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"{source}: a SEDD config.json lacks {e}") from None
+    if graph not in ("absorb", "absorbing"):
+        raise ValueError(f"{source}: SEDD graph {graph!r} is not supported (only the absorbing graph)")
+    return ModelConfig(**values)
+
+
+SEDD_PROCESS = {"kind": "sedd", "schedule": "loglinear", "eps": 1e-3}  # SEDD's LogLinearNoise
+
+
 def without_prefix(state_dict):
     """MDLM's names without the `backbone.` of its wrappers (Lightning module, Hugging Face model)."""
     return {k.removeprefix("backbone."): v for k, v in state_dict.items()}
 
 
-def as_checkpoint(state_dict, cfg, source, ema_params=None, process=None):
+def as_checkpoint(state_dict, cfg, source, ema_params=None, kind="mdlm", process=None):
     """Our checkpoint of MDLM's weights (strictly loaded). ema_params: EMA values of the
     parameters in the state dict's order (a Lightning checkpoint's shadow_params). process: the
     process config to record (None: MDLM's absorbing process)."""
@@ -78,7 +97,7 @@ def as_checkpoint(state_dict, cfg, source, ema_params=None, process=None):
         ema = {**raw, **dict(zip(names, ema_params))}
     vocab = cfg.vocab_size
     meta = {"kind": "gpt2", "gpt2_ids": None} if vocab == GPT2_VOCAB else {"kind": "foreign", "vocab_size": vocab}
-    return {"kind": "mdlm", "model_config": vars(cfg), "process": process, "model": raw, "ema": ema, "data_meta": meta,
+    return {"kind": kind, "model_config": vars(cfg), "process": process, "model": raw, "ema": ema, "data_meta": meta,
             "source": source}
 
 
@@ -218,6 +237,9 @@ def from_folder(folder, source):
         fields = json.loads(config_file.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{config_file} is not valid JSON ({e.msg})") from None
+    if "graph" in fields:  # SEDD's layout: unprefixed keys, pytorch_model.bin, its Hydra config
+        return as_checkpoint(read_weights(weights), config_from_sedd_json(fields, source), source,
+                             kind="sedd", process=SEDD_PROCESS)
     fields, process = duo_fields(fields)
     return as_checkpoint(read_weights(weights), config_from_json(fields, source), source, process=process)
 

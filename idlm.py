@@ -39,8 +39,9 @@ def noised_student_output(student, x, t, u, process):
 
 
 def real_log_probs(model, z_t, t, process):
-    """log f(z_t, t) over the V real tokens."""
-    return process.denoise(model, z_t, t)[..., :process.vocab_size]
+    """The log-outputs over the V real tokens that the process's loss scores: log f(z_t, t)
+    (MDLM), the log-scores log s(z_t, t) (SEDD)."""
+    return process.loss_log_outputs(model, z_t, t)
 
 
 def fake_loss(fake, student, x, t, u, process):

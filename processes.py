@@ -6,9 +6,10 @@ samplers only talk to that interface; a checkpoint records `process.config()` so
 `process_from_config` rebuilds the same value when the checkpoint is read.
 """
 from diffusion import SCHEDULES, MaskingProcess
+from sedd import SeddProcess
 from uniform import UniformProcess
 
-PROCESSES = {"absorbing": MaskingProcess, "uniform": UniformProcess}
+PROCESSES = {"absorbing": MaskingProcess, "uniform": UniformProcess, "sedd": SeddProcess}
 
 
 def process_from_config(config, vocab_size, time_conditioned=False):

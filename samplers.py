@@ -19,6 +19,7 @@ step (a progress bar, a trace of the denoising).
 import torch
 
 from diffusion import T_MIN, LogLinear, sample_categorical, time_grid
+from score_samplers import ScoreSampler
 
 
 class WholeOutput:
@@ -318,6 +319,8 @@ SAMPLERS = {
     "topk": lambda final: Confidence(),                         # LLaDA-style, not ancestral
     "semi-ar": lambda final: SemiAR(Revealed(final)),           # past the context, block by block
     "greedy-tail": lambda final: GreedyTail(),                  # Duo: K ancestral steps, then argmax everywhere
+    "analytic": lambda final: ScoreSampler("analytic"),         # SEDD scores, Tweedie tau-leaping (final: drawn)
+    "euler": lambda final: ScoreSampler("euler"),               # SEDD scores, Euler steps (final: drawn)
 }
 DEFAULT_SAMPLER = "cached"  # exact (the same tokens as "ancestral"), and the least work
 

@@ -45,11 +45,13 @@ from processes import PROCESSES
 
 @dataclass
 class TrainConfig:
-    model: str = flag("mdlm", "what to pretrain: a masked diffusion LM or an AR model", choices=["mdlm", "ar"])
+    model: str = flag("mdlm", "what to pretrain: a masked diffusion LM (MDLM), a SEDD score model (absorbing, "
+                              "time-conditioned) or an AR model", choices=["mdlm", "sedd", "ar"])
     distill: Optional[str] = flag(None, "distill a diffusion teacher instead of pretraining (distill.py)",
                                   choices=["sdtt", "idlm", "dcd"])
-    process: str = flag("absorbing", "diffusion process of a pretrained teacher: absorbing (MDLM) or uniform (Duo)",
-                        choices=list(PROCESSES))
+    process: str = flag("absorbing", "diffusion process of a pretrained teacher: absorbing (MDLM) or uniform (Duo); "
+                                     "--model sedd is absorbing with SEDD's score parameterization",
+                        choices=["absorbing", "uniform"])
     tau: Optional[float] = flag(None, "uniform process: train with Duo's curriculum, soft inputs softmax(w/tau) "
                                       "(Duo: 1e-3); default: the discrete UDLM loss", above=0)
     teacher: Optional[str] = flag(None, "teacher: our checkpoint, MDLM's weights as a Hugging Face folder or hub "
@@ -78,7 +80,7 @@ class TrainConfig:
     eval_batches: int = flag(4, "validation batches", at_least=1)
     log_every: int = flag(10, "write tokens/s, MFU and peak memory to <out-dir>/log.jsonl every N steps", at_least=1)
     ckpt_every: int = flag(100, "write the checkpoint every N steps", at_least=1)
-    out_dir: Optional[str] = flag(None, "output folder (default: out/<mdlm|ar|sdtt|idlm>)")
+    out_dir: Optional[str] = flag(None, "output folder (default: out/<mdlm|sedd|ar|sdtt|idlm>)")
     resume: bool = flag(False, "continue the run in --out-dir from its checkpoint")
     seed: int = flag(0, "random seed; a step's batch and noise are a function of (seed, step)")
     device: str = flag("auto", "where to train", choices=devices.DEVICES)
@@ -110,6 +112,8 @@ DEFAULTS = {
                             divergence="reverse_kl"),
     ("idlm", "paper"): dict(batch_size=512, iters=10_000, lr=1e-6, warmup=2500, ema=0.9999),
     ("mdlm", "cpu"): dict(batch_size=32, iters=800, lr=1e-3, warmup=50, ema=0.99, dropout=0.0),
+    ("sedd", "paper"): dict(batch_size=512, iters=1_000_000, lr=3e-4, warmup=2500, ema=0.9999, dropout=0.1),  # as MDLM
+    ("sedd", "cpu"): dict(batch_size=32, iters=800, lr=1e-3, warmup=50, ema=0.99, dropout=0.0),
     ("ar", "cpu"): dict(batch_size=32, iters=300, lr=1e-3, warmup=30, ema=0.99, dropout=0.0),
     # SDTT on CPU: the MSE of log-probs (appendix B.3). With the 7-minute teacher the reverse
     # KL's optimum over the 2-step targets is *flatter* than the teacher (README, "Where this
@@ -158,6 +162,8 @@ def check_config(cfg, world):
                          f"{cfg.batch_size // world}")
     if cfg.ema >= 1:
         raise ValueError("--ema must lie in [0, 1)")
+    if cfg.model == "sedd" and cfg.process != "absorbing":
+        raise ValueError("--model sedd is SEDD on the absorbing graph: drop --process uniform")
 
 
 def fit_micro_batch(cfg, env, model_cfg):
@@ -382,8 +388,9 @@ def ckpt_writer(env, path, point):
 def pretrain(cfg, env):
     """MDLM (SDTT eq. 3) or AR pretraining. Returns the path of the finished checkpoint."""
     data = load_data(cfg.data, cfg.vocab_size, cfg.seq_len)
-    # MDLM's models are not time-conditioned; Duo's (the uniform process) are
-    process = None if cfg.model == "ar" else PROCESSES[cfg.process](data.vocab_size, SCHEDULES[cfg.schedule]())
+    # MDLM's models are not time-conditioned; SEDD's and Duo's (the uniform process) are
+    kind = "sedd" if cfg.model == "sedd" else cfg.process
+    process = None if cfg.model == "ar" else PROCESSES[kind](data.vocab_size, SCHEDULES[cfg.schedule]())
     model_cfg = config_for(cfg.size, vocab_size=data.vocab_size, seq_len=cfg.seq_len, dropout=cfg.dropout,
                            time_conditioning=process is not None and process.time_conditioned)
     torch.manual_seed(cfg.seed)

@@ -64,7 +64,8 @@ adversarial_runs = st.fixed_dictionaries(dict(
     seed=seeds, V=st.integers(1, 5), L=st.integers(1, 8), N=st.integers(1, 3), steps=st.integers(1, 12),
     prompt_len=st.integers(0, 8), scale=st.sampled_from([1.0, 50.0, 1e4, 1e30]),
     mask_logit=st.sampled_from([0.0, 1e4, 1e30]), final=st.sampled_from(["argmax", "sample"]),
-    sampler=st.sampled_from(sorted(samplers.SAMPLERS)), time_conditioned=st.booleans()))
+    # analytic and euler need SEDD scores: tests/test_score_samplers.py
+    sampler=st.sampled_from(sorted(set(samplers.SAMPLERS) - {"analytic", "euler"})), time_conditioned=st.booleans()))
 
 
 @examples(60)

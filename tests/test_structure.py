@@ -10,8 +10,8 @@ from helpers import ROOT
 # Bottom to top. A file may import files of its own layer or of layers below it.
 LAYERS = [
     ["cli", "devices"],                                     # plumbing with no project imports
-    ["diffusion", "uniform", "duo", "processes", "model", "corpus", "data", "exact", "flops", "prompts"],  # maths, networks, data
-    ["sdtt", "idlm", "dcd", "samplers", "tracing"],         # methods and samplers (and a sampler's trace)
+    ["diffusion", "uniform", "duo", "sedd", "processes", "model", "corpus", "data", "exact", "flops", "prompts"],  # maths, networks, data
+    ["sdtt", "idlm", "dcd", "samplers", "score_samplers", "tracing"],  # methods and samplers (and a sampler's trace)
     ["hub", "checkpoint", "evaluate", "likelihood", "show", "page"],  # plumbing on the maths
     ["train"],                                              # the loop
     ["distill"],                                            # orchestration on the loop
