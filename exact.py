@@ -6,6 +6,10 @@ forward-backward over the chain, so we can sample the *perfect* MDLM. Its GenPPL
 is what the best possible teacher reaches in k steps; the gap to its GenPPL at L steps is
 the price of drawing the tokens of one step independently, which no factorized denoiser can
 avoid without giving up entropy.
+
+The uniform-state process (uniform.py) has an exact teacher too: its optimum is the
+leave-one-out posterior p(x_i | z^-i), each z^j a noisy observation of x^j (SPEC-teachers A1.3),
+the same forward-backward with other evidence.
 """
 from types import SimpleNamespace
 
@@ -14,32 +18,52 @@ import torch
 from data import MarkovSource
 
 
-def posterior(initial, transition, z, mask_id):
-    """p(x_i = v | the non-MASK tokens of z) for the chain with start distribution `initial`
-    [V] and transition matrix `transition` [V, V], as [N, L, V] in float64.
+def chain_marginals(initial, transition, evidence, leave_out=False):
+    """p(x_i = v | the evidence) for the chain with start distribution `initial` [V] and
+    transition matrix `transition` [V, V], where evidence [N, L, V] holds the likelihood of each
+    position's observation given x_i = v; with leave_out, position i's own observation is left
+    out (p(x_i | the others)). [N, L, V] in float64.
 
-    Forward-backward: a_i(v) = p(x_i = v, unmasked tokens up to i), b_i(v) = p(unmasked tokens
-    after i | x_i = v); their product, normalised, is the posterior. Unmasked positions come
-    out one-hot. Messages are renormalised at each position, which leaves the product's
-    normalised value unchanged and keeps it in range for long sequences.
+    Forward-backward: a_i(v) = p(x_i = v, observations before i), b_i(v) = p(observations
+    after i | x_i = v); a_i b_i (times evidence_i unless left out), normalised, is the answer.
+    Messages are renormalised at each position, which leaves the normalised product unchanged
+    and keeps it in range for long sequences.
     """
-    n, length = z.shape
-    vocab_size = initial.numel()
-    initial, transition = initial.double().to(z.device), transition.double().to(z.device)
-    evidence = torch.ones(n, length, vocab_size, dtype=torch.float64, device=z.device)
-    known = z != mask_id
-    evidence[known] = torch.nn.functional.one_hot(z[known], vocab_size).double()
+    n, length, vocab_size = evidence.shape
+    initial, transition = initial.double().to(evidence.device), transition.double().to(evidence.device)
 
     def normalised(m):
         return m / m.sum(-1, keepdim=True)
 
-    forward = [normalised(initial * evidence[:, 0])]
+    before = [initial.expand(n, -1)]
     for i in range(1, length):
-        forward.append(normalised((forward[-1] @ transition) * evidence[:, i]))
-    backward = [torch.ones(n, vocab_size, dtype=torch.float64, device=z.device)]
+        before.append(normalised((before[-1] * evidence[:, i - 1]) @ transition))
+    after = [torch.ones(n, vocab_size, dtype=torch.float64, device=evidence.device)]
     for i in range(length - 1, 0, -1):
-        backward.append(normalised((evidence[:, i] * backward[-1]) @ transition.T))
-    return normalised(torch.stack(forward, 1) * torch.stack(backward[::-1], 1))
+        after.append(normalised((evidence[:, i] * after[-1]) @ transition.T))
+    product = torch.stack(before, 1) * torch.stack(after[::-1], 1)
+    return normalised(product if leave_out else product * evidence)
+
+
+def posterior(initial, transition, z, mask_id):
+    """p(x_i = v | the non-MASK tokens of z) [N, L, V], float64: the evidence of an unmasked
+    token is one-hot, that of a MASK all ones. Unmasked positions come out one-hot."""
+    vocab_size = initial.numel()
+    evidence = torch.ones(*z.shape, vocab_size, dtype=torch.float64, device=z.device)
+    known = z != mask_id
+    evidence[known] = torch.nn.functional.one_hot(z[known], vocab_size).double()
+    return chain_marginals(initial, transition, evidence)
+
+
+def loo_posterior(initial, transition, z, alpha, vocab):
+    """p(x_i = v | z^-i) [N, L, V], float64: the UDLM optimum (SPEC-teachers A1.3) for the chain,
+    when each z^j is a uniform-state observation of x^j, q(z^j | x^j) = alpha [z^j = x^j] + (1 - alpha)/V.
+    alpha: a scalar or one per sequence [N]."""
+    if initial.numel() != vocab:
+        raise ValueError(f"the chain has {initial.numel()} states, the process {vocab}")
+    alpha = torch.as_tensor(alpha, dtype=torch.float64, device=z.device).reshape(-1, 1, 1)
+    evidence = alpha * torch.nn.functional.one_hot(z, vocab).double() + (1 - alpha) / vocab
+    return chain_marginals(initial, transition, evidence, leave_out=True)
 
 
 class ExactDenoiser(torch.nn.Module):
@@ -58,3 +82,22 @@ class ExactDenoiser(torch.nn.Module):
         probs = posterior(self.initial, self.transition, z, self.mask_id)
         never_mask = torch.zeros(*z.shape, 1, dtype=probs.dtype, device=z.device)
         return torch.cat([probs, never_mask], -1).clamp_min(1e-300).log().float()
+
+
+class ExactUniformDenoiser(ExactDenoiser):
+    """The perfect UDLM of a Markov source for a UniformProcess, with a model's interface:
+    forward(z, sigma) gives logits over the V states whose log_softmax is log p(x^i | z^-i).
+    The process's time input is sigma = -log alpha_t (UniformProcess.noise_input), so alpha_t =
+    exp(-sigma). Plugged into the A1.2 posterior, this is the exact reverse transition of each
+    position; only drawing the positions of one step independently departs from the true reversal."""
+
+    def __init__(self, source: MarkovSource, process):
+        super().__init__(source)
+        if process.vocab_size != source.vocab_size:
+            raise ValueError(f"the source has {source.vocab_size} states, the process {process.vocab_size}")
+        self.mask_id, self.vocab_size = None, process.vocab_size
+        self.config = SimpleNamespace(seq_len=source.seq_len, time_conditioning=True)
+
+    def forward(self, z, sigma):
+        probs = loo_posterior(self.initial, self.transition, z, torch.exp(-sigma.double()), self.vocab_size)
+        return probs.clamp_min(1e-300).log()  # float64, as reverse_step computes

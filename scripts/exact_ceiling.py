@@ -1,12 +1,14 @@
-"""What the perfect MDLM teacher reaches in few steps on the synthetic source (README, "Results").
+"""What the perfect teacher reaches in few steps on the synthetic source (README, "Results").
 
-    python scripts/exact_ceiling.py --seq-lens 64 128 256
+    python scripts/exact_ceiling.py --seq-lens 64 128 256 [--process uniform]
 
 For each sequence length L it samples the exact denoiser (exact.py) in L/32 ... L steps and
-prints the exact GenPPL and token entropy. The gap between L/16 steps and L steps is the price
-of drawing the tokens of one step independently: each step of L/16 reveals 16 tokens on
-average, and the shorter the sequence, the more of them are neighbours that the Markov chain
-couples. A distilled student that matches the teacher at L in L/16 steps must close that gap.
+prints the exact GenPPL and token entropy: the perfect MDLM for the absorbing process (sampler
+"cached"), the perfect UDLM (the leave-one-out posterior) for the uniform one (samplers
+"ancestral" and "greedy-tail"). The gap between L/16 steps and L steps is the price of drawing
+the tokens of one step independently: the shorter the sequence, the more of the tokens one step
+changes are neighbours that the Markov chain couples. A distilled student that matches the
+teacher at L in L/16 steps must close that gap.
 """
 import math
 import sys
@@ -20,8 +22,11 @@ import cli  # noqa: E402
 from data import load_data  # noqa: E402
 from diffusion import MaskingProcess  # noqa: E402
 from evaluate import markdown_table, token_entropy  # noqa: E402
-from exact import ExactDenoiser  # noqa: E402
+from exact import ExactDenoiser, ExactUniformDenoiser  # noqa: E402
 from samplers import make_sampler  # noqa: E402
+from uniform import UniformProcess  # noqa: E402
+
+SAMPLERS = {"absorbing": ["cached"], "uniform": ["ancestral", "greedy-tail"]}
 
 
 @dataclass
@@ -29,6 +34,15 @@ class Config:
     seq_lens: list[int] = cli.flag([64, 128, 256], "sequence lengths L (32 or more)")
     num_samples: int = cli.flag(256, "samples per row", at_least=1)
     seed: int = cli.flag(0, "sampling seed")
+    process: str = cli.flag("absorbing", "the diffusion process of the exact teacher", choices=list(SAMPLERS))
+
+
+def teacher(source, kind):
+    """The exact denoiser of `source` and its process."""
+    if kind == "uniform":
+        process = UniformProcess(source.vocab_size)
+        return ExactUniformDenoiser(source, process), process
+    return ExactDenoiser(source), MaskingProcess(source.vocab_size)
 
 
 def main():
@@ -38,17 +52,19 @@ def main():
         if seq_len < 32:
             raise ValueError(f"--seq-lens: {seq_len} is below 32, so L/32 steps would be none")
         source = load_data("synthetic", seq_len=seq_len)
-        denoiser, process = ExactDenoiser(source), MaskingProcess(source.vocab_size)
-        for divisor in (32, 16, 8, 4, 2, 1):
-            x, _ = make_sampler()(denoiser, process, process.prior(cfg.num_samples, seq_len, "cpu"),
-                                  seq_len // divisor, generator=torch.Generator().manual_seed(cfg.seed))
-            rows.append({"L": seq_len, "steps": f"L/{divisor} = {seq_len // divisor}",
-                         "genppl": math.exp(-source.log_prob(x).mean().item() / seq_len),
-                         "entropy": token_entropy(x).mean().item()})
-        rows.append({"L": seq_len, "steps": "data", "genppl": math.exp(source.entropy_rate_bound()),
+        denoiser, process = teacher(source, cfg.process)
+        for name in SAMPLERS[cfg.process]:
+            for divisor in (32, 16, 8, 4, 2, 1):
+                generator = torch.Generator().manual_seed(cfg.seed)
+                x, _ = make_sampler(name)(denoiser, process, process.prior(cfg.num_samples, seq_len, "cpu", generator),
+                                          seq_len // divisor, generator=generator)
+                rows.append({"L": seq_len, "sampler": name, "steps": f"L/{divisor} = {seq_len // divisor}",
+                             "genppl": math.exp(-source.log_prob(x).mean().item() / seq_len),
+                             "entropy": token_entropy(x).mean().item()})
+        rows.append({"L": seq_len, "sampler": "-", "steps": "data", "genppl": math.exp(source.entropy_rate_bound()),
                      "entropy": token_entropy(source.sample(cfg.num_samples, torch.Generator().manual_seed(cfg.seed)))
                      .mean().item()})
-    print(markdown_table(rows, ["L", "steps", "genppl", "entropy"]))
+    print(markdown_table(rows, ["L", "sampler", "steps", "genppl", "entropy"]))
 
 
 if __name__ == "__main__":
