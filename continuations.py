@@ -13,7 +13,7 @@ Self-BLEU (evaluate.self_bleu) of each prompt's 5 continuations, averaged over p
 """
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import List
 
 import numpy as np
 import torch

@@ -168,6 +168,10 @@ class UniformProcess:
         soft input w / tau, which the DiT's embedding turns into softmax(w / tau) @ E)."""
         return self.log_probs(model(z_t, self.noise_input(t, z_t.shape[0], z_t.device)))
 
+    def loss_log_outputs(self, model, z_t, t):
+        """What `soft_loss` scores: log x_theta(z_t, t) over the V states."""
+        return self.denoise(model, z_t, t)
+
     def posterior(self, z_t, x_probs, s, t):
         """q(z_s | z_t, x), exactly (A1.2), in float64, over the V states."""
         return uniform_posterior(z_t, x_probs[..., :self.vocab_size], self.alpha(s), self.alpha(t))

@@ -8,7 +8,6 @@ One row per checkpoint, sampled on the same seed with the steps it was distilled
 0). Each token is coloured by the step that revealed it, as in sample.py --trace (early: blue,
 late: red); a grey block is a position still masked. The first --tokens positions are drawn.
 """
-import argparse
 import colorsys
 import math
 import sys

@@ -210,3 +210,13 @@ class RecordingModel(torch.nn.Module):
     def forward(self, tokens, sigma=None):
         self.inputs.append(tokens.clone())
         return self.model(tokens, sigma)
+
+
+SCORE_SAMPLERS = ("analytic", "euler")  # they need a score model: SEDD's process
+
+
+def process_for(sampler, vocab_size):
+    """A process the named sampler applies to: SEDD's for the score samplers, else MDLM's."""
+    from diffusion import MaskingProcess
+    from sedd import SeddProcess
+    return SeddProcess(vocab_size) if sampler in SCORE_SAMPLERS else MaskingProcess(vocab_size)

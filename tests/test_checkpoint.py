@@ -87,7 +87,7 @@ def test_a_checkpoint_from_before_processes_were_recorded_is_absorbing_and_log_l
 
 def test_load_model_refuses_the_wrong_kind(tmp_path):
     path = save_tiny_checkpoint(tmp_path / "ar.pt", "ar")
-    with pytest.raises(ValueError, match="holds a ar model; expected mdlm or sdtt"):
+    with pytest.raises(ValueError, match="holds a ar model; expected mdlm or sedd or sdtt"):
         checkpoint.load_model(path, kinds=checkpoint.DIFFUSION_KINDS)
 
 

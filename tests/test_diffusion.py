@@ -1,6 +1,5 @@
 """Invariants of the absorbing process (SPEC section 1), checked exactly on tiny worlds where
 possible and statistically (fixed seeds, tolerances derived from the math) where not."""
-import itertools
 import math
 
 import numpy as np

@@ -60,3 +60,6 @@ def test_methods_that_do_not_apply_are_one_error_line(tmp_path):
     line = assert_one_error_line(run_script("train.py", *MICRO, "--model", "ar", "--tau", "0.1",
                                             "--out-dir", str(tmp_path / "a")))
     assert "uniform" in line
+    line = assert_one_error_line(run_script("train.py", *MICRO, "--model", "sedd", "--process", "uniform",
+                                            "--out-dir", str(tmp_path / "b")))
+    assert "absorbing graph" in line

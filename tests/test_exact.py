@@ -10,7 +10,7 @@ import data
 from diffusion import subs_log_probs
 from exact import ExactDenoiser, ExactUniformDenoiser, loo_posterior, posterior
 from helpers import assert_one_error_line, run_script
-from small_world import conditional, kernel, loo_denoiser, position_kernel, sequences
+from small_world import conditional, kernel, loo_denoiser, sequences
 from uniform import UniformProcess
 
 

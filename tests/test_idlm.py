@@ -2,7 +2,6 @@
 student step's gradient, the fixed point student = fake = teacher, the fake step, and the
 agreement of the soft-target MDLM loss with the hard one."""
 import copy
-import itertools
 import math
 
 import numpy as np

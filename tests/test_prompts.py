@@ -6,9 +6,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from data import SymbolTokenizer, Tokenizer
-from diffusion import MaskingProcess
 from evaluate import generate
-from helpers import L, V, examples, seeds, tiny_model
+from helpers import L, V, examples, process_for, seeds, tiny_model
 from prompts import template
 from samplers import SAMPLERS, make_sampler
 
@@ -63,7 +62,7 @@ def test_infilling_never_changes_a_fixed_token_whatever_the_sampler(name, prompt
     past the context, so its fixed tokens may sit in later windows too."""
     seq_len = L + 8 if SAMPLERS[name]("argmax").extends_context else L
     prompt = prompt[:seq_len - 1] if None not in prompt[:seq_len] else prompt[:seq_len]
-    tokens, _ = generate(tiny_model("mdlm"), MaskingProcess(V), 3, seq_len, 4, prompt=prompt,
+    tokens, _ = generate(tiny_model("mdlm"), process_for(name, V), 3, seq_len, 4, prompt=prompt,
                          sampler=make_sampler(name), generator=torch.Generator().manual_seed(seed))
     fixed = [i for i, token in enumerate(prompt) if token is not None]
     assert (tokens[:, fixed] == torch.tensor([prompt[i] for i in fixed])).all()

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 import diffusion
 import helpers
 import idlm
-from helpers import all_sequences, examples, mask_patterns, seeds
+from helpers import examples, mask_patterns, seeds
 from processes import process_from_config
 from sedd import SeddProcess, log_scores, score_entropy
 

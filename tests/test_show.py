@@ -9,7 +9,7 @@ import sys
 import torch
 
 from data import SymbolTokenizer, Tokenizer
-from helpers import L, ROOT, V, run_script, save_tiny_checkpoint
+from helpers import ROOT, V, run_script, save_tiny_checkpoint
 from show import NEW, PLACEHOLDER, Animation, TokenTexts, render, separator
 
 SYMBOLS = SymbolTokenizer(V)

@@ -1,7 +1,6 @@
 """The house's layout: each top-level file imports only files of its own layer or below (no
 upward arrow, no cycle), and files and functions stay short enough to read in one go."""
 import ast
-from pathlib import Path
 
 import pytest
 

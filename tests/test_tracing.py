@@ -6,7 +6,7 @@ from hypothesis import given
 
 from diffusion import MaskingProcess
 from evaluate import generate
-from helpers import L, V, examples, seeds, tiny_model
+from helpers import L, V, examples, process_for, seeds, tiny_model
 from samplers import SAMPLERS, make_sampler
 from tracing import Trace, Traced
 
@@ -15,7 +15,7 @@ PROCESS = MaskingProcess(V)
 
 def traced_run(name, seed, steps=6, n=3, seq_len=L, prompt=(0, None, 2)):
     traced = Traced(make_sampler(name))
-    tokens, nfe = generate(tiny_model("mdlm"), PROCESS, n, seq_len, steps, prompt=list(prompt), sampler=traced,
+    tokens, nfe = generate(tiny_model("mdlm"), process_for(name, V), n, seq_len, steps, prompt=list(prompt), sampler=traced,
                            batch_size=2, generator=torch.Generator().manual_seed(seed))
     return traced, tokens, nfe
 
@@ -51,9 +51,9 @@ def test_tracing_semi_ar_records_every_step_of_every_window(seed):
 @pytest.mark.parametrize("name", list(SAMPLERS))
 def test_tracing_changes_no_draw(name):
     seq_len = L + 4 if SAMPLERS[name]("argmax").extends_context else L
-    plain, _ = generate(tiny_model("mdlm"), PROCESS, 3, seq_len, 5, sampler=make_sampler(name),
+    plain, _ = generate(tiny_model("mdlm"), process_for(name, V), 3, seq_len, 5, sampler=make_sampler(name),
                         generator=torch.Generator().manual_seed(7))
-    traced, _ = generate(tiny_model("mdlm"), PROCESS, 3, seq_len, 5, sampler=Traced(make_sampler(name)),
+    traced, _ = generate(tiny_model("mdlm"), process_for(name, V), 3, seq_len, 5, sampler=Traced(make_sampler(name)),
                          generator=torch.Generator().manual_seed(7))
     assert torch.equal(plain, traced)
 

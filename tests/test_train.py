@@ -124,7 +124,7 @@ def test_wrong_checkpoint_kind_is_refused(tmp_path):
     train("--model", "ar", *TINY, "--iters", "1", "--out-dir", str(tmp_path / "ar"))
     result = train(*TINY, "--distill", "sdtt", "--teacher", str(tmp_path / "ar" / "ckpt.pt"),
                    "--out-dir", str(tmp_path / "sdtt"), check=False)
-    assert result.returncode != 0 and "holds a ar model; expected mdlm or sdtt or idlm" in result.stderr
+    assert result.returncode != 0 and "holds a ar model; expected mdlm or sedd or sdtt or idlm" in result.stderr
 
 
 def test_sdtt_divergence_is_the_papers_at_full_size_the_mse_on_cpu_presets_and_a_flag_overrides_both():

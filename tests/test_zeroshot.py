@@ -3,7 +3,6 @@ AR NLL is our AR judge's, padding is never scored, and the command prints every 
 import dataclasses
 
 import pytest
-import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
