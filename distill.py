@@ -24,7 +24,7 @@ import sdtt
 from cli import parse_config, run
 from data import load_data, tokenizer_from_meta
 from model import config_for, frozen
-from samplers import DEFAULT_SAMPLER
+from samplers import sampler_name
 from flops import step_flops_per_token
 from train import (TrainConfig, check_config, ckpt_writer, existing_run, fit_micro_batch, make_ema, make_phase,
                    pretrain, resolve, resume, setup, train_steps, validation)
@@ -188,8 +188,8 @@ def run_dcd(cfg, env, data, teacher, process, teacher_ckpt, teacher_path):
 
     def point(step, j):
         return checkpoint.record("dcd", teacher_ckpt["model_config"], process, data.meta(), dataclasses.asdict(cfg),
-                                 student, ema, phases, step, j == cfg.rounds - 1 and step >= cfg.iters, round=j,
-                                 sampling_steps=steps, teacher_path=teacher_path)
+                                 student, ema, phases, step, j == cfg.rounds - 1 and step >= cfg.iters, teacher_path=teacher_path,
+                                 **checkpoint.distilled_for(steps, j, cfg.seq_len))  # the teacher's reference: L steps
 
     for j in range(cfg.rounds):
         if j > 0:  # Duo: the student is copied into the teacher at each round's start
@@ -231,7 +231,7 @@ def print_final_table(cfg, env, judge_spec, judge, teacher, process, students, t
     print(f"\nGenPPL (judge: {judge_spec}) and entropy, {cfg.eval_samples} samples of {L} tokens:\n{table}")
     (Path(cfg.out_dir) / "table.md").write_text(table + "\n")
     evaluate.write_samples(Path(cfg.out_dir) / "samples.jsonl", scored, tokenizer_from_meta(data_meta),
-                           [{"checkpoint": path, "sampler": DEFAULT_SAMPLER} for path in paths])
+                           [{"checkpoint": path, "sampler": sampler_name(process=process)} for path in paths])
 
 
 def distill(cfg, env):

@@ -31,7 +31,7 @@ from cli import flag
 from data import tokenizer_from_meta
 from evaluate import generate
 from model import compile_blocks
-from samplers import DEFAULT_SAMPLER, SAMPLERS, make_sampler
+from samplers import DEFAULT_SAMPLER, SAMPLERS, make_sampler, sampler_name
 from show import Animation
 from tracing import Traced
 
@@ -55,7 +55,8 @@ class SampleConfig:
     gap: int = flag(8, "masked tokens of a bare [MASK] in --prompt", at_least=1)
     final: str = flag("argmax", "how the last step fills positions still MASK (MDLM's noise removal is argmax)",
                       choices=["argmax", "sample"])
-    sampler: str = flag(DEFAULT_SAMPLER, "diffusion sampler (see samplers.py)", choices=list(SAMPLERS))
+    sampler: Optional[str] = flag(None, f"diffusion sampler (see samplers.py; default: {DEFAULT_SAMPLER}, or "
+                                        "ancestral for a uniform-state model)", choices=list(SAMPLERS))
     show: bool = flag(False, "animate the denoising in the terminal (the final text only when not a terminal)")
     show_seconds: float = flag(4.0, "--show: the shortest time the animation of one batch takes", at_least=0)
     trace: Optional[str] = flag(None, "write the denoising of every checkpoint as one HTML page with a slider")
@@ -99,7 +100,7 @@ def sample(cfg, index, path, device, animate):
     seq_len = cfg.seq_len or model.config.seq_len
     prompt = prompts.template(cfg.prompt, tokenizer.encode, cfg.gap, seq_len)
     steps = seq_len - len(prompt) if process is None else steps_for(cfg, index, path, ckpt)
-    sampler, traced = make_sampler(cfg.sampler, cfg.final), None
+    sampler, traced = make_sampler(cfg.sampler, cfg.final, process), None
     if cfg.trace or animate:
         label = f"{path}: " if len(cfg.ckpt) > 1 else ""
         on_frame = Animation(tokenizer, process.mask_id, None if sampler.extends_context else steps,
@@ -115,7 +116,8 @@ def sample(cfg, index, path, device, animate):
         tokens, _ = generate(model, process, cfg.num_samples, seq_len, steps, prompt=prompt, sampler=sampler,
                              bos_id=tokenizer.eos_id, batch_size=cfg.batch_size, generator=generator,
                              top_p=cfg.top_p, temperature=cfg.temperature, on_step=lambda i, z: progress.update(1))
-    fields = {"checkpoint": path, "steps": steps, "seed": cfg.seed, "sampler": cfg.sampler if process else "ar"}
+    fields = {"checkpoint": path, "steps": steps, "seed": cfg.seed,
+              "sampler": sampler_name(cfg.sampler, process) if process else "ar"}
     return [tokenizer.decode(row) for row in tokens], tokens, fields, traced, tokenizer
 
 

@@ -325,9 +325,15 @@ SAMPLERS = {
 DEFAULT_SAMPLER = "cached"  # exact (the same tokens as "ancestral"), and the least work
 
 
+def sampler_name(name=None, process=None):
+    """`name`, or when not given the process's default: DEFAULT_SAMPLER, or "ancestral" for a
+    process without MASK (the cached samplers reveal MASK positions)."""
+    return name or (DEFAULT_SAMPLER if process is None or process.mask_id is not None else "ancestral")
+
+
 def make_sampler(name=None, final="argmax", process=None):
-    """The sampler called `name` (default: DEFAULT_SAMPLER; "ancestral" for a process without MASK)."""
-    name = name or (DEFAULT_SAMPLER if process is None or process.mask_id is not None else "ancestral")
+    """The sampler called `name` (default: the process's, `sampler_name`)."""
+    name = sampler_name(name, process)
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; choose from {', '.join(SAMPLERS)}")
     return SAMPLERS[name](final)

@@ -25,7 +25,7 @@ from evaluate import (CONTINUATIONS_PER_PROMPT, DEFAULT_AR_JUDGE, continuation_s
 from diffusion import MaskingProcess
 from exact import ExactDenoiser
 from model import compile_blocks
-from samplers import DEFAULT_SAMPLER, SAMPLERS, make_sampler
+from samplers import DEFAULT_SAMPLER, SAMPLERS, make_sampler, sampler_name
 
 EXACT = "exact"  # --ckpts name of the synthetic source's exact denoiser
 
@@ -102,7 +102,8 @@ class EvalConfig:
     batch_size: int = flag(16, "samples generated together", at_least=1)
     seq_len: Optional[int] = flag(None, "sample length (default: the shortest checkpoint context)", at_least=1)
     seed: int = flag(0, "every row samples with this seed")
-    sampler: str = flag(DEFAULT_SAMPLER, "diffusion sampler (see samplers.py)", choices=list(SAMPLERS))
+    sampler: Optional[str] = flag(None, f"diffusion sampler (see samplers.py; default: {DEFAULT_SAMPLER}, or "
+                                        "ancestral for a uniform-state model)", choices=list(SAMPLERS))
     compile: bool = flag(False, "torch.compile the networks' blocks (each compiles on its first step)")
     weights: str = flag("ema", "weights to load", choices=["ema", "raw"])
     out_dir: str = flag("results/sweep", "where the CSV, tables and plot go")
@@ -180,16 +181,17 @@ def main():
     if cfg.compile:
         for _, model, _, _ in loaded + series:
             compile_blocks(model)
-    sampler = make_sampler(cfg.sampler)
+    sampler = make_sampler(cfg.sampler) if cfg.sampler else None  # None: each checkpoint's process's default
     entries = [(label, model, process, steps) for label, model, process, _ in loaded
                for steps in ([seq_len] if process is None else cfg.steps)]
     entries += [(label, model, process, ckpt["sampling_steps"]) for label, model, process, ckpt in series]
     scored = []
     rows = quality_rows(entries, judge, cfg.num_samples, cfg.batch_size, seq_len, cfg.seed, device,
                         bos_id=tokenizer.eos_id, sampler=sampler, scored=scored)
-    sources = [{"checkpoint": label, "sampler": cfg.sampler if process is not None else "ar"}
+    sources = [{"checkpoint": label, "sampler": sampler_name(cfg.sampler, process) if process is not None else "ar"}
                for label, _, process, _ in entries[:len(entries) - len(series)]]
-    sources += [{"checkpoint": path, "sampler": cfg.sampler} for path in series_paths]
+    sources += [{"checkpoint": path, "sampler": sampler_name(cfg.sampler, process)}
+                for path, (_, _, process, _) in zip(series_paths, series)]
     columns = ["label", "steps", "genppl", "entropy", "nfe", "seconds"]
     if cfg.self_bleu:
         for row, (_, model, process, steps) in zip(rows, entries):

@@ -63,3 +63,11 @@ def test_methods_that_do_not_apply_are_one_error_line(tmp_path):
     line = assert_one_error_line(run_script("train.py", *MICRO, "--model", "sedd", "--process", "uniform",
                                             "--out-dir", str(tmp_path / "b")))
     assert "absorbing graph" in line
+
+
+def test_sample_py_picks_the_uniform_processs_own_sampler_when_none_is_given(tmp_path):
+    uniform_teacher(tmp_path / "teacher.pt")
+    result = run_script("sample.py", "--ckpt", str(tmp_path / "teacher.pt"), "--num-samples", "1", "--steps", "2",
+                        "--jsonl", str(tmp_path / "s.jsonl"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert '"sampler": "ancestral"' in (tmp_path / "s.jsonl").read_text()
