@@ -245,11 +245,12 @@ def distill(cfg, env):
     data = load_data(cfg.data, cfg.vocab_size, cfg.seq_len)
     if data.meta() != teacher_ckpt["data_meta"]:
         raise ValueError(f"--data {cfg.data} does not use the vocabulary the teacher {teacher_path} was trained with")
-    judge = cfg.judge
-    if judge is None:  # exact likelihood for synthetic data, else our AR model (made if missing)
-        judge = "exact" if teacher_ckpt["data_meta"]["kind"] == "synthetic" else str(ensure_default("ar", cfg, env))
-    # the judge is loaded (and so checked) before the first training step, not after the rounds
-    judge_model = evaluate.load_judge(judge, teacher_ckpt["data_meta"], env.device) if env.main else None
+    judge, judge_model = cfg.judge, None
+    if cfg.eval_samples > 0:  # no final table, no judge (not even the default AR one, trained if missing)
+        if judge is None:  # exact likelihood for synthetic data, else our AR model (made if missing)
+            judge = "exact" if teacher_ckpt["data_meta"]["kind"] == "synthetic" else str(ensure_default("ar", cfg, env))
+        # the judge is loaded (and so checked) before the first training step, not after the rounds
+        judge_model = evaluate.load_judge(judge, teacher_ckpt["data_meta"], env.device) if env.main else None
     Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
     run_method = {"sdtt": run_sdtt, "idlm": run_idlm, "dcd": run_dcd}[cfg.distill]
     students = run_method(cfg, env, data, teacher, process, teacher_ckpt, teacher_path)

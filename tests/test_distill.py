@@ -113,6 +113,20 @@ def test_idlm_runs_end_to_end_and_its_checkpoint_rebuilds_the_student_and_the_fa
     assert model.config.seq_len == SEQ_LEN
 
 
+def test_without_a_final_table_no_judge_is_loaded_or_trained(tmp_path):
+    """--eval-samples 0: the judge is never read (a missing file is no error), so the default AR
+    judge is not trained either; with a table the same judge is refused before training."""
+    synthetic_teacher(tmp_path / "teacher.pt")
+    missing = str(tmp_path / "no_judge.pt")
+    result = distill("--distill", "idlm", "--iters", "1", "--teacher", str(tmp_path / "teacher.pt"),
+                     "--judge", missing, "--eval-samples", "0", "--out-dir", str(tmp_path / "idlm"))
+    assert "GenPPL" not in result.stdout and checkpoint.read(tmp_path / "idlm" / "ckpt.pt")["finished"]
+    refused = run_script("train.py", "--distill", "idlm", "--data", "synthetic", "--iters", "1", "--teacher",
+                         str(tmp_path / "teacher.pt"), "--judge", missing, "--out-dir", str(tmp_path / "again"))
+    assert "no_judge.pt" in assert_one_error_line(refused)
+    assert not (tmp_path / "again" / "ckpt.pt").exists()
+
+
 def test_l_follows_the_teacher_unless_a_shorter_one_is_given(tmp_path):
     import distill as distill_py
     import train
