@@ -231,6 +231,7 @@ class MaskingProcess:
     prediction caching valid).
     """
     kind = "absorbing"
+    default_sampler = "cached"  # exact ancestral sampling (the same tokens as "ancestral"), the least work
 
     def __init__(self, vocab_size, schedule=None, time_conditioned=False):
         self.vocab_size = vocab_size

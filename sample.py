@@ -55,8 +55,8 @@ class SampleConfig:
     gap: int = flag(8, "masked tokens of a bare [MASK] in --prompt", at_least=1)
     final: str = flag("argmax", "how the last step fills positions still MASK (MDLM's noise removal is argmax)",
                       choices=["argmax", "sample"])
-    sampler: Optional[str] = flag(None, f"diffusion sampler (see samplers.py; default: {DEFAULT_SAMPLER}, or "
-                                        "ancestral for a uniform-state model)", choices=list(SAMPLERS))
+    sampler: Optional[str] = flag(None, f"diffusion sampler (see samplers.py; default: the model's own: {DEFAULT_SAMPLER} "
+                                        "for MDLM, analytic for SEDD, ancestral for uniform-state)", choices=list(SAMPLERS))
     show: bool = flag(False, "animate the denoising in the terminal (the final text only when not a terminal)")
     show_seconds: float = flag(4.0, "--show: the shortest time the animation of one batch takes", at_least=0)
     trace: Optional[str] = flag(None, "write the denoising of every checkpoint as one HTML page with a slider")

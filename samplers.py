@@ -326,9 +326,9 @@ DEFAULT_SAMPLER = "cached"  # exact (the same tokens as "ancestral"), and the le
 
 
 def sampler_name(name=None, process=None):
-    """`name`, or when not given the process's default: DEFAULT_SAMPLER, or "ancestral" for a
-    process without MASK (the cached samplers reveal MASK positions)."""
-    return name or (DEFAULT_SAMPLER if process is None or process.mask_id is not None else "ancestral")
+    """`name`, or when not given the process's own (`process.default_sampler`: cached for MDLM,
+    analytic for SEDD, ancestral for uniform-state), else DEFAULT_SAMPLER."""
+    return name or (DEFAULT_SAMPLER if process is None else process.default_sampler)
 
 
 def make_sampler(name=None, final="argmax", process=None):

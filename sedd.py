@@ -64,6 +64,7 @@ class SeddProcess(MaskingProcess):
     """The absorbing process learned with concrete scores (SEDD). Always time-conditioned: the
     scores depend on t through r_t, and the network sees sigma(t)."""
     kind = "sedd"
+    default_sampler = "analytic"  # SEDD's own (Tweedie tau-leaping on the scores)
 
     def __init__(self, vocab_size, schedule=None, time_conditioned=True):
         super().__init__(vocab_size, schedule, time_conditioned=True)

@@ -102,8 +102,8 @@ class EvalConfig:
     batch_size: int = flag(16, "samples generated together", at_least=1)
     seq_len: Optional[int] = flag(None, "sample length (default: the shortest checkpoint context)", at_least=1)
     seed: int = flag(0, "every row samples with this seed")
-    sampler: Optional[str] = flag(None, f"diffusion sampler (see samplers.py; default: {DEFAULT_SAMPLER}, or "
-                                        "ancestral for a uniform-state model)", choices=list(SAMPLERS))
+    sampler: Optional[str] = flag(None, f"diffusion sampler (see samplers.py; default: the model's own: {DEFAULT_SAMPLER} "
+                                        "for MDLM, analytic for SEDD, ancestral for uniform-state)", choices=list(SAMPLERS))
     compile: bool = flag(False, "torch.compile the networks' blocks (each compiles on its first step)")
     weights: str = flag("ema", "weights to load", choices=["ema", "raw"])
     out_dir: str = flag("results/sweep", "where the CSV, tables and plot go")

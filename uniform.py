@@ -115,6 +115,7 @@ class UniformProcess:
     """
     kind = "uniform"
     mask_id = None
+    default_sampler = "ancestral"  # the MASK-based samplers do not apply
 
     def __init__(self, vocab_size, schedule=None, time_conditioned=True, states=None):
         self.vocab_size = states or vocab_size

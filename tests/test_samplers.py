@@ -96,6 +96,21 @@ def test_unknown_sampler_is_a_clear_error():
         samplers.make_sampler()(random_dit(0, 3, 4), diffusion.MaskingProcess(3), torch.full((1, 4), 3), 0)
 
 
+def test_each_process_samples_with_its_own_sampler_unless_one_is_named():
+    """MDLM: cached (exact, least work); SEDD: analytic; uniform-state: ancestral (no MASK to reveal).
+    Every default applies to its process, and a named sampler always wins."""
+    from processes import PROCESSES
+    defaults = {kind: samplers.sampler_name(process=make(5)) for kind, make in PROCESSES.items()}
+    assert defaults == {"absorbing": "cached", "uniform": "ancestral", "sedd": "analytic"}
+    assert samplers.sampler_name() == samplers.DEFAULT_SAMPLER
+    assert all(samplers.sampler_name("topk", make(5)) == "topk" for make in PROCESSES.values())
+    for kind, make in PROCESSES.items():
+        process = make(5)
+        z = process.prior(2, 4, "cpu") if process.mask_id is None else torch.full((2, 4), process.mask_id)
+        tokens, _ = samplers.make_sampler(process=process)(random_dit(0, 5, 4), process, z, 2, torch.Generator().manual_seed(0))
+        assert ((tokens >= 0) & (tokens < 5)).all(), kind
+
+
 # ----------------------------------------------------------------------------- the exact chain
 
 def exact_sampler_distribution(xs, p, V, steps, t_min, schedule):
