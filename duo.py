@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from uniform import udlm_loss
+from uniform import udlm_loss_tokens
 
 GAMMA_RANGE = (-3.5, -1.75)   # Duo's ch-1 default window (OWT teacher: [-3.55, -1.85]; DCD: [-4, -1])
 
@@ -95,7 +95,7 @@ def curriculum_loss(model, process, schedule, x, t, tau):
     w = schedule.latent(onehot, t, torch.randn_like(onehot))
     alpha, slope = schedule.alpha_and_slope(t)
     log_x = process.log_probs(model(w / tau, sigma_input(alpha).to(x.device)))
-    return udlm_loss(log_x, onehot, w.argmax(-1), alpha.to(x.device), slope.to(x.device)).mean().float()
+    return udlm_loss_tokens(log_x, x, w.argmax(-1), alpha.to(x.device), slope.to(x.device)).mean().float()
 
 
 class Curriculum:

@@ -3,13 +3,15 @@ marginal, the reverse posterior against Bayes' rule (one-hot and soft x), the po
 and its optimum on an enumerated world (float64, Gauss-Legendre in t), the samplers."""
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch.nn.functional as F
 
 import processes
 import samplers
 from diffusion import LogLinear, MaskingProcess
 from small_world import (dirichlet, entropy, loo_denoiser, posterior_denoiser, sequences, uniform_expected_loss)
-from uniform import UniformProcess, forward_uniform, udlm_loss, uniform_posterior
+from uniform import UniformProcess, forward_uniform, udlm_loss, udlm_loss_tokens, uniform_posterior
 
 
 def transition(alpha_ts, vocab):
@@ -115,6 +117,39 @@ def test_absorbing_only_samplers_refuse_the_uniform_process_in_one_line(name):
 def test_default_sampler_of_the_uniform_process_is_ancestral():
     assert isinstance(samplers.make_sampler(process=UniformProcess(5)), samplers.Ancestral)
     assert not isinstance(samplers.make_sampler(process=MaskingProcess(5)), samplers.Ancestral)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**16), vocab=st.integers(2, 40), one_minus_alpha=st.sampled_from([1e-7, 1e-3, 0.3, 0.9, 0.999]),
+       clean=st.floats(0, 1), sharp=st.floats(0.1, 20))
+def test_token_form_of_the_loss_equals_the_vocabulary_sum_and_its_gradient(seed, vocab, one_minus_alpha, clean, sharp):
+    """For a one-hot x, udlm_loss_tokens (closed form, one reduction over V) = udlm_loss (the
+    term-by-term sum over V), value and gradient, in float64, at every alpha from 1 - 1e-7 (the
+    ratios reach V alpha / (1 - alpha)) to 1e-3 (alpha_1 = eps), at clean and resampled positions."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(vocab, (3, 5), generator=g)
+    z_t = torch.where(torch.rand(3, 5, generator=g) < clean, x, torch.randint(vocab, (3, 5), generator=g))
+    logits = (sharp * torch.randn(3, 5, vocab, generator=g, dtype=torch.float64)).requires_grad_()
+    alpha, slope = torch.tensor([1 - one_minus_alpha, 0.5, 0.01], dtype=torch.float64), -torch.ones(3, dtype=torch.float64)
+    want = udlm_loss(logits.log_softmax(-1), F.one_hot(x, vocab), z_t, alpha, slope)
+    got = udlm_loss_tokens(logits.log_softmax(-1), x, z_t, alpha, slope)
+    scale = want.abs().max().item() + 1
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9 * scale)
+    grad_want, = torch.autograd.grad(want.sum(), logits)
+    grad_got, = torch.autograd.grad(got.sum(), logits)
+    torch.testing.assert_close(grad_got, grad_want, rtol=1e-7, atol=1e-7 * (grad_want.abs().max().item() + 1))
+
+
+def test_token_form_in_float32_stays_within_float32_error_of_the_float64_sum():
+    """Training feeds float32 log-probs: the closed form then sums the V logs in float64, so the
+    loss agrees with the float64 term-by-term sum to float32's precision at V = 4096."""
+    g = torch.Generator().manual_seed(0)
+    vocab, x = 4096, torch.randint(4096, (4, 16), generator=g)
+    z_t = torch.where(torch.rand(4, 16, generator=g) < 0.5, x, torch.randint(vocab, (4, 16), generator=g))
+    log_f = (3 * torch.randn(4, 16, vocab, generator=g)).log_softmax(-1)
+    alpha, slope = torch.tensor([0.999, 0.6, 0.2, 0.01], dtype=torch.float64), -torch.ones(4, dtype=torch.float64)
+    want = udlm_loss(log_f.double(), F.one_hot(x, vocab), z_t, alpha, slope)
+    torch.testing.assert_close(udlm_loss_tokens(log_f, x, z_t, alpha, slope), want, rtol=1e-4, atol=1e-4)
 
 
 def test_loss_of_the_process_matches_the_integrand_and_is_finite_near_zero():
