@@ -1,0 +1,76 @@
+"""GenPPL and entropy of every row of a samples.jsonl (sweep.py, a distillation's final table),
+re-scored by a judge, with 95% intervals: how far apart two rows must be to call an ordering.
+
+    python scripts/genppl_interval.py --samples results/uniform/ancestral/samples.jsonl --judge exact
+
+GenPPL = exp(mean over samples of each sample's NLL per token), as in evaluate.quality_rows, so
+its interval is exp(m +- 1.96 s / sqrt(n)) for the mean m and standard deviation s of the
+per-sample NLLs (the samples of a row are independent draws); the entropy's is m +- 1.96 s / sqrt(n).
+The judge's vocabulary is the first row's checkpoint's (its data_meta).
+"""
+import gzip
+import json
+import math
+import sys
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import checkpoint  # noqa: E402
+from cli import flag, parse_config, run  # noqa: E402
+from evaluate import load_judge, markdown_table, token_entropy  # noqa: E402
+
+Z = 1.96  # two-sided 95% normal quantile
+
+
+@dataclass
+class IntervalConfig:
+    samples: Optional[str] = flag(None, "the samples.jsonl to re-score (or samples.jsonl.gz)")
+    judge: str = flag("exact", "'exact' (synthetic source), our AR checkpoint or a Hugging Face model")
+    ckpt: Optional[str] = flag(None, "the checkpoint whose data_meta gives the vocabulary (default: the first row's)")
+    device: str = flag("cpu", "where the judge runs")
+
+
+def read_rows(path):
+    """{(label, steps): [token lists]} in file order, and the first row's checkpoint."""
+    rows, first = defaultdict(list), None
+    with (gzip.open if path.endswith(".gz") else open)(path, "rt") as f:
+        for line in f:
+            sample = json.loads(line)
+            rows[(sample["label"], sample["steps"])].append(sample["tokens"])
+            first = first or sample.get("checkpoint")
+    if not rows:
+        raise ValueError(f"{path} has no samples")
+    return rows, first
+
+
+def interval(values):
+    """(mean, half-width of the 95% interval) of a float64 tensor of independent draws."""
+    half = Z * values.std().item() / math.sqrt(len(values)) if len(values) > 1 else float("nan")
+    return values.mean().item(), half
+
+
+def main():
+    cfg = parse_config(IntervalConfig, __doc__.split("\n\n")[0])
+    if cfg.samples is None:
+        raise ValueError("give --samples <samples.jsonl> (sweep.py and a distillation's table write one)")
+    rows, first = read_rows(cfg.samples)
+    meta = checkpoint.read(cfg.ckpt or first)["data_meta"]
+    judge = load_judge(cfg.judge, meta, torch.device(cfg.device))
+    table = []
+    for (label, steps), samples in rows.items():
+        tokens = torch.tensor(samples)
+        nll, nll_half = interval(judge.nll_per_token(tokens).double())
+        entropy, entropy_half = interval(token_entropy(tokens).double())
+        table.append({"label": label, "steps": steps, "n": len(samples), "genppl": f"{math.exp(nll):.2f}",
+                      "genppl 95%": f"{math.exp(nll - nll_half):.2f}-{math.exp(nll + nll_half):.2f}",
+                      "entropy": f"{entropy:.3f} +- {entropy_half:.3f}"})
+    print(markdown_table(table, ["label", "steps", "n", "genppl", "genppl 95%", "entropy"]))
+
+
+if __name__ == "__main__":
+    run(main)
