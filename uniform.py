@@ -55,6 +55,30 @@ def uniform_posterior(z_t, x_probs, alpha_s, alpha_t):
     return numerator / (V * a_t * x_i + 1 - a_t)
 
 
+def draw_posterior(z_t, logits, alpha_s, alpha_t, generator=None):
+    """z_s ~ q(z_s | z_t, x = softmax(logits)) of uniform_posterior, drawn as the three-way mixture
+    its numerator is: stay at i = z_t (weight V a_t x_i + a_ts - a_t), a draw from x (a_s - a_t) or a
+    uniform state ((1 - a_ts)(1 - a_s)), over their sum V a_t x_i + 1 - a_t. The same law, but only
+    the positions that draw from x touch the vocabulary: no float64 [N, L, V] posterior, which at
+    Duo's V = 50258 and L = 1024 is 412 MB per sequence. Draws in float64 (inverse CDF for x).
+    logits [N, L, V] (only the V states); z_t [N, L]; alpha_s, alpha_t: scalars or [N]."""
+    V = logits.shape[-1]
+    a_s, a_t = (per_row(torch.as_tensor(a, dtype=torch.float64), z_t) for a in (alpha_s, alpha_t))
+    a_ts = a_t / a_s
+    x_i = (logits.gather(-1, z_t.unsqueeze(-1)).squeeze(-1).double() - logits.float().logsumexp(-1).double()).exp()
+    stay, from_x, uniform = V * a_t * x_i + a_ts - a_t, a_s - a_t, (1 - a_ts) * (1 - a_s)
+    u = torch.rand(z_t.shape, dtype=torch.float64, generator=generator,
+                   device=generator_device(generator, z_t)).to(z_t.device) * (stay + from_x + uniform)
+    z_s = z_t.clone()
+    pick_uniform = u >= stay + from_x  # then (u - stay - from_x) / uniform is itself uniform on [0, 1)
+    state = ((u - stay - from_x) / uniform * V).long().clamp_(0, V - 1)
+    z_s[pick_uniform] = state[pick_uniform]
+    pick_x = (u >= stay) & ~pick_uniform
+    if pick_x.any():
+        z_s[pick_x] = sample_categorical(logits[pick_x].double().softmax(-1), generator)
+    return z_s
+
+
 def udlm_loss(log_f, x_probs, z_t, alpha_t, alpha_prime_t):
     """The continuous-time UDLM NELBO integrand per position, in its positive form (A1.3), float64:
 
@@ -204,9 +228,8 @@ class UniformProcess:
 
     def reverse_step(self, logits, z_t, s, t, generator=None):
         """One ancestral step z_t -> z_s ~ q(z_s | z_t, x = x_theta(z_t)) ("mean" parameterization,
-        Duo's plug-in sampler), drawn in float64 by inverse CDF at every position."""
-        x_theta = logits[..., :self.vocab_size].double().softmax(-1)
-        return sample_categorical(self.posterior(z_t, x_theta, s, t), generator)
+        Duo's plug-in sampler), at every position, drawn in float64 as `draw_posterior`'s mixture."""
+        return draw_posterior(z_t, logits[..., :self.vocab_size], self.alpha(s), self.alpha(t), generator)
 
     def soft_loss(self, log_f, x_probs, z_t, t, alpha_t=None, alpha_prime_t=None):
         """The UDLM loss with a soft target x [N, L, V], the j-sum over the whole vocabulary, per

@@ -11,7 +11,8 @@ import processes
 import samplers
 from diffusion import LogLinear, MaskingProcess
 from small_world import (dirichlet, entropy, loo_denoiser, posterior_denoiser, sequences, uniform_expected_loss)
-from uniform import UniformProcess, forward_uniform, udlm_loss, udlm_loss_tokens, uniform_posterior
+from uniform import (UniformProcess, draw_posterior, forward_uniform, udlm_loss, udlm_loss_tokens,
+                     uniform_posterior)
 
 
 def transition(alpha_ts, vocab):
@@ -31,6 +32,22 @@ def test_posterior_is_bayes_rule_for_one_hot_and_soft_x(vocab):
         q_s = alpha_s * x_probs + (1 - alpha_s) / vocab                               # [N, V] over z_s
         joint = q_s * transition(alpha_t / alpha_s, vocab)[:, z_t]                    # z_s and then z_t
         torch.testing.assert_close(got, joint / joint.sum(-1, keepdim=True), rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("alpha_s, alpha_t", [(0.7, 0.3), (1.0, 0.6), (0.05, 0.001)])
+def test_posterior_draws_follow_the_exact_posterior(alpha_s, alpha_t):
+    """draw_posterior (stay / from x / uniform mixture) has the law of uniform_posterior, for every
+    z_t, including the final step to alpha_s = 1: frequencies of 100k draws per z_t within 4 sigma
+    of the binomial standard deviation sqrt(p (1 - p) / n)."""
+    vocab, n = 5, 100_000
+    logits = torch.randn(vocab, generator=torch.Generator().manual_seed(1)) * 2
+    g = torch.Generator().manual_seed(0)
+    for i in range(vocab):
+        z_t = torch.full((1, n), i)
+        draws = draw_posterior(z_t, logits.expand(1, n, vocab), alpha_s, alpha_t, g)
+        freq = torch.bincount(draws.flatten(), minlength=vocab).double() / n
+        p = uniform_posterior(z_t[:, :1], logits.double().softmax(-1).expand(1, 1, vocab), alpha_s, alpha_t)[0, 0]
+        assert ((freq - p).abs() <= 4 * (p * (1 - p) / n).sqrt() + 1e-12).all(), (i, freq, p)
 
 
 def test_forward_sample_has_the_uniform_marginal():
