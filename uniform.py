@@ -79,27 +79,43 @@ def draw_posterior(z_t, logits, alpha_s, alpha_t, generator=None):
     return z_s
 
 
+def log_xbar_model(log_f, a):
+    """log(V a f_j + 1 - a) from log f, in log_f's dtype (a: [N, 1, 1] float64)."""
+    a = a.to(log_f.dtype)
+    return torch.logaddexp(log_f + (log_f.shape[-1] * a).log(), (1 - a).log())
+
+
 def udlm_loss(log_f, x_probs, z_t, alpha_t, alpha_prime_t):
-    """The continuous-time UDLM NELBO integrand per position, in its positive form (A1.3), float64:
+    """The continuous-time UDLM NELBO integrand per position, in its positive form (A1.3):
 
         (-alpha'_t / (V alpha_t)) sum_j [ sh_j - s_j log sh_j + s_j (log s_j - 1) ]  >= 0,
 
-    s_j = xbar_j / xbar_i (the true ratios, x = x_probs), sh_j the same with x_theta = exp(log_f),
-    i = z_t at the position. The j = i term is zero, so the sum runs over the whole vocabulary:
-    that is the soft-x form IDLM needs (Duo's closed form assumes a one-hot x). IDLM eq. 5 writes
-    the same with a "positive" lambda_t and a non-positive bracket; the sign here makes it >= 0.
-    The ratios reach V alpha / (1 - alpha) near t = 0, hence float64 throughout.
+    s_j = xbar_j / xbar_i (the true ratios, xbar = V alpha x + 1 - alpha, x = x_probs), sh_j the
+    same with m = V alpha f + 1 - alpha for x_theta = f = exp(log_f), i = z_t at the position. The
+    j = i term is zero, so the sum runs over the whole vocabulary: the soft-x form IDLM needs (Duo's
+    closed form assumes a one-hot x). IDLM eq. 5 writes the same with a "positive" lambda_t and a
+    non-positive bracket; the sign here makes it >= 0.
+
+    Computed in closed form: with M = sum_j m_j, X = sum_j xbar_j and r = m_i / xbar_i the bracket is
+
+        M / m_i + (X (log r - 1) + D) / xbar_i,    D = sum_j xbar_j log(xbar_j / m_j).
+
+    On the simplex M = X = V, and it is [V (1/r + log r - 1) + V KL(xbar/V || m/V)] / xbar_i, two
+    non-negative terms (no cancellation, though the ratios reach V alpha / (1 - alpha) near t = 0);
+    M and X are summed rather than set to V so that the function, and so its gradient, is the
+    literal sum's off the simplex too. The sums over the vocabulary take their terms in the
+    inputs' dtype (float32 in training) and add them in float64. The literal sum is
+    tests/test_uniform.py's reference.
     log_f, x_probs: [N, L, V]; z_t: [N, L]; alpha_t, alpha_prime_t: scalars or [N]. Returns [N, L].
     """
-    V = log_f.shape[-1]
+    V, index = log_f.shape[-1], z_t.unsqueeze(-1)
     a = per_row(torch.as_tensor(alpha_t, dtype=torch.float64), z_t)[..., None]
-    xbar = V * a * x_probs.double() + (1 - a)
-    xbar_model = V * a * log_f.double().exp() + (1 - a)
-    index = z_t.unsqueeze(-1)
-    log_s = xbar.log() - xbar.gather(-1, index).log()
-    log_sh = xbar_model.log() - xbar_model.gather(-1, index).log()
-    s = log_s.exp()
-    bracket = (log_sh.exp() - s * log_sh + s * (log_s - 1)).sum(-1)
+    log_m = log_xbar_model(log_f, a)
+    xbar = V * a.to(log_m.dtype) * x_probs.to(log_m.dtype) + (1 - a.to(log_m.dtype))
+    D = (torch.xlogy(xbar, xbar) - xbar * log_m).sum(-1, dtype=torch.float64)
+    M, X = log_m.exp().sum(-1, dtype=torch.float64), xbar.sum(-1, dtype=torch.float64)
+    xbar_i, log_m_i = xbar.gather(-1, index).squeeze(-1).double(), log_m.gather(-1, index).squeeze(-1).double()
+    bracket = M * (-log_m_i).exp() + (X * (log_m_i - xbar_i.log() - 1) + D) / xbar_i
     rate = -per_row(torch.as_tensor(alpha_prime_t, dtype=torch.float64), z_t) / (V * a[..., 0])
     return rate * bracket
 
@@ -130,24 +146,23 @@ def udlm_loss_tokens(log_f, x, z_t, alpha_t, alpha_prime_t):
 
 
 def udlm_loss_gap(log_teacher, log_fake, x_probs, z_t, alpha_t, alpha_prime_t):
-    """udlm_loss(teacher) - udlm_loss(fake) per position, as one sum (IDLM eq. 11 for Duo):
+    """udlm_loss(teacher) - udlm_loss(fake) per position, as one sum (IDLM eq. 11 for Duo): with m^T,
+    m^F the teacher's and the fake's m of udlm_loss, the xbar log xbar terms cancel and the bracket is
 
-        (-alpha'/(V alpha)) [ sum_j s_j (log sh_fake_j - log sh_teacher_j) + sum_j (sh_teacher_j - sh_fake_j) ],
+        M^T / m^T_i - M^F / m^F_i + [ X (log m^T_i - log m^F_i) + sum_j xbar_j (log m^F_j - log m^T_j) ] / xbar_i.
 
-    the s log s terms cancelling exactly. Its gradient w.r.t. x (the student's output) comes only
-    through the true ratios s_j = xbar_j / xbar_i: with D_j the bracket's log difference,
-    d/dx_k = rate V alpha (D_k - [k = i] sum_j s_j D_j) / xbar_i (A3.2's "explicit xbar terms")."""
-    V = log_teacher.shape[-1]
+    Its gradient w.r.t. x (the student's output) comes only through xbar (A3.2's "explicit xbar
+    terms"); the networks' outputs are constants here. One sum over the vocabulary, as in udlm_loss."""
+    V, index = log_teacher.shape[-1], z_t.unsqueeze(-1)
     a = per_row(torch.as_tensor(alpha_t, dtype=torch.float64), z_t)[..., None]
-    index = z_t.unsqueeze(-1)
-    xbar = V * a * x_probs.double() + (1 - a)
-    s = xbar / xbar.gather(-1, index)
-    ratios = []
-    for log_f in (log_teacher, log_fake):
-        log_xbar = (V * a * log_f.double().exp() + (1 - a)).log()
-        ratios.append(log_xbar - log_xbar.gather(-1, index))
-    log_sh_teacher, log_sh_fake = ratios
-    bracket = (s * (log_sh_fake - log_sh_teacher) + log_sh_teacher.exp() - log_sh_fake.exp()).sum(-1)
+    log_m_teacher, log_m_fake = log_xbar_model(log_teacher, a), log_xbar_model(log_fake, a)
+    dtype = log_m_teacher.dtype
+    xbar = V * a.to(dtype) * x_probs.to(dtype) + (1 - a.to(dtype))
+    cross = (xbar * (log_m_fake - log_m_teacher)).sum(-1, dtype=torch.float64)
+    X, xbar_i = xbar.sum(-1, dtype=torch.float64), xbar.gather(-1, index).squeeze(-1).double()
+    teacher_i, fake_i = (m.gather(-1, index).squeeze(-1).double() for m in (log_m_teacher, log_m_fake))
+    M_teacher, M_fake = (m.exp().sum(-1, dtype=torch.float64) for m in (log_m_teacher, log_m_fake))
+    bracket = M_teacher * (-teacher_i).exp() - M_fake * (-fake_i).exp() + (X * (teacher_i - fake_i) + cross) / xbar_i
     rate = -per_row(torch.as_tensor(alpha_prime_t, dtype=torch.float64), z_t) / (V * a[..., 0])
     return rate * bracket
 

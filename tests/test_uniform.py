@@ -11,7 +11,7 @@ import processes
 import samplers
 from diffusion import LogLinear, MaskingProcess
 from small_world import (dirichlet, entropy, loo_denoiser, posterior_denoiser, sequences, uniform_expected_loss)
-from uniform import (UniformProcess, draw_posterior, forward_uniform, udlm_loss, udlm_loss_tokens,
+from uniform import (UniformProcess, draw_posterior, forward_uniform, udlm_loss, udlm_loss_gap, udlm_loss_tokens,
                      uniform_posterior)
 
 
@@ -136,19 +136,59 @@ def test_default_sampler_of_the_uniform_process_is_ancestral():
     assert not isinstance(samplers.make_sampler(process=MaskingProcess(5)), samplers.Ancestral)
 
 
+def literal_udlm_loss(log_f, x_probs, z_t, alpha_t, alpha_prime_t):
+    """A1.3 term by term, in float64: (-alpha'/(V alpha)) sum_j [sh_j - s_j log sh_j + s_j (log s_j - 1)],
+    s_j = xbar_j / xbar_i, sh_j = m_j / m_i (the reference for uniform.py's closed forms)."""
+    V = log_f.shape[-1]
+    a = torch.as_tensor(alpha_t, dtype=torch.float64).reshape(-1, 1, 1)
+    xbar, m = V * a * x_probs.double() + 1 - a, V * a * log_f.double().exp() + 1 - a
+    index = z_t.unsqueeze(-1)
+    log_s, log_sh = xbar.log() - xbar.gather(-1, index).log(), m.log() - m.gather(-1, index).log()
+    s = log_s.exp()
+    bracket = (log_sh.exp() - s * log_sh + s * (log_s - 1)).sum(-1)
+    return -torch.as_tensor(alpha_prime_t, dtype=torch.float64).reshape(-1, 1) / (V * a[..., 0]) * bracket
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**16), vocab=st.integers(2, 40), one_minus_alpha=st.sampled_from([1e-7, 1e-3, 0.3, 0.999]),
+       soft=st.booleans(), sharp=st.floats(0.1, 20))
+def test_closed_forms_of_the_loss_and_the_gap_are_the_literal_sum(seed, vocab, one_minus_alpha, soft, sharp):
+    """udlm_loss and udlm_loss_gap = the literal sum over the vocabulary (and the gap = the difference
+    of two losses), in value and in gradient w.r.t. log f and x *unconstrained* (off the simplex
+    too), float64, one-hot and soft x, alpha from 1 - 1e-7 to 1e-3."""
+    g = torch.Generator().manual_seed(seed)
+    z_t = torch.randint(vocab, (3, 4), generator=g)
+    x = (torch.randn(3, 4, vocab, generator=g, dtype=torch.float64) * sharp).softmax(-1) if soft else \
+        F.one_hot(torch.randint(vocab, (3, 4), generator=g), vocab).double()
+    x.requires_grad_()
+    log_t, log_f = ((sharp * torch.randn(3, 4, vocab, generator=g, dtype=torch.float64)).log_softmax(-1).requires_grad_()
+                    for _ in range(2))
+    alpha, slope = torch.tensor([1 - one_minus_alpha, 0.5, 0.01], dtype=torch.float64), -torch.ones(3, dtype=torch.float64)
+    pairs = [(udlm_loss(log_t, x, z_t, alpha, slope), literal_udlm_loss(log_t, x, z_t, alpha, slope)),
+             (udlm_loss_gap(log_t, log_f, x, z_t, alpha, slope),
+              literal_udlm_loss(log_t, x, z_t, alpha, slope) - literal_udlm_loss(log_f, x, z_t, alpha, slope))]
+    for got, want in pairs:
+        scale = want.abs().max().item() + 1
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9 * scale)
+        for wrt in (x, log_t):
+            grad_got, = torch.autograd.grad(got.sum(), wrt, retain_graph=True)
+            grad_want, = torch.autograd.grad(want.sum(), wrt, retain_graph=True)
+            torch.testing.assert_close(grad_got, grad_want, rtol=1e-7, atol=1e-7 * (grad_want.abs().max().item() + 1))
+
+
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 2**16), vocab=st.integers(2, 40), one_minus_alpha=st.sampled_from([1e-7, 1e-3, 0.3, 0.9, 0.999]),
        clean=st.floats(0, 1), sharp=st.floats(0.1, 20))
 def test_token_form_of_the_loss_equals_the_vocabulary_sum_and_its_gradient(seed, vocab, one_minus_alpha, clean, sharp):
-    """For a one-hot x, udlm_loss_tokens (closed form, one reduction over V) = udlm_loss (the
-    term-by-term sum over V), value and gradient, in float64, at every alpha from 1 - 1e-7 (the
+    """For a one-hot x, udlm_loss_tokens (closed form, one reduction over V) = the literal
+    term-by-term sum over V, value and gradient, in float64, at every alpha from 1 - 1e-7 (the
     ratios reach V alpha / (1 - alpha)) to 1e-3 (alpha_1 = eps), at clean and resampled positions."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randint(vocab, (3, 5), generator=g)
     z_t = torch.where(torch.rand(3, 5, generator=g) < clean, x, torch.randint(vocab, (3, 5), generator=g))
     logits = (sharp * torch.randn(3, 5, vocab, generator=g, dtype=torch.float64)).requires_grad_()
     alpha, slope = torch.tensor([1 - one_minus_alpha, 0.5, 0.01], dtype=torch.float64), -torch.ones(3, dtype=torch.float64)
-    want = udlm_loss(logits.log_softmax(-1), F.one_hot(x, vocab), z_t, alpha, slope)
+    want = literal_udlm_loss(logits.log_softmax(-1), F.one_hot(x, vocab), z_t, alpha, slope)
     got = udlm_loss_tokens(logits.log_softmax(-1), x, z_t, alpha, slope)
     scale = want.abs().max().item() + 1
     torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9 * scale)
@@ -157,16 +197,20 @@ def test_token_form_of_the_loss_equals_the_vocabulary_sum_and_its_gradient(seed,
     torch.testing.assert_close(grad_got, grad_want, rtol=1e-7, atol=1e-7 * (grad_want.abs().max().item() + 1))
 
 
-def test_token_form_in_float32_stays_within_float32_error_of_the_float64_sum():
-    """Training feeds float32 log-probs: the closed form then sums the V logs in float64, so the
-    loss agrees with the float64 term-by-term sum to float32's precision at V = 4096."""
+def test_closed_forms_in_float32_stay_within_float32_error_of_the_float64_sum():
+    """Training feeds float32 log-probs (and a float32 soft x for IDLM): the closed forms take the
+    terms in float32 and sum them in float64, so the losses agree with the float64 literal sum to
+    float32's precision at V = 4096."""
     g = torch.Generator().manual_seed(0)
     vocab, x = 4096, torch.randint(4096, (4, 16), generator=g)
     z_t = torch.where(torch.rand(4, 16, generator=g) < 0.5, x, torch.randint(vocab, (4, 16), generator=g))
     log_f = (3 * torch.randn(4, 16, vocab, generator=g)).log_softmax(-1)
     alpha, slope = torch.tensor([0.999, 0.6, 0.2, 0.01], dtype=torch.float64), -torch.ones(4, dtype=torch.float64)
-    want = udlm_loss(log_f.double(), F.one_hot(x, vocab), z_t, alpha, slope)
+    want = literal_udlm_loss(log_f.double(), F.one_hot(x, vocab), z_t, alpha, slope)
     torch.testing.assert_close(udlm_loss_tokens(log_f, x, z_t, alpha, slope), want, rtol=1e-4, atol=1e-4)
+    soft = (2 * torch.randn(4, 16, vocab, generator=g)).softmax(-1)  # and the soft-x form, float32 in
+    torch.testing.assert_close(udlm_loss(log_f, soft, z_t, alpha, slope),
+                               literal_udlm_loss(log_f.double(), soft, z_t, alpha, slope), rtol=1e-4, atol=1e-4)
 
 
 def test_loss_of_the_process_matches_the_integrand_and_is_finite_near_zero():
