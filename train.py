@@ -56,8 +56,9 @@ class TrainConfig:
                                   choices=["absorbing", "uniform"])
     tau: Optional[float] = flag(None, "uniform process: train with Duo's curriculum, soft inputs softmax(w/tau) "
                                       "(Duo: 1e-3); default: the discrete UDLM loss", above=0)
-    teacher: Optional[str] = flag(None, "teacher: our checkpoint, MDLM's weights as a Hugging Face folder or hub "
-                                        "name (kuleshov-group/mdlm-owt), a Lightning .ckpt or a state dict; "
+    teacher: Optional[str] = flag(None, "teacher: our checkpoint, MDLM's or Duo's weights as a Hugging Face folder "
+                                        "or hub name (kuleshov-group/mdlm-owt, s-sahoo/duo), a Lightning .ckpt or a "
+                                        "state dict (Duo's: with --process uniform); "
                                         "default: the embedded teacher, trained first if missing")
     data: Optional[str] = flag(None, "shakespeare | synthetic | openwebtext | path(s) to text files, comma-separated "
                                      "(default: shakespeare; openwebtext for a teacher with GPT-2's full vocabulary)")

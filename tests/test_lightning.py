@@ -38,7 +38,7 @@ def test_a_missing_or_foreign_config_reads_as_none_and_a_cycle_ends():
     loop = pickled({})
     loop.pickled_state["_content"] = {"self": loop}
     deep = lightning.plain(loop)
-    for _ in range(lightning.MAX_DEPTH):
+    for _ in range(lightning.MAX_DEPTH + 1):  # depths 0 .. MAX_DEPTH are read, the next one is not
         deep = deep["self"]
     assert deep is None
 
