@@ -78,21 +78,26 @@ def restore(state, phases, ema):
     ema.load_state_dict(state["ema_state"])
 
 
-def load(spec):
-    """The checkpoint dict of one of our files, or of MDLM's weights in any layout (hub.load)."""
+def load(spec, process=None):
+    """The checkpoint dict of one of our files, or of MDLM's or Duo's weights in any layout
+    (hub.load). process: "absorbing" or "uniform" as the caller states it (`--process`): what a
+    bare state dict is, and an error where the checkpoint records the other one."""
     path = Path(spec)
     if path.is_file() and path.suffix not in (".ckpt", ".safetensors"):
         ckpt = read(path)
-        return ckpt if "kind" in ckpt else hub.from_state_dict(ckpt, str(spec))
-    return hub.load(str(spec))
+        ckpt = ckpt if "kind" in ckpt else hub.from_state_dict(ckpt, str(spec), process)
+    else:
+        ckpt = hub.load(str(spec), process)
+    hub.check_process(ckpt, process, spec)
+    return ckpt
 
 
-def load_model(spec, kinds=None, weights="ema", device="cpu"):
+def load_model(spec, kinds=None, weights="ema", device="cpu", process=None):
     """Rebuild the model of a checkpoint (see `load`). Returns (model in eval mode, checkpoint dict).
 
-    kinds: the acceptable kinds (a clear error otherwise). weights: "ema" or "raw".
+    kinds: the acceptable kinds (a clear error otherwise). weights: "ema" or "raw". process: as in `load`.
     """
-    ckpt = load(spec)
+    ckpt = load(spec, process)
     if kinds is not None and ckpt["kind"] not in kinds:
         raise ValueError(f"{spec} holds a {ckpt['kind']} model; expected {' or '.join(kinds)}")
     model = build_model(ckpt["kind"], ModelConfig(**ckpt["model_config"]))

@@ -19,6 +19,7 @@ import torch.distributed as dist
 import checkpoint
 import dcd
 import evaluate
+import hub
 import idlm
 import sdtt
 from cli import parse_config, run
@@ -52,7 +53,8 @@ def load_teacher(cfg, env):
     """(teacher, its process, its checkpoint, its path, cfg with the teacher's vocabulary and L,
     or the shorter L the user gave)."""
     path = cfg.teacher or ensure_default("mdlm", cfg, env)
-    teacher, ckpt = checkpoint.load_model(path, kinds=checkpoint.DIFFUSION_KINDS, device=env.device)
+    teacher, ckpt = checkpoint.load_model(path, kinds=checkpoint.DIFFUSION_KINDS, device=env.device,
+                                          process=cfg.process)
     if (cfg.seq_len or 0) > teacher.config.seq_len:
         raise ValueError(f"--seq-len {cfg.seq_len} is longer than the teacher's L = {teacher.config.seq_len}")
     vocab = ckpt["data_meta"].get("gpt2_ids")
@@ -235,9 +237,10 @@ def print_final_table(cfg, env, judge_spec, judge, teacher, process, students, t
 
 
 def distill(cfg, env):
-    if cfg.distill == "dcd":  # the default teacher of DCD is the uniform-state one
-        cfg = dataclasses.replace(cfg, process="uniform")
+    if cfg.distill == "dcd" and cfg.teacher is None:  # the default teacher of DCD is the uniform-state one
+        cfg = dataclasses.replace(cfg, process=cfg.process or "uniform")
     teacher, process, teacher_ckpt, teacher_path, cfg = load_teacher(cfg, env)
+    cfg = dataclasses.replace(cfg, process=hub.process_kind(teacher_ckpt))  # the teacher's, as recorded
     check_method(cfg.distill, process)
     cfg = resolve(teacher_defaults(cfg, teacher_ckpt, env), teacher.config.n_embd)
     check_config(cfg, env.world)

@@ -3,13 +3,19 @@ of our checkpoints (the dict checkpoint.record writes, kind "mdlm"; Duo's record
 
     a folder in the Hugging Face layout   config.json + model.safetensors (or pytorch_model.bin)
     a hub name                             kuleshov-group/mdlm-owt, s-sahoo/duo, s-sahoo/duo-distilled
-    a Lightning checkpoint                 *.ckpt of MDLM's training code (its EMA weights when present)
+    a Lightning checkpoint                 *.ckpt of MDLM's or Duo's training code (EMA weights when present)
     a bare state dict                      MDLM's parameter names, with or without `backbone.`
 
 The architecture comes from config.json, under the hub's field names. A bare state dict has no
 config, so it is read off the tensors' shapes; it is never guessed from a preset. Loading is
 strict: one error names every unknown and missing key.
+
+The process (absorbing MDLM, or uniform Duo: id 50257 is MASK for one, [PAD] for the other) comes
+from config.json or the Lightning checkpoint's Hydra config (lightning.py). A bare state dict, or a
+Lightning checkpoint whose config cannot be read, says nothing: it is MDLM's unless the caller
+states the process (`--process uniform`); a stated process that contradicts a recorded one is an error.
 """
+import dataclasses
 import json
 import pickle
 import re
@@ -17,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+import lightning
 from model import DiT, ModelConfig, load_mdlm_state_dict
 
 GPT2_VOCAB = 50257                      # MDLM's OpenWebText models: GPT-2's tokens, then MASK
@@ -128,7 +135,7 @@ class Inert:
         return Inert()
 
     def __setstate__(self, state):
-        pass
+        self.pickled_state = state  # plain data only (what lightning.plain reads); nothing runs
 
     def __setitem__(self, key, value):
         pass
@@ -164,7 +171,9 @@ class InertPickle:
 
 
 def read_lightning(path):
-    """(state dict of the backbone, EMA shadow parameters or None) of a Lightning checkpoint."""
+    """(state dict of the backbone, EMA shadow parameters or None, its training config as a plain
+    dict or None) of a Lightning checkpoint. A backbone that is itself a wrapper with a `backbone`
+    (Duo's code with algo.backbone=hf_dit: UNCONFIRMED layout) loses the inner prefix too."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False, pickle_module=InertPickle)
     except Exception as e:
@@ -172,8 +181,10 @@ def read_lightning(path):
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
         raise ValueError(f"{path} is not a Lightning checkpoint (no state_dict)")
     backbone = {k: v for k, v in ckpt["state_dict"].items() if k.startswith("backbone.")}
+    if backbone and all(k.startswith("backbone.backbone.") for k in backbone):
+        backbone = {k.removeprefix("backbone."): v for k, v in backbone.items()}
     ema = ckpt.get("ema")
-    return backbone, ema.get("shadow_params") if isinstance(ema, dict) else None
+    return backbone, ema.get("shadow_params") if isinstance(ema, dict) else None, lightning.hydra_config(ckpt)
 
 
 def download(name):
@@ -208,12 +219,28 @@ def save_folder(model, folder):
 
 # ----------------------------------------------------------------------------- the routes
 
-def from_state_dict(state_dict, source):
-    """A bare state dict in MDLM's layout: the architecture read off its shapes."""
+def from_state_dict(state_dict, source, process=None):
+    """A bare state dict in MDLM's layout: the architecture read off its shapes; MDLM's unless
+    process (the caller's word: it records none) is "uniform", then Duo's."""
     stripped = without_prefix(state_dict)
     if "vocab_embed.embedding" not in stripped:
         raise ValueError(f"{source} is neither one of our checkpoints nor an MDLM state dict")
-    return as_checkpoint(state_dict, config_from_shapes(stripped, source), source)
+    cfg = config_from_shapes(stripped, source)
+    return as_duo(state_dict, cfg, source) if process == "uniform" else as_checkpoint(state_dict, cfg, source)
+
+
+def from_lightning(path, source, process=None):
+    """A Lightning .ckpt of MDLM's or Duo's code: the process its config records (else the one
+    stated, else MDLM's), the architecture off the shapes, the EMA weights when present."""
+    state_dict, ema_params, config = read_lightning(path)
+    stripped = without_prefix(state_dict)
+    if "vocab_embed.embedding" not in stripped:
+        raise ValueError(f"{source}: its state_dict holds no MDLM backbone")
+    cfg = config_from_shapes(stripped, source)
+    recorded = lightning.recorded_process(config, source)
+    if (recorded or process) == "uniform":
+        return as_duo(state_dict, cfg, source, ema_params, lightning.duo_settings(config, source))
+    return as_checkpoint(state_dict, cfg, source, ema_params)
 
 
 def duo_fields(fields):
@@ -223,8 +250,36 @@ def duo_fields(fields):
     tokens and [PAD], a state of the uniform noise: id 50257 is not MASK, so the process is recorded."""
     if "DUO" not in fields.get("architectures", ()):
         return fields, None
-    process = {"kind": "uniform", "schedule": "loglinear", "eps": 1e-3, "states": fields.get("vocab_size")}
-    return {**fields, "time_conditioning": True}, process
+    return {**fields, "time_conditioning": True}, uniform_process(fields.get("vocab_size"))
+
+
+def uniform_process(states, schedule="loglinear", eps=1e-3):
+    """The process config of a Duo checkpoint: uniform noise over all `states` rows of its
+    embedding (GPT-2's tokens and [PAD]), Duo's log-linear schedule by default."""
+    return {"kind": "uniform", "schedule": schedule, "eps": eps, "states": states}
+
+
+def as_duo(state_dict, cfg, source, ema_params=None, settings=None):
+    """Our checkpoint of Duo's weights: time-conditioned, recording the uniform process; settings:
+    what its training config said (lightning.duo_settings), kept under `duo` (its gamma window is
+    a training setting: our losses and samplers do not read it)."""
+    settings = settings or lightning.duo_settings(None, source)
+    cfg = dataclasses.replace(cfg, time_conditioning=True, seq_len=settings["seq_len"], dropout=settings["dropout"])
+    process = uniform_process(cfg.vocab_size + 1, settings["schedule"], settings["eps"])
+    return {**as_checkpoint(state_dict, cfg, source, ema_params, process=process), "duo": settings}
+
+
+def process_kind(ckpt):
+    """"absorbing" or "uniform": the process a checkpoint records (SEDD's is absorbing, and so is
+    that of a checkpoint from before the process was recorded)."""
+    return "uniform" if (ckpt.get("process") or {}).get("kind") == "uniform" else "absorbing"
+
+
+def check_process(ckpt, stated, source):
+    """One clear line where the process the caller stated contradicts the recorded one."""
+    if stated is not None and ckpt.get("kind") != "ar" and process_kind(ckpt) != stated:
+        raise ValueError(f"{source} records the {process_kind(ckpt)} process, not {stated}: "
+                         f"drop --process {stated} or give a {stated} teacher")
 
 
 def from_folder(folder, source):
@@ -244,20 +299,17 @@ def from_folder(folder, source):
     return as_checkpoint(read_weights(weights), config_from_json(fields, source), source, process=process)
 
 
-def load(spec):
-    """Our checkpoint of MDLM weights from a folder, a hub name, a .ckpt, a .safetensors file or a
-    bare state dict (see the module docstring)."""
+def load(spec, process=None):
+    """Our checkpoint of MDLM's or Duo's weights from a folder, a hub name, a .ckpt, a
+    .safetensors file or a bare state dict (see the module docstring). process: "absorbing" or
+    "uniform" as the caller states it (None: as recorded, else MDLM's)."""
     path = Path(spec)
     if path.is_dir():
         return from_folder(path, spec)
     if path.is_file() and path.suffix == ".ckpt":
-        state_dict, ema_params = read_lightning(path)
-        stripped = without_prefix(state_dict)
-        if "vocab_embed.embedding" not in stripped:
-            raise ValueError(f"{spec}: its state_dict holds no MDLM backbone")
-        return as_checkpoint(state_dict, config_from_shapes(stripped, spec), spec, ema_params)
+        return from_lightning(path, spec, process)
     if path.is_file():
-        return from_state_dict(read_weights(path), spec)
+        return from_state_dict(read_weights(path), spec, process)
     if path.suffix in FILE_SUFFIXES or not re.fullmatch(r"[\w.-]+/[\w.-]+", str(spec)):
         raise ValueError(f"checkpoint {spec} does not exist")
     return from_folder(download(spec), spec)

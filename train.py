@@ -49,13 +49,16 @@ class TrainConfig:
                               "time-conditioned) or an AR model", choices=["mdlm", "sedd", "ar"])
     distill: Optional[str] = flag(None, "distill a diffusion teacher instead of pretraining (distill.py)",
                                   choices=["sdtt", "idlm", "dcd"])
-    process: str = flag("absorbing", "diffusion process of a pretrained teacher: absorbing (MDLM) or uniform (Duo); "
-                                     "--model sedd is absorbing with SEDD's score parameterization",
-                        choices=["absorbing", "uniform"])
+    process: Optional[str] = flag(None, "diffusion process: absorbing (MDLM; the default) or uniform (Duo); "
+                                        "--model sedd is absorbing with SEDD's score parameterization. With "
+                                        "--teacher: what a bare state dict is (default absorbing); a checkpoint "
+                                        "that records the other process is refused",
+                                  choices=["absorbing", "uniform"])
     tau: Optional[float] = flag(None, "uniform process: train with Duo's curriculum, soft inputs softmax(w/tau) "
                                       "(Duo: 1e-3); default: the discrete UDLM loss", above=0)
-    teacher: Optional[str] = flag(None, "teacher: our checkpoint, MDLM's weights as a Hugging Face folder or hub "
-                                        "name (kuleshov-group/mdlm-owt), a Lightning .ckpt or a state dict; "
+    teacher: Optional[str] = flag(None, "teacher: our checkpoint, MDLM's or Duo's weights as a Hugging Face folder "
+                                        "or hub name (kuleshov-group/mdlm-owt, s-sahoo/duo), a Lightning .ckpt or a "
+                                        "state dict (Duo's: with --process uniform); "
                                         "default: the embedded teacher, trained first if missing")
     data: Optional[str] = flag(None, "shakespeare | synthetic | openwebtext | path(s) to text files, comma-separated "
                                      "(default: shakespeare; openwebtext for a teacher with GPT-2's full vocabulary)")
@@ -132,6 +135,7 @@ SEQ_LEN = 128  # L of the embedded default
 def resolve(cfg, width):
     """Fill the flags left at None from DEFAULTS, by method and by scale (full size from 768 wide)."""
     method = cfg.distill or cfg.model
+    cfg = dataclasses.replace(cfg, process=cfg.process or "absorbing")
     table = DEFAULTS[(method, "paper" if width >= 768 else "cpu")]
     filled = {k: v for k, v in table.items() if getattr(cfg, k) is None}
     if cfg.seq_len is None:
@@ -162,7 +166,7 @@ def check_config(cfg, world):
                          f"{cfg.batch_size // world}")
     if cfg.ema >= 1:
         raise ValueError("--ema must lie in [0, 1)")
-    if cfg.model == "sedd" and cfg.process != "absorbing":
+    if cfg.model == "sedd" and cfg.process == "uniform":
         raise ValueError("--model sedd is SEDD on the absorbing graph: drop --process uniform")
 
 
@@ -389,7 +393,7 @@ def pretrain(cfg, env):
     """MDLM (SDTT eq. 3) or AR pretraining. Returns the path of the finished checkpoint."""
     data = load_data(cfg.data, cfg.vocab_size, cfg.seq_len)
     # MDLM's models are not time-conditioned; SEDD's and Duo's (the uniform process) are
-    kind = "sedd" if cfg.model == "sedd" else cfg.process
+    kind = "sedd" if cfg.model == "sedd" else cfg.process or "absorbing"
     process = None if cfg.model == "ar" else PROCESSES[kind](data.vocab_size, SCHEDULES[cfg.schedule]())
     model_cfg = config_for(cfg.size, vocab_size=data.vocab_size, seq_len=cfg.seq_len, dropout=cfg.dropout,
                            time_conditioning=process is not None and process.time_conditioned)

@@ -11,7 +11,7 @@ LAYERS = [
     ["cli", "devices"],                                     # plumbing with no project imports
     ["diffusion", "uniform", "duo", "sedd", "processes", "model", "corpus", "data", "exact", "flops", "prompts"],  # maths, networks, data
     ["sdtt", "idlm", "dcd", "samplers", "score_samplers", "tracing"],  # methods and samplers (and a sampler's trace)
-    ["hub", "checkpoint", "evaluate", "likelihood", "show", "page"],  # plumbing on the maths
+    ["lightning", "hub", "checkpoint", "evaluate", "likelihood", "show", "page"],  # plumbing on the maths
     ["train"],                                              # the loop
     ["distill"],                                            # orchestration on the loop
     ["bench", "sweep", "reproduce", "sample", "harness", "continuations", "zeroshot"],  # entry points
