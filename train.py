@@ -405,9 +405,10 @@ def pretrain(cfg, env):
     path, start, state = Path(cfg.out_dir) / "ckpt.pt", 0, existing_run(cfg)
     if state is not None:
         start = resume(state, model, phases, ema)
+    label = "uniform" if kind == "uniform" and cfg.model == "mdlm" else cfg.model  # what the log and bar say
     if env.main:
         Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
-        print(f"{cfg.model}: {count_params(model) / 1e6:.2f}M parameters, vocabulary {data.vocab_size}, "
+        print(f"{label}: {count_params(model) / 1e6:.2f}M parameters, vocabulary {data.vocab_size}, "
               f"{cfg.iters} steps of {cfg.batch_size}x{cfg.seq_len} tokens on {env.device}"
               + (f", micro-batches of {cfg.micro_batch_size}" if cfg.micro_batch_size else ""))
 
@@ -416,7 +417,7 @@ def pretrain(cfg, env):
                                  dataclasses.asdict(cfg), model, ema, phases, step, step >= cfg.iters)
 
     tokens_per_s = train_steps(phases, ema, data, cfg, env, start, cfg.iters, ckpt_writer(env, path, point),
-                               cfg.model, lambda: validation(ema.module, process, data, cfg, env),
+                               label, lambda: validation(ema.module, process, data, cfg, env),
                                step_flops_per_token(model, cfg.seq_len, cfg.model))
     if env.main and start < cfg.iters:
         report_throughput(model, cfg, env, tokens_per_s)
