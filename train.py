@@ -53,7 +53,8 @@ class TrainConfig:
                                      "--model sedd is absorbing with SEDD's score parameterization",
                         choices=["absorbing", "uniform"])
     tau: Optional[float] = flag(None, "uniform process: train with Duo's curriculum, soft inputs softmax(w/tau) "
-                                      "(Duo: 1e-3); default: the discrete UDLM loss", above=0)
+                                      "(Duo: 1e-3); with --distill idlm: IDLM-code's Gaussian-argmax variant "
+                                      "(inexact; IDLM-code: 0.1); default: the discrete UDLM loss", above=0)
     teacher: Optional[str] = flag(None, "teacher: our checkpoint, MDLM's weights as a Hugging Face folder or hub "
                                         "name (kuleshov-group/mdlm-owt), a Lightning .ckpt or a state dict; "
                                         "default: the embedded teacher, trained first if missing")
