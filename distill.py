@@ -168,8 +168,7 @@ def run_idlm(cfg, env, data, teacher, process, teacher_ckpt, teacher_path):
         return checkpoint.record("idlm", teacher_ckpt["model_config"], process, data.meta(), dataclasses.asdict(cfg),
                                  student, ema, phases, step, step >= cfg.iters, fake=fake.state_dict(),
                                  teacher_path=teacher_path, idlm_latent=idlm_latent(cfg),
-                                 # the teacher's reference: L steps
-                                 **checkpoint.distilled_for(steps[-1], 0, cfg.seq_len))
+                                 **checkpoint.distilled_for(steps[-1], 0, cfg.seq_len))  # the teacher's: L steps
 
     path = Path(cfg.out_dir) / "ckpt.pt"
     train_steps(phases, ema, data, cfg, env, start, cfg.iters, ckpt_writer(env, path, point), "idlm",

@@ -141,7 +141,8 @@ class Curriculum:
         w.r.t. x flows through the explicit xbar terms and, when the log-outputs were computed from w
         with grad, through the networks' soft inputs w_t / tau (A3.2)."""
         z_t = w.argmax(-1)
-        return udlm_loss_gap(log_teacher, log_fake, x_probs, z_t, *self.alpha_and_slope(t, w.device)).sum() / z_t.numel()
+        gap = udlm_loss_gap(log_teacher, log_fake, x_probs, z_t, *self.alpha_and_slope(t, w.device))
+        return gap.sum() / z_t.numel()
 
     def loss(self, model, x, t, u):
         """Duo's curriculum loss (A1.3), per token: the UDLM loss of the network fed w_t / tau."""
