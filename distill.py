@@ -215,7 +215,8 @@ def check_method(method, process, tau=None):
     """One clear line where a method (or --tau) does not apply to the teacher's process."""
     if tau and (method != "idlm" or process.kind != "uniform"):
         raise ValueError(f"--tau (Duo's Gaussian soft inputs) applies to pretraining with --process uniform and to "
-                         f"--distill idlm of a uniform-state teacher; this is --distill {method} of a {process.kind}-process teacher")
+                         f"--distill idlm of a uniform-state teacher (here: --distill {method}, "
+                         f"a teacher of process {process.kind})")
     if method == "sdtt" and process.mask_id is None:
         raise ValueError(f"SDTT distills an absorbing (MDLM or SEDD) teacher; this teacher is {process.kind}: "
                          "use --distill idlm or dcd")
