@@ -64,7 +64,7 @@ def fake_loss(fake, student, x, t, u, process):
 
 def student_objective(x0_soft, log_teacher, log_fake, z_t, t, process):
     """IDLM eq. 11: L(f*, x0_soft) - L(f_hat, x0_soft) on the same z_t (`process.loss_gap`, one
-    sum). Both log-prob tensors are constants here. MDLM: the gradient w.r.t. x0_soft is
+    sum). On discrete z_t both log-prob tensors are constants. MDLM: the gradient w.r.t. x0_soft is
     w(t) (log f_hat - log f*) at masked positions (per token) and zero elsewhere. Uniform (Duo):
     the explicit xbar terms of `uniform.udlm_loss_gap`.
 
