@@ -3,6 +3,7 @@
     python train.py --distill sdtt          # the same as: python distill.py --distill sdtt
     python train.py --distill idlm --teacher out/mdlm/ckpt.pt --judge out/ar/ckpt.pt
     python train.py --distill idlm --teacher out/uniform/ckpt.pt   # IDLM-Duo (a uniform-state teacher)
+    python train.py --distill idlm --teacher out/uniform/ckpt.pt --tau 0.1   # IDLM-code's Gaussian variant
     python train.py --distill dcd           # Duo's DCD of the uniform default teacher (out/uniform)
 
 The teacher is loaded (or, on a fresh machine, the embedded default is trained first), the
@@ -18,6 +19,7 @@ import torch.distributed as dist
 
 import checkpoint
 import dcd
+import duo
 import evaluate
 import hub
 import idlm
@@ -91,7 +93,9 @@ def sdtt_phases(cfg, env, student, process):
 
 
 def idlm_phases(cfg, env, teacher, student, fake, process):
-    """IDLM Algorithm 1: a fake-model step (eq. 10), then a student step (eq. 11)."""
+    """IDLM Algorithm 1: a fake-model step (eq. 10), then a student step (eq. 11). With --tau, the
+    uniform process's latents are IDLM-code's Gaussian ones (duo.Curriculum: inexact, pitfall A5.4)."""
+    process = duo.Curriculum(process, cfg.tau) if cfg.tau else process
     return [make_phase("fake", fake, cfg.fake_lr, cfg,
                        lambda m: lambda x, t, u: (idlm.fake_loss(m, student, x, t, u, process), {}), env),
             make_phase("student", student, cfg.lr, cfg,
@@ -165,8 +169,8 @@ def run_idlm(cfg, env, data, teacher, process, teacher_ckpt, teacher_path):
     def point(step):
         return checkpoint.record("idlm", teacher_ckpt["model_config"], process, data.meta(), dataclasses.asdict(cfg),
                                  student, ema, phases, step, step >= cfg.iters, fake=fake.state_dict(),
-                                 teacher_path=teacher_path,  # the teacher's reference: L steps
-                                 **checkpoint.distilled_for(steps[-1], 0, cfg.seq_len))
+                                 teacher_path=teacher_path, idlm_latent=idlm_latent(cfg),
+                                 **checkpoint.distilled_for(steps[-1], 0, cfg.seq_len))  # the teacher's: L steps
 
     path = Path(cfg.out_dir) / "ckpt.pt"
     train_steps(phases, ema, data, cfg, env, start, cfg.iters, ckpt_writer(env, path, point), "idlm",
@@ -204,8 +208,17 @@ def run_dcd(cfg, env, data, teacher, process, teacher_ckpt, teacher_path):
     return [("DCD", path, steps)]
 
 
-def check_method(method, process):
-    """One clear line where a method does not apply to the teacher's process."""
+def idlm_latent(cfg):
+    """What a student checkpoint records of the IDLM variant that trained it."""
+    return f"gaussian-argmax, tau = {cfg.tau} (inexact, A5.4)" if cfg.tau else "exact relaxation"
+
+
+def check_method(method, process, tau=None):
+    """One clear line where a method (or --tau) does not apply to the teacher's process."""
+    if tau and (method != "idlm" or process.kind != "uniform"):
+        raise ValueError(f"--tau (Duo's Gaussian soft inputs) applies to pretraining with --process uniform and to "
+                         f"--distill idlm of a uniform-state teacher (here: --distill {method}, "
+                         f"a teacher of process {process.kind})")
     if method == "sdtt" and process.mask_id is None:
         raise ValueError(f"SDTT distills an absorbing (MDLM or SEDD) teacher; this teacher is {process.kind}: "
                          "use --distill idlm or dcd")
@@ -241,7 +254,7 @@ def distill(cfg, env):
         cfg = dataclasses.replace(cfg, process=cfg.process or "uniform")
     teacher, process, teacher_ckpt, teacher_path, cfg = load_teacher(cfg, env)
     cfg = dataclasses.replace(cfg, process=hub.process_kind(teacher_ckpt))  # the teacher's, as recorded
-    check_method(cfg.distill, process)
+    check_method(cfg.distill, process, cfg.tau)
     cfg = resolve(teacher_defaults(cfg, teacher_ckpt, env), teacher.config.n_embd)
     check_config(cfg, env.world)
     cfg = fit_micro_batch(cfg, env, teacher.config)

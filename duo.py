@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from uniform import udlm_loss_tokens
+from uniform import udlm_loss_gap, udlm_loss_tokens
 
 GAMMA_RANGE = (-3.5, -1.75)   # Duo's ch-1 default window (OWT teacher: [-3.55, -1.85]; DCD: [-4, -1])
 
@@ -88,28 +88,65 @@ def sigma_input(alpha):
     return (-torch.log(alpha)).float()
 
 
-def curriculum_loss(model, process, schedule, x, t, tau):
-    """Duo's curriculum loss (A1.3), per token: z_t = argmax(w_t), the network fed w_t / tau (soft
-    input) at sigma = -log T(gamma_t), the UDLM loss at z_t with alpha = T and its slope."""
-    onehot = F.one_hot(x, process.vocab_size).float()
-    w = schedule.latent(onehot, t, torch.randn_like(onehot))
-    alpha, slope = schedule.alpha_and_slope(t)
-    log_x = process.log_probs(model(w / tau, sigma_input(alpha).to(x.device)))
-    return udlm_loss_tokens(log_x, x, w.argmax(-1), alpha.to(x.device), slope.to(x.device)).mean().float()
-
-
 class Curriculum:
-    """A uniform process whose training loss is Duo's soft-input curriculum at temperature tau; the
-    rest (sampling, validation, what a checkpoint records) is the process's own."""
+    """The uniform process seen through Duo's Gaussian latent at temperature tau: its noisy state is
+    w_t = at~ x + st~ eps (float [N, L, V], `schedule.latent`), the networks see w_t / tau at
+    sigma = -log T(gamma_t), and the UDLM loss is scored at z_t = argmax(w_t) with alpha_t = T(gamma_t)
+    and the table's slope. Its `loss` is Duo's curriculum (pretraining, A1.3); with `--distill idlm
+    --tau` its forward_sample(_soft), denoise, loss_log_outputs, soft_loss and loss_gap are IDLM-code's
+    Gaussian-argmax IDLM-Duo (A3.2), whose loss latent keeps the student's gradient.
+
+    INEXACT for a soft x (pitfall A5.4, A3.3 (d)): argmax(at~ x + st~ eps) does not follow
+    Cat(T x + (1 - T)/V) unless x is one-hot, so Theorem 3.1's relaxation (c) does not hold for it.
+    The exact relaxation (the plain UniformProcess) stays the default. The rest (sampling, validation,
+    what a checkpoint records) is the process's own: sample with `.process`, not with this value.
+    """
 
     def __init__(self, process, tau, schedule=None):
         if process is None or process.kind != "uniform":
-            raise ValueError("--tau (Duo's curriculum) applies to the uniform process only (--process uniform)")
+            raise ValueError("--tau (Duo's Gaussian soft inputs) applies to the uniform process only: "
+                             "pretraining with --process uniform, or --distill idlm of a uniform-state teacher")
         self.process, self.tau = process, tau
         self.schedule = schedule or GaussianSchedule(process.vocab_size)
 
     def __getattr__(self, name):
         return getattr(self.process, name)
 
+    def forward_sample(self, x, t, u=None):
+        """w_t from clean tokens x (fresh Gaussian noise; the uniforms u of the discrete process are unused)."""
+        return self.forward_sample_soft(F.one_hot(x, self.vocab_size).float(), t)
+
+    def forward_sample_soft(self, x_probs, t):
+        """w_t = at~ x + st~ eps for a soft x [N, L, V]; differentiable in x (IDLM eq. 22: "x0 with grad")."""
+        return self.schedule.latent(x_probs, t, torch.randn_like(x_probs))
+
+    def alpha_and_slope(self, t, device):
+        alpha, slope = self.schedule.alpha_and_slope(t)
+        return alpha.to(device), slope.to(device)
+
+    def denoise(self, model, w, t):
+        """log x_theta over the V states from the soft input w / tau at sigma = -log T(gamma_t)."""
+        alpha, _ = self.alpha_and_slope(t, w.device)
+        return self.process.log_probs(model(w / self.tau, sigma_input(alpha)))
+
+    def loss_log_outputs(self, model, w, t):
+        return self.denoise(model, w, t)
+
+    def soft_loss(self, log_f, x_probs, w, t):
+        """The UDLM loss (soft x, j over the whole vocabulary) at z_t = argmax(w_t), per token."""
+        return self.process.soft_loss(log_f, x_probs, w.argmax(-1), t, *self.alpha_and_slope(t, w.device))
+
+    def loss_gap(self, log_teacher, log_fake, x_probs, w, t):
+        """soft_loss(teacher) - soft_loss(fake) at z_t = argmax(w_t), one sum, per token. The gradient
+        w.r.t. x flows through the explicit xbar terms and, when the log-outputs were computed from w
+        with grad, through the networks' soft inputs w_t / tau (A3.2)."""
+        z_t = w.argmax(-1)
+        gap = udlm_loss_gap(log_teacher, log_fake, x_probs, z_t, *self.alpha_and_slope(t, w.device))
+        return gap.sum() / z_t.numel()
+
     def loss(self, model, x, t, u):
-        return curriculum_loss(model, self.process, self.schedule, x, t, self.tau)
+        """Duo's curriculum loss (A1.3), per token: the UDLM loss of the network fed w_t / tau, for
+        the one-hot data x in closed form (`udlm_loss_tokens`)."""
+        w = self.forward_sample(x, t, u)
+        z_t = w.argmax(-1)
+        return udlm_loss_tokens(self.denoise(model, w, t), x, z_t, *self.alpha_and_slope(t, w.device)).mean().float()

@@ -12,6 +12,7 @@ By Theorem 3.1 the student's objective is zero exactly when its outputs follow t
 distribution that the teacher is optimal for. The loop and optimizers live in train.py.
 """
 import torch
+from torch.func import functional_call
 
 from diffusion import SAMPLING_EPS
 
@@ -23,19 +24,29 @@ def student_simplex(student, x_t, t, process):
 
 def noised_student_output(student, x, t, u, process):
     """Algorithm 1's SamplingFunc, then the student: x_t~ from data at time t~, then
-    G_theta(x_t~, t~); then a fresh t and z_t ~ q(. | stopgrad(x0_soft)) for the losses.
+    G_theta(x_t~, t~); then a fresh t and the loss latent z_t ~ q(. | x0_soft).
 
-    No gradient flows through the discrete draw: for MDLM only masked positions carry loss,
-    and which positions are masked does not depend on x0. For the uniform process the student
-    sees discrete z_t~ (the tau -> 0 limit of Duo's soft input w~/tau, IDLM App. C.2: UNCONFIRMED
-    simplification) and the loss z_t ~ Cat(alpha_t x0 + (1-alpha_t)/V), the exact relaxation
-    (A3.3 (c)) rather than IDLM-code's Gaussian argmax of a soft x0 (pitfall A5.4).
+    The process decides both latents. MDLM and the uniform process (the default) draw discrete
+    z_t, which carry no gradient: for MDLM only masked positions carry loss, and which positions
+    are masked does not depend on x0. For the uniform process the student sees discrete z_t~ (the
+    tau -> 0 limit of Duo's soft input w~/tau, IDLM App. C.2: UNCONFIRMED simplification) and the
+    loss z_t ~ Cat(alpha_t x0 + (1-alpha_t)/V), the exact relaxation (A3.3 (c)). With --tau,
+    `duo.Curriculum` gives IDLM-code's Gaussian latents instead: the student sees w~/tau, and the
+    loss latent w_t = at~ x0 + st~ eps keeps x0's gradient (inexact for a soft x0, pitfall A5.4).
     """
     x_noisy = process.forward_sample(x, t, u)
     x0_soft = student_simplex(student, x_noisy, t, process)
     t_loss = SAMPLING_EPS + (1 - SAMPLING_EPS) * torch.rand(x.shape[0], device=x.device)
-    z_t = process.forward_sample_soft(x0_soft.detach(), t_loss)
+    z_t = process.forward_sample_soft(x0_soft, t_loss)
     return x0_soft, z_t, t_loss
+
+
+def weights_fixed(model):
+    """The model as a function of its input only: its weights enter as constants, so a student step
+    differentiates the frozen teacher and the fake w.r.t. a soft input (Duo's w_t / tau) and never
+    gives their weights a gradient. On discrete inputs nothing is recorded, as under no_grad."""
+    weights = {name: p.detach() for name, p in model.named_parameters()}
+    return lambda *inputs: functional_call(model, weights, inputs)
 
 
 def real_log_probs(model, z_t, t, process):
@@ -53,13 +64,14 @@ def fake_loss(fake, student, x, t, u, process):
 
 def student_objective(x0_soft, log_teacher, log_fake, z_t, t, process):
     """IDLM eq. 11: L(f*, x0_soft) - L(f_hat, x0_soft) on the same z_t (`process.loss_gap`, one
-    sum). Both log-prob tensors are constants here. MDLM: the gradient w.r.t. x0_soft is
+    sum). On discrete z_t both log-prob tensors are constants. MDLM: the gradient w.r.t. x0_soft is
     w(t) (log f_hat - log f*) at masked positions (per token) and zero elsewhere. Uniform (Duo):
     the explicit xbar terms of `uniform.udlm_loss_gap`.
 
-    UNCONFIRMED (uniform): z_t is drawn from the detached x0_soft, so the gradient of the law of
-    z_t w.r.t. x0 is not followed, as in IDLM's public code at small tau (its Gaussian argmax has
-    no gradient, and its soft-input path vanishes as tau -> 0, pitfall A5.9)."""
+    UNCONFIRMED (uniform, default): z_t is discrete, so the gradient of the law of z_t w.r.t. x0 is
+    not followed, as in IDLM's public code at small tau (its Gaussian argmax has no gradient, and
+    its soft-input path vanishes as tau -> 0, pitfall A5.9). With duo.Curriculum (--tau) the log-probs
+    carry the soft-input path, and autograd adds it to the explicit terms."""
     return process.loss_gap(log_teacher, log_fake, x0_soft, z_t, t)
 
 
@@ -67,9 +79,9 @@ def student_loss(student, teacher, fake, x, t, u, process):
     """Student step (IDLM eq. 11). Returns (loss, logs); logs has the teacher's and the fake's
     losses on the student's outputs, whose difference (the loss) is the teacher-fake gap."""
     x0_soft, z_t, t_loss = noised_student_output(student, x, t, u, process)
+    log_teacher = real_log_probs(weights_fixed(teacher), z_t, t_loss, process)
+    log_fake = real_log_probs(weights_fixed(fake), z_t, t_loss, process)
     with torch.no_grad():
-        log_teacher = real_log_probs(teacher, z_t, t_loss, process)
-        log_fake = real_log_probs(fake, z_t, t_loss, process)
         logs = {"teacher_loss": process.soft_loss(log_teacher, x0_soft, z_t, t_loss).item(),
                 "fake_loss_on_student": process.soft_loss(log_fake, x0_soft, z_t, t_loss).item()}
     return student_objective(x0_soft, log_teacher, log_fake, z_t, t_loss, process), logs

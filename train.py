@@ -55,7 +55,8 @@ class TrainConfig:
                                         "that records the other process is refused",
                                   choices=["absorbing", "uniform"])
     tau: Optional[float] = flag(None, "uniform process: train with Duo's curriculum, soft inputs softmax(w/tau) "
-                                      "(Duo: 1e-3); default: the discrete UDLM loss", above=0)
+                                      "(Duo: 1e-3); with --distill idlm: IDLM-code's Gaussian-argmax variant "
+                                      "(inexact; IDLM-code: 0.1); default: the discrete UDLM loss", above=0)
     teacher: Optional[str] = flag(None, "teacher: our checkpoint, MDLM's or Duo's weights as a Hugging Face folder "
                                         "or hub name (kuleshov-group/mdlm-owt, s-sahoo/duo), a Lightning .ckpt or a "
                                         "state dict (Duo's: with --process uniform); "
@@ -106,8 +107,7 @@ class TrainConfig:
     eval_samples: int = flag(64, "samples per row of the final GenPPL/entropy table (0: no table)", at_least=0)
 
 
-# Paper settings are the defaults for full-size models; the CPU presets scale them down so the
-# embedded default runs in minutes on two cores.
+# Paper settings for full-size models; the CPU presets scale them down to minutes on two cores.
 DEFAULTS = {
     ("mdlm", "paper"): dict(batch_size=512, iters=1_000_000, lr=3e-4, warmup=2500, ema=0.9999, dropout=0.1),
     ("ar", "paper"): dict(batch_size=512, iters=1_000_000, lr=3e-4, warmup=2500, ema=0.9999, dropout=0.1),
@@ -118,9 +118,8 @@ DEFAULTS = {
     ("sedd", "paper"): dict(batch_size=512, iters=1_000_000, lr=3e-4, warmup=2500, ema=0.9999, dropout=0.1),  # as MDLM
     ("sedd", "cpu"): dict(batch_size=32, iters=800, lr=1e-3, warmup=50, ema=0.99, dropout=0.0),
     ("ar", "cpu"): dict(batch_size=32, iters=300, lr=1e-3, warmup=30, ema=0.99, dropout=0.0),
-    # SDTT on CPU: the MSE of log-probs (appendix B.3). With the 7-minute teacher the reverse
-    # KL's optimum over the 2-step targets is *flatter* than the teacher (README, "Where this
-    # differs"), so its students got worse; the MSE sharpens, as in the paper's Figure 6.
+    # SDTT on CPU: the MSE of log-probs (B.3). The reverse KL's optimum over the 7-minute teacher's targets is
+    # *flatter* than the teacher (README, "Where this differs"); the MSE sharpens, as in the paper's Figure 6.
     ("sdtt", "cpu"): dict(batch_size=32, iters=80, lr=3e-4, warmup=10, ema=0.9, divergence="mse"),
     ("idlm", "cpu"): dict(batch_size=32, iters=250, lr=1e-4, warmup=20, ema=0.99),
     # DCD (Duo's consistency distillation, dcd.py): iters per round, the teacher copied each round

@@ -1,6 +1,7 @@
 """The uniform-state (Duo) family end to end through `python train.py`: pretraining with
 --process uniform (and the --tau curriculum), DCD of a uniform teacher, IDLM of the DCD
-student (IDLM-DCD), and the one-line refusals of methods that do not apply."""
+student (IDLM-DCD), IDLM-code's Gaussian IDLM-Duo (--distill idlm --tau), and the one-line
+refusals of methods that do not apply."""
 import dataclasses
 
 import checkpoint
@@ -14,14 +15,14 @@ MICRO = ["--data", "synthetic", "--size", "micro", "--seq-len", str(SEQ_LEN), "-
          "--eval-every", "0", "--eval-batches", "1", "--judge", "exact", "--eval-samples", "4"]
 
 
-def uniform_teacher(path):
-    """A random micro DiT saved as a finished uniform-process checkpoint of the synthetic source."""
+def uniform_teacher(path, uniform=True):
+    """A random micro DiT saved as a finished uniform-process (or MDLM) checkpoint of the synthetic source."""
     synthetic = data.load_data("synthetic", seq_len=SEQ_LEN)
     teacher = helpers.random_dit(0, synthetic.vocab_size, SEQ_LEN)
     state = teacher.state_dict()
-    config = {**dataclasses.asdict(teacher.config), "time_conditioning": True}
-    checkpoint.save({"kind": "mdlm", "model_config": config, "model": state, "ema": state,
-                     "process": {**UNIFORM, "states": synthetic.vocab_size},
+    config = {**dataclasses.asdict(teacher.config), "time_conditioning": uniform}
+    process = {"process": {**UNIFORM, "states": synthetic.vocab_size}} if uniform else {}
+    checkpoint.save({"kind": "mdlm", "model_config": config, "model": state, "ema": state, **process,
                      "data_meta": synthetic.meta(), "finished": True}, path)
 
 
@@ -49,7 +50,20 @@ def test_dcd_then_idlm_of_the_dcd_student_run_end_to_end(tmp_path):
     result = train("--distill", "idlm", "--iters", "2", "--teacher", str(tmp_path / "dcd" / "ckpt.pt"),
                    "--out-dir", str(tmp_path / "idlm"))
     assert "| IDLM |" in result.stdout
-    assert checkpoint.read(tmp_path / "idlm" / "ckpt.pt")["process"]["kind"] == "uniform"
+    ckpt = checkpoint.read(tmp_path / "idlm" / "ckpt.pt")
+    assert ckpt["process"]["kind"] == "uniform" and ckpt["idlm_latent"] == "exact relaxation"
+
+
+def test_idlm_with_tau_trains_the_gaussian_variant_and_the_student_says_so(tmp_path):
+    """--tau selects IDLM-code's Gaussian-argmax IDLM-Duo (inexact, A5.4); the checkpoint records it,
+    and still records the plain uniform process (the student samples like any uniform model)."""
+    uniform_teacher(tmp_path / "teacher.pt")
+    result = train("--distill", "idlm", "--iters", "2", "--tau", "0.1", "--teacher", str(tmp_path / "teacher.pt"),
+                   "--out-dir", str(tmp_path / "idlm"))
+    assert "| IDLM |" in result.stdout
+    ckpt = checkpoint.read(tmp_path / "idlm" / "ckpt.pt")
+    assert ckpt["finished"] and ckpt["idlm_latent"].startswith("gaussian-argmax, tau = 0.1")
+    assert ckpt["train_config"]["tau"] == 0.1 and ckpt["process"]["kind"] == "uniform"
 
 
 def test_methods_that_do_not_apply_are_one_error_line(tmp_path):
@@ -57,6 +71,13 @@ def test_methods_that_do_not_apply_are_one_error_line(tmp_path):
     line = assert_one_error_line(run_script("train.py", *MICRO, "--distill", "sdtt", "--teacher",
                                             str(tmp_path / "teacher.pt"), "--out-dir", str(tmp_path / "s")))
     assert "absorbing" in line
+    line = assert_one_error_line(run_script("train.py", *MICRO, "--distill", "dcd", "--tau", "0.1", "--teacher",
+                                            str(tmp_path / "teacher.pt"), "--out-dir", str(tmp_path / "d")))
+    assert "--tau" in line and "dcd" in line
+    uniform_teacher(tmp_path / "mdlm.pt", uniform=False)
+    line = assert_one_error_line(run_script("train.py", *MICRO, "--distill", "idlm", "--tau", "0.1", "--teacher",
+                                            str(tmp_path / "mdlm.pt"), "--out-dir", str(tmp_path / "i")))
+    assert "--tau" in line and "absorbing" in line
     line = assert_one_error_line(run_script("train.py", *MICRO, "--model", "ar", "--tau", "0.1",
                                             "--out-dir", str(tmp_path / "a")))
     assert "uniform" in line

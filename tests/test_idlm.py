@@ -10,10 +10,14 @@ import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 
+import pytest
+
 import diffusion
+import duo
 import helpers
 import idlm
 from helpers import all_sequences, examples, mask_patterns, seeds
+from uniform import UniformProcess
 
 V, L = 6, 8
 MASK = V
@@ -135,10 +139,17 @@ def test_student_loss_is_zero_when_student_fake_and_teacher_are_one_network(seed
     assert logs["teacher_loss"] == logs["fake_loss_on_student"] > 0
 
 
-def test_alternating_steps_train_only_their_own_network_and_never_the_teacher():
+PROCESSES = {"absorbing": lambda: PROCESS, "uniform": lambda: UniformProcess(V),
+             "uniform-gaussian": lambda: duo.Curriculum(UniformProcess(V), tau=0.1)}
+
+
+@pytest.mark.parametrize("name", PROCESSES)
+def test_alternating_steps_train_only_their_own_network_and_never_the_teacher(name):
     """Three copies of one network; three rounds of fake step then student step with AdamW.
     The teacher (requires_grad left on) gets no gradient and keeps its weights; the fake step
-    gives the student no gradient, and the student step gives the fake none."""
+    gives the student no gradient, and the student step gives the fake none, also when the
+    student step differentiates both through their soft inputs (the Gaussian IDLM-Duo)."""
+    process = PROCESSES[name]()
     teacher = random_dit(0)
     before = copy.deepcopy(teacher.state_dict())
     fake, student = copy.deepcopy(teacher), copy.deepcopy(teacher)
@@ -148,17 +159,39 @@ def test_alternating_steps_train_only_their_own_network_and_never_the_teacher():
         torch.manual_seed(step)
         fake_optimizer.zero_grad(set_to_none=True)
         student_optimizer.zero_grad(set_to_none=True)
-        idlm.fake_loss(fake, student, *batch(step), PROCESS).backward()
+        idlm.fake_loss(fake, student, *batch(step), process).backward()
         assert all(p.grad is None for p in student.parameters())
         fake_optimizer.step()
         fake_optimizer.zero_grad(set_to_none=True)
-        idlm.student_loss(student, teacher, fake, *batch(100 + step), PROCESS)[0].backward()
+        idlm.student_loss(student, teacher, fake, *batch(100 + step), process)[0].backward()
         assert all(p.grad is None for p in fake.parameters())
         student_optimizer.step()
     assert all(p.grad is None for p in teacher.parameters())
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
     for trained in (fake, student):
         assert any(not torch.equal(before[k], v) for k, v in trained.state_dict().items())
+
+
+@pytest.mark.parametrize("process", [PROCESS, UniformProcess(V)], ids=["absorbing", "uniform"])
+def test_default_student_step_is_the_discrete_relaxation_with_constant_network_outputs(process):
+    """Without --tau the student step is what it was before the Gaussian variant: discrete z_t drawn
+    from the detached student output, teacher and fake evaluated without a graph, `process.loss_gap`.
+    Same seed, so the same numbers, bit for bit: the loss and the student's gradient."""
+    teacher, fake, student = random_dit(0), random_dit(1), random_dit(2)
+    x, t, u = batch(3)
+    torch.manual_seed(4)
+    loss, _ = idlm.student_loss(student, teacher, fake, x, t, u, process)
+    got = torch.autograd.grad(loss, list(student.parameters()), allow_unused=True)
+    torch.manual_seed(4)
+    x0 = process.denoise(student, process.forward_sample(x, t, u), t)[..., :V].exp()
+    t_loss = diffusion.SAMPLING_EPS + (1 - diffusion.SAMPLING_EPS) * torch.rand(x.shape[0])
+    z_t = process.forward_sample_soft(x0.detach(), t_loss)
+    with torch.no_grad():
+        log_teacher, log_fake = (process.loss_log_outputs(m, z_t, t_loss) for m in (teacher, fake))
+    expected = process.loss_gap(log_teacher, log_fake, x0, z_t, t_loss)
+    assert torch.equal(loss, expected)
+    for a, b in zip(got, torch.autograd.grad(expected, list(student.parameters()), allow_unused=True)):
+        assert (a is None and b is None) or torch.equal(a, b)
 
 
 # ----------------------------------------------------------------------------- the fake step (eq. 10)
