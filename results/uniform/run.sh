@@ -17,3 +17,10 @@ for S in ancestral greedy-tail; do
       out/r18b/idlm-dcd/ckpt.pt --steps 1 2 4 8 16 64 --sampler $S --judge exact --num-samples 128 --seed 0 \
       --out-dir results/uniform/$S
 done
+# IDLM-code's Gaussian-argmax variant of IDLM-Duo (--tau), swept alone (results/uniform/gaussian)
+python train.py --distill idlm --teacher out/r18b/uniform/ckpt.pt $C --iters 300 --tau 0.1 --judge exact --eval-samples 0 \
+    --out-dir out/r18b/idlm-duo-gauss
+for S in ancestral greedy-tail; do
+  python sweep.py --ckpts out/r18b/idlm-duo-gauss/ckpt.pt --steps 1 2 4 8 16 64 --sampler $S --judge exact \
+      --num-samples 128 --seed 0 --out-dir results/uniform/gaussian/$S
+done
