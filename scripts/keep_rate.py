@@ -46,6 +46,8 @@ def keep_rate(model, process, x, t, generator):
 
 def main():
     cfg = parse_config(KeepConfig, __doc__.split("\n\n")[0])
+    if max(cfg.times) > 1:
+        raise ValueError(f"--times are diffusion times in (0, 1], got {max(cfg.times)}")
     model, ckpt = checkpoint.load_model(cfg.ckpt)
     process = checkpoint.process_of(ckpt)
     if process is None:

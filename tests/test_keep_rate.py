@@ -44,3 +44,8 @@ def test_the_carry_over_keeps_every_token_of_an_absorbing_model(tmp_path):
 def test_an_autoregressive_model_is_refused_in_one_line(tmp_path):
     ar = save_tiny_checkpoint(tmp_path / "ar.pt", kind="ar")
     assert_one_error_line(run_script("scripts/keep_rate.py", "--ckpt", str(ar)))
+
+
+def test_a_time_past_one_is_refused_in_one_line(tmp_path):
+    ckpt = save_tiny_checkpoint(tmp_path / "model.pt")
+    assert "(0, 1]" in assert_one_error_line(run_script("scripts/keep_rate.py", "--ckpt", str(ckpt), "--times", "1.5"))
