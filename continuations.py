@@ -21,9 +21,9 @@ import torch
 import cli
 import devices
 from checkpoint import load_model
-from data import tokenizer_from_meta
+from data import held_out_data, tokenizer_from_meta
 from evaluate import CONTINUATIONS_PER_PROMPT, DEFAULT_AR_JUDGE, generate, self_bleu
-from sweep import held_out_data, load_checkpoints, write_tables
+from sweep import load_checkpoints, write_tables
 
 PROMPT_TOKENS = CONTINUATION_TOKENS = 50  # SDTT appendix A
 MAUVE_SEED = 25  # mauve-text's default k-means seed

@@ -363,3 +363,17 @@ def source_from_meta(meta):
     if meta["kind"] != "synthetic":
         return None
     return MarkovSource(meta["vocab_size"], meta["seq_len"], meta["branching"], meta["seed"], meta.get("floor", 0.01))
+
+
+def held_out_data(name, data_meta, vocab_size):
+    """The dataset the checkpoints were trained on (for its validation split). name: as train.py's
+    --data; None only for the synthetic source, which data_meta describes whole."""
+    source = source_from_meta(data_meta)
+    if source is not None:
+        return source
+    if name is None:
+        raise ValueError("the checkpoint does not record its training data: give --data")
+    data = load_data(name, vocab_size)
+    if data.meta() != data_meta:
+        raise ValueError(f"--data {name} has a different tokenizer/vocabulary than the checkpoints")
+    return data

@@ -19,7 +19,7 @@ import cli
 import devices
 from checkpoint import DIFFUSION_KINDS, load_model, process_of
 from cli import flag
-from data import load_data, source_from_meta, tokenizer_from_meta
+from data import held_out_data, source_from_meta, tokenizer_from_meta
 from evaluate import (CONTINUATIONS_PER_PROMPT, DEFAULT_AR_JUDGE, continuation_self_bleu, lambada,
                       lambada_examples, load_judge, markdown_table, quality_rows, write_samples)
 from diffusion import MaskingProcess
@@ -117,17 +117,6 @@ class EvalConfig:
     data: str = flag("shakespeare", "the corpus the checkpoints saw, for held-out text (LAMBADA local, self-BLEU "
                                     "prompts); ignored for the synthetic source")
     device: str = flag("auto", "where to sample", choices=devices.DEVICES)
-
-
-def held_out_data(name, data_meta, vocab_size):
-    """The dataset the checkpoints were trained on (for its validation split)."""
-    source = source_from_meta(data_meta)
-    if source is not None:
-        return source
-    data = load_data(name, vocab_size)
-    if data.meta() != data_meta:
-        raise ValueError(f"--data {name} has a different tokenizer/vocabulary than the checkpoints")
-    return data
 
 
 def load_checkpoints(cfg, device):

@@ -22,6 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import checkpoint  # noqa: E402
 from cli import flag, parse_config, run  # noqa: E402
+from data import held_out_data, tokenizer_from_meta  # noqa: E402
 from evaluate import load_judge, markdown_table, token_entropy  # noqa: E402
 
 Z = 1.96  # two-sided 95% normal quantile
@@ -33,6 +34,10 @@ class IntervalConfig:
     judge: str = flag("exact", "'exact' (synthetic source), our AR checkpoint or a Hugging Face model")
     ckpt: Optional[str] = flag(None, "the checkpoint whose data_meta gives the vocabulary (default: the first row's)")
     device: str = flag("cpu", "where the judge runs")
+    data_windows: int = flag(0, "also score this many validation windows of the training data, as long as the "
+                                "samples, as a row 'data' (the real text's reference)", at_least=0)
+    data: Optional[str] = flag(None, "the training data for --data-windows, as train.py's --data (default: what the "
+                                     "checkpoint recorded; the synthetic source is its own)")
 
 
 def read_rows(path):
@@ -59,8 +64,14 @@ def main():
     if cfg.samples is None:
         raise ValueError("give --samples <samples.jsonl> (sweep.py and a distillation's table write one)")
     rows, first = read_rows(cfg.samples)
-    meta = checkpoint.read(cfg.ckpt or first)["data_meta"]
+    ckpt = checkpoint.read(cfg.ckpt or first)
+    meta = ckpt["data_meta"]
     judge = load_judge(cfg.judge, meta, torch.device(cfg.device))
+    if cfg.data_windows:
+        data = held_out_data(cfg.data or ckpt.get("train_config", {}).get("data"), meta,
+                             tokenizer_from_meta(meta).vocab_size)
+        length = len(next(iter(rows.values()))[0])
+        rows[("data", "-")] = data.batch("val", cfg.data_windows, length, torch.Generator().manual_seed(0)).tolist()
     table = []
     for (label, steps), samples in rows.items():
         tokens = torch.tensor(samples)

@@ -19,7 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import checkpoint  # noqa: E402
 from cli import flag, parse_config, run  # noqa: E402
-from data import load_data, source_from_meta  # noqa: E402
+from data import held_out_data, tokenizer_from_meta  # noqa: E402
 from evaluate import markdown_table  # noqa: E402
 
 
@@ -52,13 +52,9 @@ def main():
     process = checkpoint.process_of(ckpt)
     if process is None:
         raise ValueError(f"{cfg.ckpt} is an autoregressive model: it has no denoiser to measure")
-    seq_len = ckpt["model_config"]["seq_len"]
-    data = source_from_meta(ckpt.get("data_meta") or {"kind": None})  # the synthetic source, as trained on
-    if data is None:
-        name = cfg.data or ckpt.get("train_config", {}).get("data")
-        if name is None:
-            raise ValueError(f"{cfg.ckpt} does not record its training data: give --data")
-        data = load_data(name, ckpt["model_config"]["vocab_size"], seq_len)
+    seq_len, meta = ckpt["model_config"]["seq_len"], ckpt["data_meta"]
+    data = held_out_data(cfg.data or ckpt.get("train_config", {}).get("data"), meta,
+                         tokenizer_from_meta(meta).vocab_size)
     generator = torch.Generator().manual_seed(cfg.seed)
     x = data.batch("val", cfg.num_sequences, seq_len, generator)
     rows = []

@@ -2,10 +2,11 @@
 import gzip
 import json
 
+import pytest
 import torch
 
 import helpers
-from data import source_from_meta
+from data import held_out_data, source_from_meta
 from evaluate import ExactJudge
 from helpers import SYNTHETIC, assert_one_error_line, run_script
 
@@ -45,3 +46,22 @@ def test_without_samples_or_with_an_empty_file_it_is_one_error_line(tmp_path):
     (tmp_path / "empty.jsonl").write_text("")
     empty = run_script("scripts/genppl_interval.py", "--samples", str(tmp_path / "empty.jsonl"))
     assert "no samples" in assert_one_error_line(empty)
+
+
+def test_data_windows_add_the_real_texts_row_scored_like_the_samples(tmp_path):
+    ckpt = helpers.save_tiny_checkpoint(tmp_path / "model.pt")
+    source, shape = source_from_meta(SYNTHETIC), (8, SYNTHETIC["seq_len"])
+    noise = torch.randint(SYNTHETIC["vocab_size"], shape, generator=torch.Generator().manual_seed(1))
+    write_samples(tmp_path / "samples.jsonl", {"noise": noise}, ckpt)
+    result = run_script("scripts/genppl_interval.py", "--samples", str(tmp_path / "samples.jsonl"),
+                        "--data-windows", "16")
+    assert result.returncode == 0, result.stderr
+    row = result.stdout.splitlines()[-1].split("|")
+    assert row[1].strip() == "data" and int(row[3]) == 16
+    windows = source.batch("val", 16, SYNTHETIC["seq_len"], torch.Generator().manual_seed(0))  # as the samples
+    assert abs(float(row[4]) - ExactJudge(source).nll_per_token(windows).double().mean().exp().item()) < 0.01
+
+
+def test_real_text_of_a_checkpoint_that_records_no_data_needs_data():
+    with pytest.raises(ValueError, match="give --data"):
+        held_out_data(None, {"kind": "gpt2", "gpt2_ids": None}, 50258)

@@ -19,6 +19,8 @@ done
 # latents (each prints its final table), and how often the teachers keep a clean token
 python train.py --distill idlm --teacher out/dcd/ckpt.pt --lr 3e-5 --out-dir out/idlm-dcd-lr3e-5
 python train.py --distill idlm --teacher out/dcd/ckpt.pt --tau 0.1 --out-dir out/idlm-dcd-tau
+python scripts/genppl_interval.py --samples results/uniform/shakespeare/ancestral/teacher/samples.jsonl.gz \
+    --judge out/ar/ckpt.pt --data-windows 64   # the teacher's rows with intervals, and real text's
 python scripts/keep_rate.py --ckpt out/uniform/ckpt.pt
 mkdir -p out/uniform-1400 && cp out/uniform/ckpt.pt out/uniform-1400/ckpt.pt
 python train.py --process uniform --out-dir out/uniform-1400 --resume --iters 1400
