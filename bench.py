@@ -1,4 +1,4 @@
-"""Latency and cost of sampling and training (SPEC section 6; SDTT section 4.4 and appendix A).
+"""Latency and cost of sampling and training (SPEC.md §10; SDTT section 4.4 and appendix A).
 
     python bench.py                              # every section, sized for this device
     python bench.py --only latency,roofline      # SDTT's protocol and its GPU lower bound
@@ -23,15 +23,14 @@ from typing import Optional
 
 import torch
 
-import devices
-from cli import check_bounds, flag, parse_config, run
-from devices import autocast, peak_memory, sync
 from diffusion import MaskingProcess, antithetic_times
-from distill import idlm_phases, sdtt_phases, trainable_copy
-from flops import GPUS, forward_flops, matmul_params, matmul_peak_flops, sampling_flops
-from model import GPT, PRESETS, DiT, compile_blocks, config_for, count_params, frozen
-from samplers import Ancestral, Revealed, expected_forwards
-from train import Env, TrainConfig, make_ema, pretrain_phases, resolve as resolve_training, train_step
+from model import GPT, PRESETS, DiT, config_for
+from plumbing import devices
+from plumbing.cli import check_bounds, flag, parse_config, run_command
+from plumbing.devices import autocast, peak_memory, sync
+from plumbing.flops import GPUS, count_params, forward_flops, matmul_params, matmul_peak_flops, sampling_flops
+from samplers import Ancestral, CachedAncestral, expected_forwards
+from train import Env, method_step
 
 SECTIONS = ["latency", "overhead", "work", "compile", "kv", "roofline", "train"]
 SDTT_SETTING = dict(sizes=["small", "medium", "large", "1.3B"], vocab_size=50257, seq_len=1024)
@@ -122,7 +121,7 @@ def ar_generate(gpt, batch, new_tokens, use_cache=True):
         return gpt.generate(prompt, new_tokens, use_cache=use_cache)
 
 
-SAMPLERS = {"plain": Ancestral(), "default": Revealed()}  # the first release's sampler; the default one
+SAMPLERS = {"plain": Ancestral(), "default": CachedAncestral()}  # the first release's sampler; the default one
 
 
 def diffusion_sample(dit, batch, seq_len, steps, sampler="default"):
@@ -243,7 +242,7 @@ def work(cfg, device, results):
         row = {"batch_size": batch, "steps": steps, "seq_len": L}
         for cache in ("batch", "sequence"):
             process = MaskingProcess(cfg.vocab_size)
-            forwards = Revealed(cache=cache)(FreeTrunk(cfg.vocab_size, L), process, process.prior(batch, L, "cpu"),
+            forwards = CachedAncestral(cache=cache)(FreeTrunk(cfg.vocab_size, L), process, process.prior(batch, L, "cpu"),
                                              steps, torch.Generator().manual_seed(cfg.seed))[1]
             row[cache] = {"measured": forwards / batch, "expected": expected_forwards(steps, L, batch, cache)}
         row["fewer"] = row["batch"]["measured"] / row["sequence"]["measured"]
@@ -267,7 +266,7 @@ def compile_gain(cfg, device, results):
         dit = untrained("mdlm", size, cfg.vocab_size, cfg.seq_len, device)
         eager, _ = timed(lambda: diffusion_sample(dit, batch, cfg.seq_len, k), cfg.runs, device,
                          warmup=lambda: diffusion_sample(dit, batch, cfg.seq_len, 1))
-        compiled = compile_blocks(untrained("mdlm", size, cfg.vocab_size, cfg.seq_len, device))
+        compiled = devices.compile_blocks(untrained("mdlm", size, cfg.vocab_size, cfg.seq_len, device))
         first, _ = timed(lambda: diffusion_sample(compiled, batch, cfg.seq_len, k), 1, device)
         warm, _ = timed(lambda: diffusion_sample(compiled, batch, cfg.seq_len, k), cfg.runs, device)
         rows.append({"size": size, "batch": batch, "steps": k, "eager": eager, "compiled": warm,
@@ -340,25 +339,15 @@ def roofline(cfg, device, results):
 # ----------------------------------------------------------------------------- training cost
 
 def training_step(method, size, vocab_size, seq_len, batch, device):
-    """One training step of `method` on a fixed batch, with the phases built by the functions
-    that train.py and distill.py build them with (MDLM's loss; SDTT's first round, its teacher at
-    L steps; IDLM's fake step then student step), run by train.py's own `train_step` with the
-    EMA update. Returns (step function, number of optimizers)."""
+    """One training step of `method` on a fixed batch, built by train.py as it runs the method
+    (MDLM's loss; SDTT's first round, its teacher at L steps; IDLM's fake step then student step),
+    run by train.py's own `train_step` with the EMA update. Returns (step function, number of
+    optimizers)."""
     model = untrained("mdlm", size, vocab_size, seq_len, device).train()
-    cfg = resolve_training(TrainConfig(distill=None if method == "mdlm" else method, seq_len=seq_len,
-                                       batch_size=batch), model.config.n_embd)
-    env, process = Env(device), MaskingProcess(vocab_size)
-    if method == "mdlm":
-        phases = pretrain_phases(cfg, env, model, process)
-    elif method == "sdtt":
-        phases = sdtt_phases(cfg, env, model, process)
-        phases[0].loss.start_round(frozen(model), cfg.start_steps)
-    else:
-        phases = idlm_phases(cfg, env, frozen(model), model, trainable_copy(model), process)
-    ema = make_ema(model, cfg.ema)
     x = torch.randint(vocab_size, (batch, seq_len), device=device)
     t, u = antithetic_times(torch.rand(()).item(), batch).to(device), torch.rand(x.shape, device=device)
-    return lambda: train_step(phases, [(x, t, u)], env, cfg.grad_clip, ema), len(phases)
+    return method_step(method, model, MaskingProcess(vocab_size), Env(device), (x, t, u), seq_len=seq_len,
+                       batch_size=batch, rounds=1)  # SDTT's first round
 
 
 def train_step_cost(method, size, vocab_size, seq_len, batch, runs, device_name, threads=None, seed=0):
@@ -432,4 +421,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    run(main)
+    run_command(main)

@@ -1,19 +1,22 @@
-"""Diffusion processes as values: a noise schedule, and the absorbing (masking) process of MDLM.
+"""Diffusion processes as values: a noise schedule, the interface every process gives (`Process`),
+and the absorbing (masking) process of MDLM (`MaskingProcess`).
 
-Read alongside SDTT section 2.1. Real tokens are 0..V-1 and MASK is id V, so a denoiser
-emits V+1 logits per position. Time runs from t=0 (data) to t=1 (everything masked).
+Read alongside SPEC.md §1 (SDTT section 2.1; MDLM). Real tokens are 0..V-1 and MASK is id V,
+so a denoiser emits V+1 logits per position. Time runs from t=0 (data) to t=1 (everything masked).
 
 The math is small pure functions on tensors (`forward_mask`, `reverse_posterior`, ...). A
 *process* bundles them with a *schedule* into the one value that methods receive: sdtt.py,
-idlm.py, the sampler and train.py never name a schedule or the MASK id themselves.
+idlm.py, the samplers and train.py never name a schedule or the MASK id themselves, and they ask
+a process what it can do (`has_mask`, `takes_prompt`, `has_scores`) instead of guessing.
 - A schedule is alpha(t) and its derivative; the NELBO weight w(t) = -alpha'/(1-alpha) and the
   total noise sigma(t) = -log alpha_t follow from them. A new schedule is one class here.
 - A process is the forward corruption, its exact reverse posterior, one reverse step, the
-  parameterization of the denoiser and the NELBO. A new process is one class with the methods
-  of `MaskingProcess`.
+  parameterization of the denoiser and the NELBO: the methods of `Process`. The other processes
+  (uniform-state, SEDD) live in processes/ and are registered in processes/registry.py.
 """
 import math
 from dataclasses import dataclass
+from typing import Callable, Optional, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -117,6 +120,63 @@ def sample_categorical(probs, generator=None, num_samples=None):
                    device=generator_device(generator, cdf)).to(cdf.device)
     draws = torch.searchsorted(cdf, u * cdf[..., -1:], right=True).clamp_(max=cdf.shape[-1] - 1)
     return draws.squeeze(-1) if num_samples is None else draws
+
+
+# ----------------------------------------------------------------------------- the interface of a process
+
+class Process(Protocol):
+    """What every diffusion process gives the rest of the code (SPEC.md §1.6). Training,
+    distillation, the samplers, the likelihood and the checkpoints use nothing else; a new process
+    is one class with these members plus one line in processes/registry.py.
+
+    Tensors: x clean tokens [N, L]; z_t noisy states [N, L] (float latents [N, L, V] for Duo's
+    Gaussian view); t, s times (a number or [N]); x_probs a soft x [N, L, V]; u uniforms [N, L].
+    """
+    # what it is
+    name: str                 # its key in processes.registry.PROCESSES, recorded in a checkpoint
+    family: str               # "absorbing" (MASK state) or "uniform": what --process names
+    vocab_size: int           # V, the real tokens (the uniform process's states)
+    schedule: Schedule        # alpha(t)
+    time_conditioned: bool    # the network sees sigma(t); if not, its output depends on z_t alone
+    default_sampler: str      # the sampler sample.py and evaluation/sweep.py use unless told
+    # what it can do: callers ask these, never guess from other members
+    has_mask: bool            # MASK (id mask_id = V) is a state: revealed tokens never change again
+    takes_prompt: bool        # given tokens stay fixed while the rest is sampled (prompts, infill, LAMBADA)
+    has_scores: bool          # the network gives concrete scores (SEDD): the score samplers apply
+    mask_id: Optional[int]    # V when has_mask, else None
+    loss_gap: Optional[Callable]  # soft_loss(teacher) - soft_loss(fake) as one sum, or None (idlm.py)
+
+    def config(self) -> dict: ...                              # what a checkpoint records to rebuild it
+    def alpha(self, t): ...                                    # the chance a token is still clean at t
+    def loss_weight(self, t): ...                              # the NELBO's weight at t
+    def noise_input(self, t, n, device): ...                   # the network's time input, [n]
+    def prior(self, n, length, device, generator=None): ...    # z_1
+    def forward_sample(self, x, t, u): ...                     # z_t ~ q(z_t | x), from uniforms u
+    def forward_sample_soft(self, x_probs, t, generator=None): ...  # z_t ~ q(z_t | x) for a soft x
+    def loss_positions(self, z_t): ...                         # where the NELBO has terms, bool [N, L]
+    def denoise(self, model, z_t, t): ...                      # log x_theta(z_t, t)
+    def loss_log_outputs(self, model, z_t, t): ...             # what soft_loss scores, over the V tokens
+    def posterior(self, z_t, x_probs, s, t): ...               # q(z_s | z_t, x), exactly, float64
+    def reverse_step(self, logits, z_t, s, t, generator=None): ...  # z_s ~ q(z_s | z_t, x_theta(z_t))
+    def loss(self, model, x, t, u): ...                        # the training loss, per token
+    def nelbo(self, model, x, t, u, scored=None): ...          # NELBO nats, only `scored` noised and counted
+    def soft_loss(self, log_f, x_probs, z_t, t): ...           # the loss of a soft x (IDLM), per token
+    # has_mask only: the two stages of a reverse step, and the fill after the last one
+    def reveal_positions(self, z_t, s, t, generator=None): ...
+    def draw(self, rows, generator=None): ...
+    def final_tokens(self, rows, final, generator=None): ...
+    # has_scores only: log s_theta(z_t, t) over the V+1 ids
+    def scores(self, model, z_t, t): ...
+
+
+def output_rows(model, z_t, sigma, rows):
+    """The network's logits at the (sequence, position) rows of z_t only. A network split into trunk
+    and head (the DiT) runs its output layer, V+1 wide (the largest matmul and activation), at
+    those rows alone; any other network runs whole."""
+    if not hasattr(model, "trunk"):
+        return model(z_t, sigma)[rows]
+    hidden, c = model.trunk(z_t, sigma)
+    return model.head(hidden[rows], c[rows[0]])
 
 
 # ----------------------------------------------------------------------------- the absorbing process, as math
@@ -230,8 +290,10 @@ class MaskingProcess:
     network sees sigma(t) (MDLM's released models do not: they get sigma = 0, which is what makes
     prediction caching valid).
     """
-    kind = "absorbing"
+    name = family = "absorbing"
     default_sampler = "cached"  # exact ancestral sampling (the same tokens as "ancestral"), the least work
+    has_mask = takes_prompt = True
+    has_scores = False
 
     def __init__(self, vocab_size, schedule=None, time_conditioned=False):
         self.vocab_size = vocab_size
@@ -240,8 +302,8 @@ class MaskingProcess:
         self.time_conditioned = time_conditioned
 
     def config(self):
-        """What a checkpoint records to rebuild this process (see `process_from_config`)."""
-        return {"kind": self.kind, "schedule": type(self.schedule).__name__.lower(), "eps": self.schedule.eps}
+        """What a checkpoint records to rebuild this process (processes.registry.process_from_config)."""
+        return {"kind": self.name, "schedule": type(self.schedule).__name__.lower(), "eps": self.schedule.eps}
 
     def alpha(self, t):
         return self.schedule.alpha(t)
@@ -283,9 +345,9 @@ class MaskingProcess:
         """q(z_s | z_t, x), exactly (SDTT eq. 2), in float64."""
         return reverse_posterior(z_t, x_probs, self.alpha(s), self.alpha(t), self.mask_id)
 
-    def reverse_step(self, log_x, z_t, s, t, generator=None):
+    def reverse_step(self, logits, z_t, s, t, generator=None):
         """One ancestral step z_t -> z_s ~ p_theta(z_s | z_t) = q(z_s | z_t, x = x_theta(z_t))."""
-        return reveal(log_x, z_t, unmask_probability(self.alpha(s), self.alpha(t)), self.mask_id, generator)
+        return reveal(logits, z_t, unmask_probability(self.alpha(s), self.alpha(t)), self.mask_id, generator)
 
     def reveal_positions(self, z_t, s, t, generator=None):
         """The positions that `reverse_step` reveals from t to s, drawn first (the same draws)."""
@@ -310,10 +372,23 @@ class MaskingProcess:
         per_position = self.loss_weight(t)[:, None] * masked_nll(log_x, x, z_t, self.mask_id)
         return per_position.sum() / x.numel()
 
+    def nelbo(self, model, x, t, u, scored=None):
+        """The Monte-Carlo NELBO of `loss`, in nats summed over the batch, with the output layer run
+        only at the MASK positions, the only ones with terms (`output_rows`): validation and the
+        likelihood bounds. scored: bool [L] or [N, L]; positions outside it are never masked (the
+        context the bound conditions on), so they carry no term (SPEC.md §7.3)."""
+        if scored is not None:
+            u = torch.where(scored, u, 1.0)  # a uniform of 1 is never below the move chance
+        z_t = self.forward_sample(x, t, u)
+        rows = self.loss_positions(z_t).nonzero(as_tuple=True)
+        logits = output_rows(model, z_t, self.noise_input(t, x.shape[0], x.device), rows)
+        log_x = subs_log_probs(logits, z_t[rows], self.mask_id)
+        nll = -log_x.gather(-1, x[rows][:, None])[:, 0]
+        return (self.loss_weight(t)[:, None].expand_as(x)[rows] * nll).sum()
+
     def loss_gap(self, log_teacher, log_fake, x_probs, z_t, t):
-        """soft_loss(teacher) - soft_loss(fake) on the same z_t, inside one sum so that the two
-        losses' large common terms never cancel in floating point (IDLM eq. 11). Its gradient
-        w.r.t. x_probs is w(t) (log f_fake - log f_teacher) at masked positions, per token."""
+        """soft_loss(teacher) - soft_loss(fake) on the same z_t as one sum (idlm.teacher_fake_gap,
+        IDLM eq. 11), per token: w(t) sum over masked positions of <log f_fake - log f_teacher, x>."""
         gap = torch.where(self.loss_positions(z_t).unsqueeze(-1), log_teacher - log_fake, torch.zeros_like(log_fake))
         return -(self.loss_weight(t)[:, None] * (gap * x_probs).sum(-1)).sum() / z_t.numel()
 

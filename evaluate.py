@@ -1,38 +1,33 @@
-"""Metrics for masked diffusion language models (the sweep over checkpoints x steps: sweep.py).
+"""The final table's metrics: generative perplexity (GenPPL), entropy and forward passes (NFE)
+of unconditional samples, with the judges that score them (SPEC.md §7.1-7.2).
 
-SPEC section 5. Generative perplexity (GenPPL) is the mean per-token NLL of unconditional
-samples under a judge, exponentiated, always reported with the samples' token entropy (the
-guard against repetitive text, IDLM/Duo protocol) and the number of steps.
+GenPPL is the exponential of the mean over samples of each sample's NLL per token under a judge:
+the synthetic source itself (exact), our AR model (offline), or a Hugging Face causal LM (GPT-2
+Large in the papers). It is always reported with the samples' token entropy, the guard against
+repetitive text, and the number of forward passes per sample.
 
-A Hugging Face judge (GPT-2 Large in the papers) follows MDLM's protocol: each sample is decoded
-to text and re-tokenized by the judge's tokenizer (truncated to the sample's length), without
-a BOS, so the first judge token is context and is not scored; a batch is padded on the right
-with EOS under an attention mask; the tokens scored are the real tokens and the first EOS of
-each row (a sample's own end of text, or else the first padding); rows longer than the judge's
-context are scored in context-sized chunks; on a GPU the judge runs in bf16, and log-softmax in
-float32. GenPPL here is the exponential of the mean over samples of their NLL per counted
-token; MDLM pools the counted tokens of all samples instead (the two agree when the samples'
-judge lengths do). Also: self-BLEU
-of continuations of one prompt (SDTT appendix A), LAMBADA last-word accuracy decoded in one
-forward pass and its NELBO perplexity bound (SDTT section 4).
+A Hugging Face judge follows MDLM's protocol: each sample is decoded to text and re-tokenized by
+the judge's tokenizer (truncated to the sample's length), without a BOS, so the first judge token
+is context and is not scored; a batch is padded on the right with EOS under an attention mask; the
+tokens scored are the real tokens and the first EOS of each row (a sample's own end of text, or
+else the first padding); rows longer than the judge's context are scored in context-sized chunks;
+on a GPU the judge runs in bf16, and log-softmax in float32. MDLM pools the counted tokens of all
+samples instead of averaging per sample (the two agree when the samples' judge lengths do).
 """
 import contextlib
 import json
-import math
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-import devices
-from checkpoint import load_model
-from data import MarkovSource, source_from_meta, tokenizer_from_meta
-from diffusion import antithetic_times, subs_log_probs
+from data import source_from_meta, tokenizer_from_meta
+from loading.checkpoint import load_model
+from plumbing import devices
 from samplers import make_sampler
 
 DEFAULT_AR_JUDGE = "out/ar/ckpt.pt"
-CONTINUATIONS_PER_PROMPT = 5  # SDTT appendix A (as Lou et al. for MAUVE)
 
 
 # ----------------------------------------------------------------------------- judges
@@ -162,26 +157,6 @@ def token_entropy(tokens):
     return torch.stack(entropies)
 
 
-def self_bleu(continuations, max_n=4):
-    """SDTT appendix A, eq. 8: each continuation's sentence BLEU against the others, averaged.
-    1 for identical continuations (deterministic sampling); lower is more diverse.
-
-    sacrebleu on the token ids (no re-tokenization), with Texygen's smoothing (Zhu et al. 2018):
-    a zero n-gram match count counts as 0.1, and orders longer than a continuation are skipped.
-    """
-    try:
-        from sacrebleu.metrics import BLEU
-    except ImportError:
-        raise ValueError("self-BLEU needs sacrebleu: pip install -r requirements-eval.txt") from None
-    if len(continuations) < 2:
-        raise ValueError("self-BLEU needs at least two continuations")
-    metric = BLEU(tokenize="none", smooth_method="floor", smooth_value=0.1, effective_order=True,
-                  max_ngram_order=max_n)
-    texts = [" ".join(str(int(token)) for token in c) for c in continuations]
-    return sum(metric.sentence_score(text, texts[:i] + texts[i + 1:]).score / 100
-               for i, text in enumerate(texts)) / len(texts)
-
-
 # ----------------------------------------------------------------------------- sampling
 
 @contextlib.contextmanager
@@ -212,15 +187,15 @@ def generate(model, process, n, seq_len, steps, *, sampler=None, prompt=(), bos_
     if seq_len > context and not (process is not None and sampler.extends_context):
         raise ValueError(f"samples of {seq_len} tokens do not fit the model's context of {context} "
                          "(the semi-ar sampler makes longer ones)")
-    fixed = [i for i, token in enumerate(prompt) if token is not None]  # None: a gap (prompts.py)
+    fixed = [i for i, token in enumerate(prompt) if token is not None]  # None: a gap (plumbing/prompts.py)
     if len(prompt) > seq_len or len(fixed) == len(prompt) >= seq_len:
         raise ValueError(f"the prompt has {len(prompt)} tokens: it must be shorter than the "
                             f"{seq_len} tokens of a sample")
     if process is None and len(fixed) < len(prompt):
         raise ValueError("gaps ([MASK]) need a diffusion model: an AR model only continues a prefix")
-    if process is not None and process.mask_id is None and fixed:
-        raise ValueError("prompts and gaps need a model with MASK: a uniform-state model's sampler may "
-                         "change every token at every step")
+    if process is not None and not process.takes_prompt and fixed:
+        raise ValueError(f"prompts and gaps need a process that keeps given tokens fixed; the {process.name} "
+                         "process's sampler may change every token at every step")
     device = next(model.parameters()).device
     fixed_tokens = torch.tensor([prompt[i] for i in fixed], dtype=torch.long, device=device)
     if process is None:
@@ -266,135 +241,17 @@ def quality_rows(entries, judge, num_samples, batch_size, seq_len, seed, device,
     return rows
 
 
-def write_samples(path, scored, tokenizer, sources):
+def write_samples(path, scored, data_meta, sources):
     """Every sample behind a table, one JSON object per line: its row's label and steps, the
     seed and batch size that make it again, its index, text and tokens, and sources[i] (the
     checkpoint, the sampler) of row i. Re-scoring them checks any reported figure."""
+    tokenizer = tokenizer_from_meta(data_meta)
     with open(path, "w") as f:
         for entry, source in zip(scored, sources):
             fields = {k: v for k, v in entry.items() if k != "tokens"}
             for index, row in enumerate(entry["tokens"].tolist()):
                 f.write(json.dumps({**fields, **source, "index": index, "text": tokenizer.decode(row),
                                     "tokens": row}) + "\n")
-
-
-def continuation_self_bleu(model, process, data, seq_len, steps, prompts, seed, bos_id=None, batch_size=64,
-                           sampler=None):
-    """SDTT appendix A: 5 continuations of each held-out prompt (the first half of a validation
-    window), self-BLEU of the continuations of each prompt, averaged over prompts."""
-    generator, device = torch.Generator().manual_seed(seed), next(model.parameters()).device
-    scores = []
-    for window in data.batch("val", prompts, seq_len, generator):
-        prompt = window[:seq_len // 2].tolist()
-        with devices.autocast(device):  # bf16 on a GPU, as in training
-            tokens, _ = generate(model, process, CONTINUATIONS_PER_PROMPT, seq_len, steps, prompt=prompt,
-                                 bos_id=bos_id, batch_size=batch_size, generator=generator, sampler=sampler)
-        scores.append(self_bleu([row[len(prompt):].tolist() for row in tokens]))
-    return sum(scores) / len(scores)
-
-
-# ----------------------------------------------------------------------------- likelihood metrics
-
-def lambada_split(text, tokenizer):
-    """(context tokens, last-word tokens): the word's tokens are those of the text beyond the
-    tokens of the text without its last word."""
-    words = text.strip().rsplit(maxsplit=1)
-    if len(words) < 2:
-        return [], []
-    ids, prefix = tokenizer.encode(text.strip()), tokenizer.encode(words[0])
-    return ids[:len(prefix)], ids[len(prefix):]
-
-
-@torch.no_grad()
-def lambada(model, process, examples, tokenizer, device, nelbo_samples=16, seed=0):
-    """LAMBADA protocol (SDTT section 4): mask every token of each text's last word, decode
-    them all in ONE forward pass with the argmax of x_theta; correct only if all are right.
-
-    ppl_bound: the NELBO (SDTT eq. 3) bound on the perplexity per token of the last word given
-    its context, a fixed-seed Monte-Carlo estimate in which only the word is ever masked.
-    """
-    seq_len = model.config.seq_len
-    generator = torch.Generator().manual_seed(seed)
-    correct = n = word_tokens = 0
-    nelbo_nats = 0.0
-    with eval_mode(model), devices.autocast(device):  # bf16 on a GPU, as in training
-        for text in examples:
-            context, word = lambada_split(text, tokenizer)
-            if not context or not word or len(word) >= seq_len:
-                continue
-            x = torch.tensor(context[len(word) - seq_len:] + word, device=device)[None]
-            is_word = torch.arange(x.shape[1], device=device) >= x.shape[1] - len(word)
-            t = torch.full((1,), len(word) / x.shape[1], device=device)  # used if time-conditioned
-            prediction = process.denoise(model, torch.where(is_word, process.mask_id, x), t)
-            correct += bool((prediction.argmax(-1)[0, is_word] == x[0, is_word]).all())
-            # a uniform of 1 is never below the move chance, so the context is never masked
-            copies = x.expand(nelbo_samples, -1)
-            t = antithetic_times(torch.rand((), generator=generator), nelbo_samples).to(device)
-            u = torch.where(is_word, torch.rand(copies.shape, generator=generator).to(device), 1.0)
-            nelbo_nats += process.loss(model, copies, t, u).item() * x.shape[1]
-            word_tokens += len(word)
-            n += 1
-    if n == 0:
-        raise ValueError("no usable LAMBADA examples (each needs a context and a last word)")
-    return {"accuracy": correct / n, "ppl_bound": math.exp(nelbo_nats / word_tokens),
-            "forward_passes": n, "n": n}
-
-
-def lambada_examples(source, data, limit, seed=0):
-    """LAMBADA texts: the Hugging Face test set (source "hf", or "auto" when reachable), else
-    held-out lines of the local corpus; for the synthetic source, sampled sequences."""
-    if isinstance(data, MarkovSource):
-        if source == "hf":
-            raise ValueError("LAMBADA from the hub is English text; these models saw the synthetic source")
-        sequences = data.sample(limit, torch.Generator().manual_seed(seed))
-        return [data.tokenizer.decode(row) for row in sequences]
-    if source in ("auto", "hf"):
-        try:
-            import datasets
-            return datasets.load_dataset("EleutherAI/lambada_openai", "en", split="test")["text"][:limit]
-        except Exception as e:  # no package, no network, hub down: all mean "not available"
-            if source == "hf":
-                raise ValueError("could not load LAMBADA from the Hugging Face hub (needs the "
-                                 f"datasets package and a network): {type(e).__name__}") from None
-            print("LAMBADA is not available from the hub: using held-out lines of the local corpus")
-    return data.val_texts()[:limit]
-
-
-def next_token_nll(model, x):
-    """Next-token cross-entropy of an AR model within each window, nats per token."""
-    logits = model(x[:, :-1])
-    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
-
-
-def masked_nelbo(model, process, x, t, u):
-    """The NELBO per token of `process.loss` (SDTT eq. 3), with the output layer (V+1 wide: the
-    largest matmul, and the largest activation) run only at the MASK positions, the only ones
-    with terms: the memory of a validation forward pass is the trunk's, not [N, L, V+1] logits."""
-    z_t = process.forward_sample(x, t, u)
-    rows = process.loss_positions(z_t)
-    hidden, c = model.trunk(z_t, process.noise_input(t, x.shape[0], x.device))
-    logits = model.head(hidden[rows], c[:, None].expand(-1, x.shape[1], -1)[rows])
-    log_x = subs_log_probs(logits, z_t[rows], process.mask_id)
-    nll = -log_x.gather(-1, x[rows][:, None])[:, 0]
-    return (process.loss_weight(t)[:, None].expand_as(x)[rows] * nll).sum() / x.numel()
-
-
-@torch.no_grad()
-def validation_loss(model, process, batches, micro_batch=0):
-    """Mean loss over validation batches of (x, t, u): the NELBO per token (SDTT eq. 3) of a
-    diffusion model at its masked positions (masked_nelbo), whose exp bounds its perplexity,
-    or (process None) an AR model's next-token NLL; micro_batch rows at a time (0: all)."""
-    losses = []
-    with eval_mode(model):
-        for batch in batches:
-            rows = batch[0].shape[0]
-            chunks = zip(*(v.split(micro_batch or rows) for v in batch))
-            nelbo = masked_nelbo  # the uniform process has a loss term at every position: its own loss
-            if process is not None and process.mask_id is None:
-                nelbo = lambda m, p, x, t, u: p.loss(m, x, t, u)  # noqa: E731
-            losses.append(sum((next_token_nll(model, x) if process is None else nelbo(model, process, x, t, u))
-                              .item() * x.shape[0] / rows for x, t, u in chunks))
-    return sum(losses) / len(losses)
 
 
 # ----------------------------------------------------------------------------- reporting
@@ -404,10 +261,3 @@ def markdown_table(rows, columns):
         return f"{value:.2f}" if isinstance(value, float) else str(value)
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     return "\n".join(lines + ["| " + " | ".join(cell(row[c]) for c in columns) + " |" for row in rows])
-
-
-if __name__ == "__main__":
-    # `python evaluate.py --tasks ...` is the lm-evaluation-harness command line of harness.py;
-    # it is run rather than imported, since harness.py is built on this file
-    import runpy
-    runpy.run_path(str(Path(__file__).with_name("harness.py")), run_name="__main__")

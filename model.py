@@ -1,6 +1,6 @@
 """The networks: MDLM's diffusion transformer (DiT) and an autoregressive GPT with a KV cache.
 
-The DiT follows MDLM's published layout fact for fact (SPEC section 2), and its modules carry
+The DiT follows MDLM's published layout fact for fact (SPEC.md §8), and its modules carry
 MDLM's parameter names, so MDLM's checkpoints load by stripping the `backbone.` prefix.
 """
 import copy
@@ -337,6 +337,13 @@ class GPT(nn.Module):
         return (tokens, torch.stack(all_logits, 1)) if return_logits else tokens
 
 
+def next_token_nll(model, x):
+    """Next-token cross-entropy of an AR model within each window x [N, L], nats per token: its
+    training loss and validation figure."""
+    logits = model(x[:, :-1])
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
+
+
 def top_p_filter(probs, top_p):
     """Nucleus filtering: keep the smallest set of tokens whose mass reaches top_p."""
     if top_p >= 1.0:
@@ -348,27 +355,3 @@ def top_p_filter(probs, top_p):
 
 def build_model(kind, cfg: ModelConfig):
     return GPT(cfg) if kind == "ar" else DiT(cfg)
-
-
-def frozen(model):
-    """A copy in eval mode that takes no gradient: a teacher, or the fixed half of a step."""
-    model = copy.deepcopy(model).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
-
-
-def count_params(model, non_embedding=False):
-    total = sum(p.numel() for p in model.parameters())
-    return total - model.vocab_embed.embedding.numel() if non_embedding else total
-
-
-
-def compile_blocks(model):
-    """torch.compile each transformer block in place (dynamic shapes: the samplers' batches and
-    the AR cache's lengths vary). The first calls compile (seconds to minutes); later ones are
-    faster where the compiler fuses the element-wise work around the matmuls. Networks without
-    blocks (the exact denoiser) are left as they are."""
-    for block in getattr(model, "blocks", []):
-        block.compile(dynamic=True)
-    return model

@@ -5,14 +5,14 @@
     python sample.py --ckpt out/mdlm/ckpt.pt out/sdtt/round3.pt --trace trace.html
 
 Diffusion: a sampler of samplers.py from all-MASK; the prompt's tokens are placed first and
-never change, and its gap markers ([MASK:N], prompts.py) are MASK positions to fill in. The
-default, "cached", is exact ancestral sampling (SPEC section 1) with the output layer only
+never change, and its gap markers ([MASK:N], plumbing/prompts.py) are MASK positions to fill in. The
+default, "cached", is exact ancestral sampling (SPEC.md §2.2) with the output layer only
 where tokens are revealed and the network run only on sequences that changed; "ancestral" is
 the same draws the plain way; "topk" is LLaDA-style confidence decoding (not ancestral);
 "semi-ar" makes samples longer than the context (--seq-len). A student samples by default with
 the steps it was distilled for (checkpoint.default_steps). --show animates the denoising in
-the terminal (show.py), --trace writes it as an HTML page (page.py), both from a trace of every
-step (tracing.py). AR: the prompt is continued token by token with the KV cache.
+the terminal (watching/show.py), --trace writes it as an HTML page (watching/page.py), both from a
+trace of every step (watching/tracing.py). AR: the prompt is continued token by token with the KV cache.
 """
 import json
 import sys
@@ -22,18 +22,15 @@ from typing import Optional
 import torch
 from tqdm import tqdm
 
-import cli
-import devices
-import page
-import prompts
-from checkpoint import DIFFUSION_KINDS, default_steps, load_model, process_of
-from cli import flag
 from data import tokenizer_from_meta
 from evaluate import generate
-from model import compile_blocks
+from loading.checkpoint import KINDS, default_steps, load_model, process_of
+from plumbing import cli, devices, prompts
+from plumbing.cli import flag
 from samplers import DEFAULT_SAMPLER, SAMPLERS, make_sampler, sampler_name
-from show import Animation
-from tracing import Traced
+from watching import page
+from watching.show import Animation
+from watching.tracing import Traced
 
 DEFAULT_STEPS = 64
 
@@ -92,7 +89,7 @@ def steps_for(cfg, index, path, ckpt):
 
 def sample(cfg, index, path, device, animate):
     """Samples of one checkpoint: (texts, tokens, steps, record fields, the Traced sampler or None)."""
-    model, ckpt = load_model(path, DIFFUSION_KINDS + ("ar",), cfg.weights, device)
+    model, ckpt = load_model(path, KINDS, cfg.weights, device)
     process = process_of(ckpt)
     if process is None and (cfg.show or cfg.trace):
         raise ValueError(f"--show and --trace follow the denoising of a diffusion model; {path} is an AR model")
@@ -107,7 +104,7 @@ def sample(cfg, index, path, device, animate):
                              cfg.show_seconds, label) if animate else None
         sampler = traced = Traced(sampler, on_frame)
     if cfg.compile:
-        compile_blocks(model)
+        devices.compile_blocks(model)
     generator = torch.Generator().manual_seed(cfg.seed)  # on the CPU: the same draws on any device
     batches = -(-cfg.num_samples // cfg.batch_size)
     many_steps = process is not None and steps >= 64 and not animate
@@ -146,4 +143,4 @@ def main():
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run_command(main)

@@ -1,31 +1,32 @@
-"""Samplers: ways to turn a denoiser into tokens, each a value behind one interface.
+"""Samplers: ways to turn a denoiser into tokens, each a value behind one interface (SPEC.md §2).
 
     tokens, forwards = sampler(model, process, z, steps, generator=None, on_step=None)
 
-z holds MASK where tokens are to be made and fixed tokens (a prompt) elsewhere; fixed tokens
-never change. `forwards` counts sequence-forwards: one for each sequence that went through
-the network (a batch forward of N sequences counts N). on_step(i, z) is called after each
-step (a progress bar, a trace of the denoising).
+z holds the process's prior where tokens are to be made (MASK, or uniform noise) and fixed tokens
+(a prompt) elsewhere; fixed tokens never change. `forwards` counts sequence-forwards: one for each
+sequence that went through the network (a batch forward of N sequences counts N). on_step(i, z) is
+called after each step (a progress bar, a trace of the denoising). SAMPLERS names them all:
 
-- `Ancestral`: MDLM's ancestral sampler as the first release ran it, the reference. One forward
-  per step, the output layer at every position; reused after a step that changed nothing.
-- `Revealed`: the same draws in the same order, so the same tokens, with less work. It first
-  draws which MASK positions a step reveals, then runs the output layer on those rows only
-  (at the small preset the output layer is a quarter of a forward's FLOPs), and it caches the
-  trunk's hidden states per sequence.
-- `Confidence`: LLaDA-style decoding, NOT ancestral sampling.
-- `SemiAR`: MDLM's semi-autoregressive decoding of samples longer than the context.
+- "ancestral" (`Ancestral`): exact ancestral sampling as the first release ran it, the reference.
+  One forward per step, the whole output every time; any process.
+- "cached" (`CachedAncestral`, the absorbing process's default): the same draws in the same order,
+  so the same tokens, with less work: the output layer only at the rows a step reveals, the trunk
+  cached per sequence. "revealed" is the same with the first release's batch-wide cache.
+- "topk" (`Confidence`): LLaDA-style confidence decoding, NOT ancestral sampling.
+- "semi-ar" (`SemiAR`): MDLM's semi-autoregressive decoding of samples longer than the context.
+- "greedy-tail" (`GreedyTail`): Duo's, ancestral steps then the argmax at every position.
+- "analytic", "euler" (`ScoreSampler`): SEDD's, from concrete scores.
+The MASK-based ones ask `process.has_mask`, the score ones `process.has_scores`.
 """
 import torch
 
-from diffusion import T_MIN, LogLinear, sample_categorical, time_grid
-from score_samplers import ScoreSampler
+from diffusion import T_MIN, LogLinear, draw_tokens, generator_device, sample_categorical, time_grid
 
 
-class WholeOutput:
-    """Any denoiser seen as trunk + head: the 'hidden states' are its whole output and the head
-    picks rows. The fast samplers use it for networks without `trunk` and `head` (the exact
-    denoiser), where they still save forwards but not output-layer work."""
+class UnsplitNetwork:
+    """A network without `trunk` and `head` (the exact denoiser) seen as one: its 'hidden states'
+    are its whole output and the head picks rows. The cached samplers still save it forwards,
+    but not output-layer work."""
 
     def __init__(self, model):
         self.model = model
@@ -39,7 +40,7 @@ class WholeOutput:
 
 
 def trunk_and_head(model):
-    return model if hasattr(model, "trunk") else WholeOutput(model)
+    return model if hasattr(model, "trunk") else UnsplitNetwork(model)
 
 
 class HiddenCache:
@@ -87,30 +88,24 @@ def check_cache_mode(mode):
         raise ValueError(f"cache {mode!r}: choose {', '.join(CACHE_MODES)}")
 
 
-def waiting(z, process):
+def mask_positions(z, process):
     """The (sequence, position) index of the MASK positions of z: none for a process without MASK."""
-    if process.mask_id is None:
+    if not process.has_mask:
         return (z.new_zeros(0), z.new_zeros(0))
     return (z == process.mask_id).nonzero(as_tuple=True)
 
 
-def require_absorbing(process, name):
-    """The reveal-based samplers exist only for the absorbing process: one clear error otherwise."""
-    if process.mask_id is None:
-        raise ValueError(f"the {name} sampler needs the absorbing (MASK) process; for the {process.kind} "
+def require_mask(process, name):
+    """The reveal-based samplers exist only for a process with a MASK state: one clear error otherwise."""
+    if not process.has_mask:
+        raise ValueError(f"the {name} sampler needs an absorbing process, with a MASK state; for the {process.name} "
                          "process use --sampler ancestral or greedy-tail")
-
-
-def check_steps(steps):
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
 
 
 def revealed_steps(process, z, steps, t_min, final, cache, generator, on_step):
     """Ancestral sampling, with the network asked only for the rows it needs. Step i first draws
     the positions it reveals, then their tokens from the logits of those rows (`cache`, a
     HiddenCache); at the end, positions still MASK are filled (`final`)."""
-    check_steps(steps)
     times = time_grid(steps, t_min)
     for i in range(steps):
         revealed = process.reveal_positions(z, times[i + 1], times[i], generator)
@@ -143,12 +138,11 @@ class Ancestral:
 
     @torch.no_grad()
     def __call__(self, model, process, z, steps, generator=None, on_step=None):
-        check_steps(steps)
         times = time_grid(steps, self.t_min)
         reuse = self.cache and not process.time_conditioned
         logits, seen, forwards = None, None, 0
         for i in range(steps + 1):
-            rows = waiting(z, process)
+            rows = mask_positions(z, process)
             if i == steps and not len(rows[0]):
                 break
             if not (reuse and seen is not None and torch.equal(z, seen)):
@@ -164,7 +158,7 @@ class Ancestral:
         return z, forwards
 
 
-class Revealed:
+class CachedAncestral:
     """Exact ancestral sampling, with the output layer only at the rows a step reveals and the
     trunk cached per sequence (cache "sequence"; "batch" and "none" as in `HiddenCache`).
 
@@ -179,7 +173,7 @@ class Revealed:
 
     @torch.no_grad()
     def __call__(self, model, process, z, steps, generator=None, on_step=None):
-        require_absorbing(process, "revealed/cached")
+        require_mask(process, "revealed/cached")
         cache = HiddenCache(trunk_and_head(model), process, self.cache)
         return revealed_steps(process, z, steps, self.t_min, self.final, cache, generator, on_step)
 
@@ -220,8 +214,7 @@ class Confidence:
 
     @torch.no_grad()
     def __call__(self, model, process, z, steps, generator=None, on_step=None):
-        require_absorbing(process, "topk")
-        check_steps(steps)
+        require_mask(process, "topk")
         times = time_grid(steps, self.t_min)
         cache = HiddenCache(trunk_and_head(model), process, "sequence")
         for i in range(steps):
@@ -254,7 +247,7 @@ class SemiAR:
 
     @torch.no_grad()
     def __call__(self, model, process, z, steps, generator=None, on_step=None):
-        require_absorbing(process, "semi-ar")
+        require_mask(process, "semi-ar")
         context = model.config.seq_len
         block = self.block or max(1, context // 2)
         if not 0 < block <= context:
@@ -263,15 +256,24 @@ class SemiAR:
         while True:
             window = slice(max(0, end - context), end)
             z[:, window], more = self.inner(model, process, z[:, window], steps, generator,
-                                            None if on_step is None else within(z, window, on_step))
+                                            None if on_step is None else window_reporter(z, window, on_step))
             forwards += more
             if end == z.shape[1]:
                 return z, forwards
             end = min(end + block, z.shape[1])
 
 
+def window_reporter(z, window, on_step):
+    """on_step for a window of z: reports the whole of z, with the window's current state."""
+    def report(i, part):
+        whole = z.clone()
+        whole[:, window] = part
+        on_step(i, whole)
+    return report
+
+
 class GreedyTail:
-    """Duo's Greedy-Tail (SPEC-teachers A1.4): K ancestral steps down to t_min, then one more
+    """Duo's Greedy-Tail (SPEC.md §4.5): K ancestral steps down to t_min, then one more
     forward at t_min and the argmax of x_theta at *every* position, in place of a last ancestral
     step. Lower entropy than ancestral sampling, K + 1 forwards. For the absorbing process the
     argmax changes nothing already revealed (carry-over): ancestral sampling plus one forward.
@@ -290,17 +292,81 @@ class GreedyTail:
         return tokens, forwards + z.shape[0]
 
 
-def within(z, window, on_step):
-    """on_step for a window of z: reports the whole of z, with the window's current state."""
-    def report(i, part):
-        whole = z.clone()
-        whole[:, window] = part
-        on_step(i, whole)
-    return report
+# ----------------------------------------------------------------------------- SEDD's samplers, from concrete scores
+# With the interface of samplers.py (SPEC.md §5.3). On the grid linspace(1, T_MIN, K+1), a step
+# from t to s moves a MASK position to token y with probability P(y) and leaves it MASK with
+# 1 - sum_y P(y); real tokens never change.
+# - "analytic" (Tweedie tau-leaping, the sampler behind SEDD's numbers): P(y) = expm1(dsig) s_y,
+#   dsig = sigma(t) - sigma(s). With normalised scores s = r_t x_hat this is exactly the
+#   ancestral step (alpha_s - alpha_t) / (1 - alpha_t) x_hat_y.
+# - "euler": P(y) = (t - s) sigma'(t) s_y, a first-order step (poor on coarse grids).
+# Unnormalised scores can give sum_y P(y) > 1, a negative stay probability: it is clamped to 0 and
+# the rest renormalised. A step is drawn in two stages that factor it exactly, as
+# diffusion.reveal does: which MASK positions move (one float64 uniform each), then their tokens
+# (float64 inverse CDF over the real tokens, proportional to s_y). The last pass, at T_MIN, fills
+# what is still MASK with y ~ s_y (SEDD's denoiser step: drawn, not argmax). K steps + 1 forwards.
+
+def move_probability(log_s, rate):
+    """1 - P(stay) = rate * sum_y s_y over the real tokens, clamped to [0, 1]: [N, L] in float64.
+    rate: [N] or a number, expm1(dsig) (analytic) or dt sigma'(t) (Euler)."""
+    total = log_s.double().logsumexp(-1).exp()
+    rate = torch.as_tensor(rate, dtype=torch.float64, device=log_s.device).reshape(-1, 1)
+    return (rate * total).clamp(0, 1)
+
+
+def score_step(log_s, z_t, rate, mask_id, generator=None):
+    """One step z_t -> z_s from log-scores log_s [N, L, >= V] at MASK positions."""
+    p_move = move_probability(log_s[..., :mask_id], rate)
+    u = torch.rand(z_t.shape, dtype=torch.float64, generator=generator,
+                   device=generator_device(generator, z_t)).to(z_t.device)
+    moved = (z_t == mask_id) & (u < p_move)
+    z_s = z_t.clone()
+    z_s[moved] = draw_tokens(log_s[moved], mask_id, generator)
+    return z_s
+
+
+def analytic_rate(process, s, t):
+    """expm1(sigma(t) - sigma(s))."""
+    return torch.expm1(process.schedule.sigma(t) - process.schedule.sigma(s))
+
+
+def euler_rate(process, s, t):
+    """(t - s) sigma'(t)."""
+    return (t - s) * process.sigma_prime(t)
+
+
+class ScoreSampler:
+    """K steps of `rate` ("analytic" or "euler") from the network's scores, then the final fill."""
+    extends_context = False
+    RATES = {"analytic": analytic_rate, "euler": euler_rate}
+
+    def __init__(self, rule="analytic", t_min=T_MIN):
+        self.rule, self.rate, self.t_min = rule, self.RATES[rule], t_min
+
+    @torch.no_grad()
+    def __call__(self, model, process, z, steps, generator=None, on_step=None):
+        if not process.has_scores:
+            raise ValueError(f"sampler {self.rule!r} needs a score model (SEDD, train.py --model sedd); "
+                             f"this model's process is {process.name!r}: use --sampler ancestral")
+        times, forwards = time_grid(steps, self.t_min), 0
+        for i in range(steps + 1):
+            masked = z == process.mask_id
+            if i == steps and not masked.any():
+                break
+            log_s = process.scores(model, z, times[i])
+            forwards += z.shape[0]
+            if i == steps:
+                z = z.clone()
+                z[masked] = draw_tokens(log_s[masked], process.mask_id, generator)
+                break
+            z = score_step(log_s, z, self.rate(process, times[i + 1], times[i]), process.mask_id, generator)
+            if on_step is not None:
+                on_step(i, z)
+        return z, forwards
 
 
 def expected_forwards(steps, positions, batch=1, cache="sequence", schedule=None, t_min=T_MIN):
-    """Expected sequence-forwards per sequence of `Revealed` from all-MASK, `positions` per
+    """Expected sequence-forwards per sequence of `CachedAncestral` from all-MASK, `positions` per
     sequence, without time conditioning. A position is revealed at step i with probability
     p_i = (alpha_s - alpha_t) / (1 - alpha_1), independently of the others. The sequence cache
     runs a sequence once per step that reveals one of its positions; the batch cache runs the
@@ -314,10 +380,10 @@ def expected_forwards(steps, positions, batch=1, cache="sequence", schedule=None
 
 SAMPLERS = {
     "ancestral": lambda final: Ancestral(final),                # the reference: whole output, batch cache
-    "revealed": lambda final: Revealed(final, cache="batch"),   # output layer at revealed rows only
-    "cached": lambda final: Revealed(final, cache="sequence"),  # ... and the trunk cached per sequence
+    "revealed": lambda final: CachedAncestral(final, cache="batch"),   # output layer at revealed rows only
+    "cached": lambda final: CachedAncestral(final, cache="sequence"),  # ... and the trunk cached per sequence
     "topk": lambda final: Confidence(),                         # LLaDA-style, not ancestral
-    "semi-ar": lambda final: SemiAR(Revealed(final)),           # past the context, block by block
+    "semi-ar": lambda final: SemiAR(CachedAncestral(final)),           # past the context, block by block
     "greedy-tail": lambda final: GreedyTail(),                  # Duo: K ancestral steps, then argmax everywhere
     "analytic": lambda final: ScoreSampler("analytic"),         # SEDD scores, Tweedie tau-leaping (final: drawn)
     "euler": lambda final: ScoreSampler("euler"),               # SEDD scores, Euler steps (final: drawn)

@@ -4,7 +4,7 @@ A student learns to do in one sampling step what the teacher does in n. Targets 
 running n ancestral teacher steps (Algorithm 1); the student matches them under a divergence
 (appendix B) on the positions masked in x_t (Algorithm 2). Iterating rounds, each distilling
 the previous student, halves the number of steps per round (section 3.1): the rounds are
-orchestrated in distill.py, the loop is train.py's, the math is here.
+orchestrated in distill.py, the loop is train.py's, the math is here (SPEC.md §3).
 """
 import torch
 
@@ -102,17 +102,17 @@ def distillation_loss(student, teacher, x, t_start, u, process, n_steps, delta, 
     return per_position.mean()                                               # line 11
 
 
-class RoundLoss:
-    """The loss of one SDTT round as the training loop calls it, loss(x, t, u) -> (loss, logs).
-    Between rounds the orchestration swaps in the next teacher and step size (section 3.1)."""
+class SDTTLoss:
+    """The loss of an SDTT round as the training loop calls it, loss(x, t, u) -> (loss, logs).
+    Between rounds the method (distill.SDTT) sets the round's teacher and the number of steps it
+    samples with, whose spacing is the step size delta, with `set_teacher` (section 3.1)."""
 
     def __init__(self, student, process, teacher_steps, divergence, sampler):
         self.student, self.process = student, process
         self.teacher_steps, self.divergence, self.sampler = teacher_steps, divergence, sampler
         self.teacher, self.delta = None, None
 
-    def start_round(self, teacher, sampling_steps):
-        """Round j: `teacher` samples with `sampling_steps`; each of its steps is delta long."""
+    def set_teacher(self, teacher, sampling_steps):
         self.teacher, self.delta = teacher, step_size(sampling_steps)
 
     def __call__(self, x, t, u):

@@ -1,4 +1,4 @@
-"""Corpus preparation at scale (data.prepare_corpus, corpus.py): tokens/s and peak memory on a
+"""Corpus preparation at scale (corpora/corpus.py's prepare_corpus): tokens/s and peak memory on a
 generated local corpus, at two sizes and several process counts. Memory must not grow with the
 corpus (the ids stream to disk) and throughput should grow with processes.
 
@@ -44,10 +44,10 @@ def generate(path, megabytes, seed=0):
 
 def measure(corpus_path, num_proc, data_dir):
     """One preparation in this process; prints its figures as JSON."""
-    import data
-    data.DATA_DIR = Path(data_dir)
+    from corpora import corpus, gpt2
+    gpt2.DATA_DIR = Path(data_dir)
     start = time.perf_counter()
-    folder = data.prepare_corpus("bench", data.file_documents([Path(corpus_path)]), 50257, num_proc)
+    folder = corpus.prepare_corpus("bench", corpus.file_documents([Path(corpus_path)]), 50257, num_proc)
     seconds = time.perf_counter() - start
     tokens = json.loads((folder / "meta.json").read_text())["tokens"]
     main_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -31,7 +31,7 @@ def write_tiny_gpt2(folder, context=1024, seed=0):
     import transformers
     from transformers.convert_slow_tokenizer import TikTokenConverter
 
-    from data import GPT2_EOS, GPT2_PATTERN, gpt2_encoding
+    from corpora.gpt2 import GPT2_EOS, GPT2_PATTERN, gpt2_encoding
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     ranks = folder / "gpt2.tiktoken"
@@ -52,7 +52,7 @@ def write_teacher(folder, size, seed=0):
     the hub's layout."""
     import torch
 
-    import hub
+    from loading import hub
     from model import DiT, config_for
     torch.manual_seed(int(seed))
     model = DiT(config_for(size, vocab_size=hub.GPT2_VOCAB, seq_len=1024))
@@ -76,7 +76,7 @@ def write_text(path, megabytes, seed=0):
 def share_tokenizer(data_dir):
     """The stages prepare their corpus under data_dir (MDLM_DATA_DIR), not in the repository's
     data/, with the GPT-2 ranks of the usual data folder when it has them (no download)."""
-    from data import DATA_DIR
+    from corpora.gpt2 import DATA_DIR
     data_dir.mkdir(parents=True)
     for name in ("tokenizer", "downloads"):
         if (DATA_DIR / name).exists():

@@ -2,7 +2,7 @@
 
     python scripts/exact_ceiling.py --seq-lens 64 128 256 [--process uniform]
 
-For each sequence length L it samples the exact denoiser (exact.py) in L/32 ... L steps and
+For each sequence length L it samples the exact denoiser (evaluation/exact.py) in L/32 ... L steps and
 prints the exact GenPPL and token entropy: the perfect MDLM for the absorbing process (sampler
 "cached"), the perfect UDLM (the leave-one-out posterior) for the uniform one (samplers
 "ancestral" and "greedy-tail"). The gap between L/16 steps and L steps is the price of drawing
@@ -18,13 +18,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import cli  # noqa: E402
 from data import load_data  # noqa: E402
-from diffusion import MaskingProcess  # noqa: E402
 from evaluate import markdown_table, token_entropy  # noqa: E402
-from exact import ExactDenoiser, ExactUniformDenoiser  # noqa: E402
+from evaluation.exact import ExactDenoiser, ExactUniformDenoiser  # noqa: E402
+from plumbing import cli  # noqa: E402
+from processes.registry import PROCESSES  # noqa: E402
 from samplers import make_sampler  # noqa: E402
-from uniform import UniformProcess  # noqa: E402
 
 SAMPLERS = {"absorbing": ["cached"], "uniform": ["ancestral", "greedy-tail"]}
 
@@ -39,10 +38,10 @@ class Config:
 
 def teacher(source, kind):
     """The exact denoiser of `source` and its process."""
+    process = PROCESSES[kind](source.vocab_size)
     if kind == "uniform":
-        process = UniformProcess(source.vocab_size)
         return ExactUniformDenoiser(source, process), process
-    return ExactDenoiser(source), MaskingProcess(source.vocab_size)
+    return ExactDenoiser(source), process
 
 
 def main():
@@ -68,4 +67,4 @@ def main():
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run_command(main)

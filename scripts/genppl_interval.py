@@ -1,4 +1,4 @@
-"""GenPPL and entropy of every row of a samples.jsonl (sweep.py, a distillation's final table),
+"""GenPPL and entropy of every row of a samples.jsonl (evaluation/sweep.py, a distillation's final table),
 re-scored by a judge, with 95% intervals: how far apart two rows must be to call an ordering.
 
     python scripts/genppl_interval.py --samples results/uniform/ancestral/samples.jsonl --judge exact
@@ -20,10 +20,10 @@ from typing import Optional
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import checkpoint  # noqa: E402
-from cli import flag, parse_config, run  # noqa: E402
 from data import held_out_data, tokenizer_from_meta  # noqa: E402
 from evaluate import load_judge, markdown_table, token_entropy  # noqa: E402
+from loading import checkpoint  # noqa: E402
+from plumbing.cli import flag, parse_config, run_command  # noqa: E402
 
 Z = 1.96  # two-sided 95% normal quantile
 
@@ -62,7 +62,7 @@ def interval(values):
 def main():
     cfg = parse_config(IntervalConfig, __doc__.split("\n\n")[0])
     if cfg.samples is None:
-        raise ValueError("give --samples <samples.jsonl> (sweep.py and a distillation's table write one)")
+        raise ValueError("give --samples <samples.jsonl> (evaluation.sweep and a distillation's table write one)")
     rows, first = read_rows(cfg.samples)
     ckpt = checkpoint.read(cfg.ckpt or first)
     meta = ckpt["data_meta"]
@@ -84,4 +84,4 @@ def main():
 
 
 if __name__ == "__main__":
-    run(main)
+    run_command(main)

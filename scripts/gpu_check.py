@@ -50,8 +50,8 @@ def attention_parity(teacher):
     """Largest |logit| difference of the bf16 DiT with flash-attn against SDPA (None: no flash-attn)."""
     import torch
 
-    import checkpoint
     import model as model_py
+    from loading import checkpoint
     if model_py.flash_attn_func is None:
         return None
     dit, _ = checkpoint.load_model(teacher, device="cuda")

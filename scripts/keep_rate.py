@@ -17,10 +17,10 @@ from typing import List, Optional
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import checkpoint  # noqa: E402
-from cli import flag, parse_config, run  # noqa: E402
 from data import held_out_data, tokenizer_from_meta  # noqa: E402
 from evaluate import markdown_table  # noqa: E402
+from loading import checkpoint  # noqa: E402
+from plumbing.cli import flag, parse_config, run_command  # noqa: E402
 
 
 @dataclass
@@ -61,9 +61,9 @@ def main():
     for t in cfg.times:
         kept, prob = keep_rate(model, process, x, t, generator)
         rows.append({"t": f"{t:g}", "argmax keeps x": f"{kept:.3f}", "mean x_theta(x)": f"{prob:.3f}"})
-    print(f"{cfg.ckpt} ({process.kind} process), {cfg.num_sequences} validation sequences of {seq_len}:")
+    print(f"{cfg.ckpt} ({process.name} process), {cfg.num_sequences} validation sequences of {seq_len}:")
     print(markdown_table(rows, ["t", "argmax keeps x", "mean x_theta(x)"]))
 
 
 if __name__ == "__main__":
-    run(main)
+    run_command(main)

@@ -1,5 +1,5 @@
 """The README's "Paper scale" table: time and memory per stage of the paper's runs on one 80 GB
-GPU, estimated from FLOP counts (flops.py) and an assumed utilisation, not measured.
+GPU, estimated from FLOP counts (plumbing/flops.py) and an assumed utilisation, not measured.
 
     python scripts/paper_scale_estimate.py --mfu 0.35 --gpu h100
 
@@ -11,9 +11,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import devices  # noqa: E402
-from flops import GPUS, step_flops_per_token  # noqa: E402
-from model import DiT, config_for, count_params  # noqa: E402
+from model import DiT, config_for  # noqa: E402
+from plumbing import devices  # noqa: E402
+from plumbing.flops import GPUS, count_params, step_flops_per_token  # noqa: E402
 
 L, V = 1024, 50257
 GB = 1e9
@@ -36,19 +36,19 @@ def main():
     model = DiT(cfg)
     weights = count_params(model) * 4  # float32
     per_sequence = devices.training_bytes_per_sequence(V + 1, cfg.n_embd, cfg.n_layer, L)
-    forward = step_flops_per_token(model, L, "mdlm") / 3
+    forward = step_flops_per_token(model, L, 0, 1)  # one forward pass
     judge_forward = 2 * 774e6 + 4 * 36 * 1280 * L  # GPT-2 Large: 774M weights, 36 layers of 1280
     rows = []
 
-    def training(name, method, batch, steps, copies, adam_copies, micro):
-        flop = step_flops_per_token(model, L, method) * batch * L * steps
+    def training(name, passes, batch, steps, copies, adam_copies, micro):
+        flop = step_flops_per_token(model, L, *passes) * batch * L * steps
         memory = weights * copies + weights * 3 * adam_copies + per_sequence * micro  # grads + Adam's two moments
         rows.append((name, f"{flop:.2e}", flop / (peak * args.mfu) / 3600, memory / GB))
 
     rows.append(("OpenWebText preparation (CPU)", "-",
                  args.owt_tokens / (args.tokenize_rate * args.processes) / 3600, (args.processes + 1) * args.worker_rss_gb))
-    training("SDTT, 7 rounds x 10k steps, batch 128", "sdtt", 128, 70_000, 3, 1, 16)
-    training("IDLM, 10k steps, batch 512", "idlm", 512, 10_000, 4, 2, 16)
+    training("SDTT, 7 rounds x 10k steps, batch 128", (1, 2), 128, 70_000, 3, 1, 16)  # distill.SDTT.passes, n = 2
+    training("IDLM, 10k steps, batch 512", (2, 3), 512, 10_000, 4, 2, 16)  # distill.IDLM.passes
     sampling = forward * L * L * 1024  # 1024 samples at 1024 steps, no caching
     rows.append(("teacher samples, 1024 x 1024 steps, batch 64", f"{sampling:.2e}", sampling / (peak * args.sampling_mfu) / 3600,
                  (weights + 64 * L * (V + 1) * 4 * 3) / GB))

@@ -17,8 +17,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import checkpoint, cli, sdtt  # noqa: E402
+import sdtt  # noqa: E402
 from data import load_data  # noqa: E402
+from loading import checkpoint  # noqa: E402
+from plumbing import cli  # noqa: E402
 
 
 @dataclass
@@ -57,4 +59,4 @@ def main():
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run_command(main)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-import cli  # noqa: E402
-from sweep import write_tables  # noqa: E402
+from plumbing import cli  # noqa: E402
+from evaluation.sweep import write_tables  # noqa: E402
 
 
 def main():
@@ -26,7 +26,7 @@ def main():
     os.chdir(ROOT)  # the task's data file is relative to the repository root
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     try:
-        from harness import CheckpointLM  # names requirements-eval.txt when lm-eval is missing
+        from evaluation.harness import CheckpointLM  # names requirements-eval.txt when lm-eval is missing
         from lm_eval import simple_evaluate
         from lm_eval.tasks import TaskManager
     except ImportError as e:
@@ -45,4 +45,4 @@ def main():
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run_command(main)

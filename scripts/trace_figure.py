@@ -18,13 +18,13 @@ from matplotlib.font_manager import findfont
 from PIL import Image, ImageDraw, ImageFont
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import cli  # noqa: E402
-from checkpoint import DIFFUSION_KINDS, default_steps, load_model, process_of  # noqa: E402
 from data import tokenizer_from_meta  # noqa: E402
 from evaluate import generate  # noqa: E402
+from loading.checkpoint import DIFFUSION_KINDS, default_steps, load_model, process_of  # noqa: E402
+from plumbing import cli  # noqa: E402
 from samplers import make_sampler  # noqa: E402
-from show import TokenTexts  # noqa: E402
-from tracing import Traced  # noqa: E402
+from watching.show import TokenTexts  # noqa: E402
+from watching.tracing import Traced  # noqa: E402
 
 CELL, LINE, PAD, HEADER, LABEL = 330, 17, 8, 26, 170
 
@@ -114,4 +114,4 @@ def main():
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run_command(main)

@@ -14,7 +14,7 @@ import torch
 from hypothesis import settings
 from hypothesis import strategies as st
 
-import checkpoint
+from loading import checkpoint
 from model import GPT, DiT, ModelConfig, config_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,7 +117,7 @@ def random_dit(seed, vocab_size, seq_len):
 
 
 def mdlm_state_dict(cfg, seed, prefix="backbone."):
-    """Random tensors under the parameter names and shapes of MDLM's DiT (SPEC section 2), plus a
+    """Random tensors under the parameter names and shapes of MDLM's DiT (SPEC.md §8), plus a
     key of the diffusion wrapper around it that the loader must ignore."""
     g = torch.Generator().manual_seed(seed)
     W, C, V1, D = cfg.n_embd, cfg.cond_dim, cfg.vocab_size + 1, cfg.n_embd // cfg.n_head
@@ -218,5 +218,5 @@ SCORE_SAMPLERS = ("analytic", "euler")  # they need a score model: SEDD's proces
 def process_for(sampler, vocab_size):
     """A process the named sampler applies to: SEDD's for the score samplers, else MDLM's."""
     from diffusion import MaskingProcess
-    from sedd import SeddProcess
+    from processes.sedd import SeddProcess
     return SeddProcess(vocab_size) if sampler in SCORE_SAMPLERS else MaskingProcess(vocab_size)

@@ -1,4 +1,4 @@
-"""An enumerated world for exact tests of the uniform and absorbing NELBOs (SPEC-teachers A3.3).
+"""An enumerated world for exact tests of the uniform and absorbing NELBOs (SPEC.md §6.3).
 
 All of [V]^L is enumerated (V^L sequences), and so is every noisy state z ([V]^L for the
 uniform process, [V+1]^L with MASK = V for the absorbing one). The t-integral of the
@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from uniform import udlm_loss
+from processes.uniform import udlm_loss
 
 NODES = 400
 
@@ -27,7 +27,7 @@ def gauss_legendre(n=NODES, power=3):
 
     The uniform integrand has a log singularity at t = 0 (a resampled position makes ratios of
     order 1/t with probability of order t); t = u^3 smooths it: plain Gauss-Legendre with 400
-    nodes stops at 5e-6 (as SPEC-teachers A1.3 saw), with u^3 it reaches 1e-13."""
+    nodes stops at 5e-6 (as a first check of SPEC.md §4.3 saw), with u^3 it reaches 1e-13."""
     u, weights = np.polynomial.legendre.leggauss(n)
     u = (u + 1) / 2
     return torch.tensor(u ** power), torch.tensor(weights / 2 * power * u ** (power - 1))
@@ -73,7 +73,7 @@ def conditional(weights, xs, vocab):
 
 
 def loo_denoiser(p, xs, vocab):
-    """The UDLM optimum (A1.3): f(z)^i = p(x^i | z^-i), a function of alpha -> [Z, L, V]."""
+    """The UDLM optimum (SPEC.md §4.3): f(z)^i = p(x^i | z^-i), a function of alpha -> [Z, L, V]."""
     return lambda alpha: conditional([kernel(alpha, vocab, xs, xs, skip=i) * p for i in range(xs.shape[1])],
                                      xs, vocab)
 

@@ -69,7 +69,7 @@ def test_work_counts_fewer_sequence_forwards_per_sequence_near_their_expectation
 
 
 def test_compile_section_reports_gain_and_compile_time(monkeypatch):
-    monkeypatch.setattr(bench, "compile_blocks", lambda model: model)  # the bookkeeping, not the compiler
+    monkeypatch.setattr(bench.devices, "compile_blocks", lambda model: model)  # the bookkeeping, not the compiler
     row = bench.compile_gain(micro_config(), CPU, {})[0]
     assert row["gain"] == pytest.approx(row["eager"]["median_s"] / row["compiled"]["median_s"])
     assert (row["size"], row["batch"], row["steps"]) == ("micro", 2, 2)

@@ -1,4 +1,4 @@
-"""checkpoint.py: atomic saves, safe loads, the one record layout (it rebuilds the model and its
+"""loading/checkpoint.py: atomic saves, safe loads, the one record layout (it rebuilds the model and its
 process, and resumes training exactly), and MDLM's published state dicts."""
 import argparse
 import dataclasses
@@ -7,10 +7,15 @@ import os
 import pytest
 import torch
 
-import checkpoint
 import train
+from config import TrainConfig
 from diffusion import Cosine, MaskingProcess
 from helpers import SYNTHETIC, save_tiny_checkpoint, tiny_model
+from loading import checkpoint
+
+
+def pretraining_phases(cfg, env, model, process):
+    return [train.make_phase(*spec, cfg, env) for spec in train.Pretraining(cfg, model, process).phases]
 
 
 def test_save_is_atomic_a_failed_write_leaves_the_previous_file_and_no_temporary(tmp_path, monkeypatch):
@@ -44,16 +49,17 @@ def test_read_refuses_a_missing_or_damaged_file_and_pickled_code(tmp_path):
 
 def test_record_rebuilds_the_model_and_its_process_and_restores_the_training_state(tmp_path):
     model = tiny_model()
-    cfg = train.TrainConfig(lr=1e-3, warmup=2, batch_size=2)
+    cfg = TrainConfig(lr=1e-3, warmup=2, batch_size=2)
     env = train.Env(torch.device("cpu"))
     process = MaskingProcess(model.config.vocab_size, Cosine(0.01))
-    phases = train.pretrain_phases(cfg, env, model, process)
+    phases = pretraining_phases(cfg, env, model, process)
     ema = train.make_ema(model, 0.5)
     x = torch.randint(0, model.config.vocab_size, (2, model.config.seq_len))
     batch = [(x, torch.tensor([0.3, 0.8]), torch.rand(x.shape))]
     train.train_step(phases, batch, env, 1.0, ema)
-    point = checkpoint.record("mdlm", dataclasses.asdict(model.config), process, SYNTHETIC, {}, model, ema, phases,
-                              1, False, round=3)
+    point = checkpoint.record(kind="mdlm", model_config=dataclasses.asdict(model.config), process=process,
+                              data_meta=SYNTHETIC, train_config={}, model=model, ema=ema, phases=phases, step=1,
+                              finished=False, round=3)
     checkpoint.save(point, tmp_path / "ckpt.pt")
 
     loaded, ckpt = checkpoint.load_model(tmp_path / "ckpt.pt", weights="raw")
@@ -65,7 +71,7 @@ def test_record_rebuilds_the_model_and_its_process_and_restores_the_training_sta
     # a copy restored from the record takes the same next step as the original
     copy = tiny_model()
     copy.load_state_dict(ckpt["model"])
-    copy_phases, copy_ema = train.pretrain_phases(cfg, env, copy, process), train.make_ema(copy, 0.5)
+    copy_phases, copy_ema = pretraining_phases(cfg, env, copy, process), train.make_ema(copy, 0.5)
     checkpoint.restore(ckpt, copy_phases, copy_ema)
     torch.manual_seed(0)
     train.train_step(phases, batch, env, 1.0, ema)
@@ -95,7 +101,7 @@ def test_a_bare_mdlm_state_dict_loads_as_an_mdlm_checkpoint(tmp_path):
     model = tiny_model()
     torch.save({"backbone." + k: v for k, v in model.state_dict().items()}, tmp_path / "mdlm.pt")
     loaded, ckpt = checkpoint.load_model(tmp_path / "mdlm.pt")
-    assert ckpt["kind"] == "mdlm" and checkpoint.process_of(ckpt).kind == "absorbing"
+    assert ckpt["kind"] == "mdlm" and checkpoint.process_of(ckpt).name == "absorbing"
     tokens = torch.randint(0, model.config.vocab_size + 1, (2, model.config.seq_len))
     sigma = torch.zeros(2)
     assert torch.equal(loaded(tokens, sigma), model(tokens, sigma))

@@ -1,4 +1,4 @@
-"""cli.py: flags from a dataclass with one "unset" convention (None) and bounds checked where
+"""plumbing/cli.py: flags from a dataclass with one "unset" convention (None) and bounds checked where
 they are declared; every user mistake ends in one error line."""
 import subprocess
 import sys
@@ -7,8 +7,8 @@ from typing import Optional
 
 import pytest
 
-import cli
 from helpers import ROOT, assert_one_error_line
+from plumbing import cli
 
 
 @dataclass
@@ -56,7 +56,7 @@ def run_snippet(code, *args):
 SCRIPT = """
 import sys
 from dataclasses import dataclass
-import cli
+from plumbing import cli
 
 @dataclass
 class Config:
@@ -66,7 +66,7 @@ class Config:
 def main():
     cfg = cli.parse_config(Config, "")
     raise {error}
-cli.run(main)
+cli.run_command(main)
 """
 
 

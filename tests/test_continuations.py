@@ -1,4 +1,4 @@
-"""Tests of continuations.py: the judge's features are the hidden states it predicts from,
+"""Tests of evaluation/continuations.py: the judge's features are the hidden states it predicts from,
 MAUVE separates different texts and not equal ones, continuations are seeded, and the command
 writes MAUVE and self-BLEU for every checkpoint and number of steps. MAUVE needs
 requirements-eval.txt (skipped without it)."""
@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-import checkpoint
-import continuations
 from diffusion import MaskingProcess
+from evaluation import continuations
+from loading import checkpoint
 from model import GPT, DiT, ModelConfig
 
 needs_mauve = pytest.mark.skipif(importlib.util.find_spec("mauve") is None,

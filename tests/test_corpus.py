@@ -1,17 +1,17 @@
-"""corpus.py: MDLM's split (the last documents held out, EOS after every document), parallel
+"""corpora/corpus.py: MDLM's split (the last documents held out, EOS after every document), parallel
 tokenization identical to serial, ids streamed in the narrowest dtype, and an atomic build."""
 import json
 
 import numpy as np
 import pytest
 
-import corpus
 import data
+from corpora import corpus, gpt2
 
 
 @pytest.fixture
 def data_dir(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "DATA_DIR", tmp_path / "data")
+    monkeypatch.setattr(gpt2, "DATA_DIR", tmp_path / "data")
     return tmp_path / "data"
 
 
@@ -20,24 +20,24 @@ def documents(n):
 
 
 def encoded(texts):
-    enc = data.gpt2_encoding()
+    enc = gpt2.gpt2_encoding()
     return np.array([i for text in texts for i in enc.encode_ordinary(text) + [data.GPT2_EOS]])
 
 
 def test_the_last_documents_are_validation_and_every_document_ends_with_eos(data_dir, monkeypatch):
     monkeypatch.setattr(corpus, "VAL_DOCUMENTS", 3)  # MDLM's 100k, scaled to a 100-document corpus
     docs = documents(100)
-    stream = data.TokenStream(data.prepare_corpus("docs", docs, 50257, num_proc=1))
+    stream = data.TokenStream(corpus.prepare_corpus("docs", docs, 50257, num_proc=1))
     assert np.array_equal(stream.splits["train"], encoded(docs[:97]))
     assert np.array_equal(stream.splits["val"], encoded(docs[97:]))
-    small = data.TokenStream(data.prepare_corpus("small", docs[:40], 50257, num_proc=1))
+    small = data.TokenStream(corpus.prepare_corpus("small", docs[:40], 50257, num_proc=1))
     assert np.array_equal(small.splits["val"], encoded(docs[38:40]))  # 5% of the documents
 
 
 def test_parallel_tokenization_writes_the_same_stream_as_one_process(data_dir, monkeypatch):
     monkeypatch.setattr(corpus, "BATCH_CHARS", 200)  # many batches, so the workers interleave
     docs = documents(60)
-    one, two = (data.TokenStream(data.prepare_corpus(f"p{n}", docs, 50257, num_proc=n)) for n in (1, 2))
+    one, two = (data.TokenStream(corpus.prepare_corpus(f"p{n}", docs, 50257, num_proc=n)) for n in (1, 2))
     for split in ("train", "val"):
         assert np.array_equal(one.splits[split], two.splits[split])
     assert one.splits["train"].dtype == np.uint16
@@ -51,9 +51,9 @@ def test_ids_take_the_narrowest_unsigned_type():
 def test_a_compacted_vocabulary_counts_only_the_training_tokens(data_dir, monkeypatch):
     monkeypatch.setattr(corpus, "VAL_DOCUMENTS", 1)
     docs = [" alpha beta" * 50] * 30 + [" zebra" * 100]  # the held-out document's word is never kept
-    stream = data.TokenStream(data.prepare_corpus("compact", docs, 8, num_proc=1))
+    stream = data.TokenStream(corpus.prepare_corpus("compact", docs, 8, num_proc=1))
     tokenizer = stream.tokenizer
-    assert data.gpt2_encoding().encode_ordinary(" zebra")[0] not in tokenizer.gpt2_ids
+    assert gpt2.gpt2_encoding().encode_ordinary(" zebra")[0] not in tokenizer.gpt2_ids
     assert set(np.asarray(stream.splits["val"]).tolist()) == {tokenizer.unk_id, tokenizer.eos_id}
 
 
@@ -62,7 +62,7 @@ def test_a_failed_build_leaves_neither_the_corpus_nor_a_partial_folder(data_dir)
         yield "one document"
         raise OSError("disk full")
     with pytest.raises(OSError):
-        data.prepare_corpus("broken", failing(), 50257, num_proc=1)
+        corpus.prepare_corpus("broken", failing(), 50257, num_proc=1)
     assert list((data_dir / "broken").iterdir()) == []
 
 
@@ -84,14 +84,14 @@ def test_openwebtext_is_loaded_by_its_current_hub_id_with_processes_and_its_erro
         raise ConnectionError("Couldn't reach 'Skylion007/openwebtext' on the Hub (LocalEntryNotFoundError)")
     monkeypatch.setattr(datasets, "load_dataset", load_dataset)
     with pytest.raises(ValueError) as error:
-        data.openwebtext_texts(num_proc=3)
+        corpus.openwebtext_texts(num_proc=3)
     assert calls == [("Skylion007/openwebtext", {"split": "train", "num_proc": 3})]
     assert "ConnectionError: Couldn't reach 'Skylion007/openwebtext'" in str(error.value)
 
 
 def test_the_first_release_split_holds_out_the_tail_of_every_document(data_dir):
     docs = documents(30)
-    stream = data.TokenStream(data.prepare_corpus("tails", docs, 50257, num_proc=1, split="tails"))
+    stream = data.TokenStream(corpus.prepare_corpus("tails", docs, 50257, num_proc=1, split="tails"))
     ids = [encoded([d]) for d in docs]
     cuts = [int(len(row) * (1 - corpus.VAL_FRACTION)) for row in ids]
     assert np.array_equal(stream.splits["train"], np.concatenate([row[:c] for row, c in zip(ids, cuts)]))
@@ -100,7 +100,7 @@ def test_the_first_release_split_holds_out_the_tail_of_every_document(data_dir):
 
 def test_the_first_release_split_draws_windows_at_any_offset(data_dir):
     import torch
-    stream = data.TokenStream(data.prepare_corpus("w", documents(30), 50257, num_proc=1, split="tails"))
+    stream = data.TokenStream(corpus.prepare_corpus("w", documents(30), 50257, num_proc=1, split="tails"))
     train, g = np.asarray(stream.splits["train"]), torch.Generator().manual_seed(0)
     starts = torch.randint(0, len(train) - 8, (64,), generator=torch.Generator().manual_seed(0)).tolist()
     assert any(s % 8 for s in starts)  # the draws this test checks include unaligned ones
@@ -109,14 +109,14 @@ def test_the_first_release_split_draws_windows_at_any_offset(data_dir):
 
 def test_an_unknown_split_is_one_error(data_dir):
     with pytest.raises(ValueError, match="unknown corpus split"):
-        data.prepare_corpus("x", documents(3), 50257, num_proc=1, split="middle")
+        corpus.prepare_corpus("x", documents(3), 50257, num_proc=1, split="middle")
 
 
 def test_a_compacted_vocabulary_breaks_count_ties_by_first_occurrence(data_dir):
-    enc = data.gpt2_encoding()
+    enc = gpt2.gpt2_encoding()
     late, early = sorted(enc.encode_ordinary(w)[0] for w in (" apple", " zebra"))[::-1]
     assert late > early  # so that "the lower id" and "the first seen" disagree
     text = enc.decode([late, early] * 3 + [early + 1] * 9)  # a tie of 3 and 3 for the one free slot
-    stream = data.TokenStream(data.prepare_corpus("ties", [text] * 20, 4, num_proc=1))
+    stream = data.TokenStream(corpus.prepare_corpus("ties", [text] * 20, 4, num_proc=1))
     kept = set(stream.tokenizer.gpt2_ids)
     assert early + 1 in kept and late in kept and early not in kept

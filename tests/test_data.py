@@ -1,31 +1,34 @@
-"""data.py: the offline GPT-2 tokenizer, vocabulary compaction, corpora, the synthetic source."""
+"""data.py and corpora/: the offline GPT-2 tokenizer, vocabulary compaction, corpora, the synthetic source."""
 import itertools
 import math
 
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import data
+from corpora import corpus as corpora_corpus
+from corpora import gpt2
 from helpers import assert_one_error_line, run_script
 
 
 def test_gpt2_tokenizer_works_offline():
-    assert data.gpt2_encoding().encode("Hello world") == [15496, 995]
+    assert gpt2.gpt2_encoding().encode("Hello world") == [15496, 995]
 
 
 @pytest.fixture
 def corpus(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "DATA_DIR", tmp_path / "data")
+    monkeypatch.setattr(gpt2, "DATA_DIR", tmp_path / "data")
     docs = ["the cat sat on the mat. " * 20, "the dog sat on the log. " * 20 + " zebra"]
-    return data.TokenStream(data.prepare_corpus("toy", docs, vocab_size=12))
+    return data.TokenStream(corpora_corpus.prepare_corpus("toy", docs, vocab_size=12))
 
 
 def test_compact_vocabulary_keeps_eos_and_maps_the_rest_to_unk(corpus):
     tok = corpus.tokenizer
     assert tok.vocab_size <= 12 and tok.unk_id == tok.vocab_size - 1   # fewer distinct tokens than 11
-    assert tok.gpt2_ids[tok.eos_id] == data.GPT2_EOS
+    assert tok.gpt2_ids[tok.eos_id] == gpt2.GPT2_EOS
     assert tok.decode(tok.encode("the cat sat on the log.")) == "the cat sat on the log."
     ids = tok.encode("the aardvark")  # " aardvark" is several GPT-2 tokens, none in the toy corpus
     assert tok.decode(ids) == "the" + "<unk>" * (len(ids) - 1)

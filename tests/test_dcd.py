@@ -1,13 +1,14 @@
-"""DCD (dcd.py, SPEC-teachers A1.5): the coupled times, the round gaps, and the loss's fixed point."""
+"""DCD (processes/duo.py, SPEC.md §4.6): the coupled times, the round gaps, and the loss's fixed point."""
 import copy
 
 import pytest
 import torch
 
-import dcd
+import distill
 import helpers
 from diffusion import MaskingProcess
-from uniform import UniformProcess
+from processes import duo as dcd
+from processes.uniform import UniformProcess
 
 
 def test_round_gaps_double_and_the_times_stay_ordered_in_zero_one():
@@ -23,13 +24,12 @@ def test_loss_is_zero_for_one_network_at_zero_gap_and_positive_otherwise():
     process = UniformProcess(6)
     student = helpers.random_dit(0, 6, 5)
     teacher = copy.deepcopy(student).requires_grad_(False)
-    loss = dcd.RoundLoss(student, process, base_steps=4)
+    loss = dcd.DCDLoss(student, process)
     x, t = torch.randint(6, (4, 5)), torch.rand(4)
     torch.manual_seed(0)
-    loss.start_round(teacher, 0)
-    loss.dt = 0.0
+    loss.set_teacher(teacher, 0.0)
     assert abs(loss(x, t, None)[0].item()) < 1e-6
-    loss.start_round(teacher, 1)
+    loss.set_teacher(teacher, dcd.round_gap(1, 4))
     torch.manual_seed(0)
     value, _ = loss(x, t, None)
     value.backward()
@@ -40,4 +40,4 @@ def test_loss_is_zero_for_one_network_at_zero_gap_and_positive_otherwise():
 
 def test_dcd_refuses_an_absorbing_teacher_in_one_line():
     with pytest.raises(ValueError, match="uniform-state"):
-        dcd.RoundLoss(helpers.random_dit(0, 6, 5), MaskingProcess(6), 4)
+        distill.check_method("dcd", MaskingProcess(6))

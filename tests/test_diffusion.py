@@ -1,4 +1,4 @@
-"""Invariants of the absorbing process (SPEC section 1), checked exactly on tiny worlds where
+"""Invariants of the absorbing process (SPEC.md §1), checked exactly on tiny worlds where
 possible and statistically (fixed seeds, tolerances derived from the math) where not."""
 import math
 
@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import diffusion
-from helpers import (AdversarialDenoiser, OptimalDenoiserNet, all_sequences, examples, mask_patterns,
-                     optimal_denoiser, seeds, tiny_world)
+from helpers import (L, V, AdversarialDenoiser, OptimalDenoiserNet, all_sequences, examples, mask_patterns,
+                     optimal_denoiser, random_dit, seeds, tiny_world)
 
 SCHEDULES = [diffusion.LogLinear, diffusion.Cosine]
 
@@ -359,3 +359,36 @@ def test_nelbo_loss_estimator_is_unbiased_for_its_exact_expectation(world):
     draws = np.array(draws)
     standard_error = draws.std(ddof=1) / math.sqrt(len(draws))
     assert abs(draws.mean() - expectation) <= 5 * standard_error
+
+
+# ----------------------------------------------------------------------------- the NELBO of validation and likelihoods
+
+def nelbo_inputs(seed, n=4):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, V, (n, L), generator=g)
+    return x, diffusion.antithetic_times(torch.rand((), generator=g).item(), n), torch.rand(x.shape, generator=g)
+
+
+@examples(6)
+@given(seed=st.integers(0, 2**31 - 1), time_conditioned=st.booleans())
+def test_nelbo_with_the_output_layer_at_masked_rows_only_equals_the_full_loss(seed, time_conditioned):
+    model = random_dit(seed, V, L)
+    process = diffusion.MaskingProcess(V, diffusion.Cosine(1e-3) if time_conditioned else diffusion.LogLinear(), time_conditioned)
+    x, t, u = nelbo_inputs(seed)
+    with torch.no_grad():
+        full, masked = process.loss(model, x, t, u), process.nelbo(model, x, t, u) / x.numel()
+    assert torch.allclose(masked, full, rtol=1e-5, atol=1e-6)
+
+
+def test_fp16_autocast_losses_stay_finite_even_with_huge_logits():
+    """Logits of order 3e4 (fp16 holds up to 65504): SUBS's masking, in float32, yields no NaN."""
+    model, process = random_dit(0, V, L), diffusion.MaskingProcess(V, diffusion.LogLinear())
+    x, t, u = nelbo_inputs(0)
+    with torch.no_grad():
+        largest = model(process.forward_sample(x, t, u), torch.zeros(len(x))).abs().max()
+        model.output_layer.linear.weight.mul_(3e4 / largest)
+        model.output_layer.linear.bias.mul_(3e4 / largest)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.float16):
+        assert model(process.prior(1, L, "cpu"), torch.zeros(1)).dtype == torch.float16
+        losses = process.loss(model, x, t, u), process.nelbo(model, x, t, u)
+    assert all(torch.isfinite(loss) for loss in losses)

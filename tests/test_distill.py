@@ -10,10 +10,11 @@ import sys
 import pytest
 import torch
 
-import checkpoint
+import config
 import data
 import helpers
 from helpers import ROOT, assert_one_error_line, run_script
+from loading import checkpoint
 
 SEQ_LEN = 16
 
@@ -131,32 +132,32 @@ def test_l_follows_the_teacher_unless_a_shorter_one_is_given(tmp_path):
     import distill as distill_py
     import train
     synthetic_teacher(tmp_path / "teacher.pt")
-    env, teacher = train.Env(torch.device("cpu")), str(tmp_path / "teacher.pt")
-    assert distill_py.load_teacher(train.TrainConfig(distill="sdtt", teacher=teacher), env)[-1].seq_len == SEQ_LEN
-    shorter = train.TrainConfig(distill="sdtt", teacher=teacher, seq_len=SEQ_LEN // 2)
-    assert distill_py.load_teacher(shorter, env)[-1].seq_len == SEQ_LEN // 2
+    teacher = str(tmp_path / "teacher.pt")
+    assert distill_py.load_teacher(teacher, config.TrainConfig(distill="sdtt"), "cpu")[-1].seq_len == SEQ_LEN
+    shorter = config.TrainConfig(distill="sdtt", seq_len=SEQ_LEN // 2)
+    assert distill_py.load_teacher(teacher, shorter, "cpu")[-1].seq_len == SEQ_LEN // 2
     longer = run_script("train.py", "--distill", "sdtt", "--data", "synthetic", "--teacher", teacher,
                         "--seq-len", str(2 * SEQ_LEN), "--out-dir", str(tmp_path / "sdtt"))
     assert f"longer than the teacher's L = {SEQ_LEN}" in assert_one_error_line(longer)
 
 
-def test_distill_py_without_a_method_is_one_error_line():
-    assert "--distill" in assert_one_error_line(run_script("distill.py"))
+def test_distill_without_a_method_is_one_error_line():
+    assert "--distill" in assert_one_error_line(run_script("train.py", "--distill"))
 
 
 def test_a_teacher_with_gpt2s_full_vocabulary_implies_openwebtext_and_gpt2_large_unless_told(capsys):
     import distill as distill_py
     import train
-    owt_teacher, env = {"data_meta": {"kind": "gpt2", "gpt2_ids": None}}, train.Env(torch.device("cpu"))
-    cfg = distill_py.teacher_defaults(train.TrainConfig(distill="sdtt", seq_len=1024), owt_teacher, env)
+    owt_teacher = {"data_meta": {"kind": "gpt2", "gpt2_ids": None}}
+    cfg = distill_py.teacher_defaults(config.TrainConfig(distill="sdtt", seq_len=1024), owt_teacher, main=True)
     assert (cfg.data, cfg.judge, cfg.seq_len) == ("openwebtext", "gpt2-large", 1024)
-    told = train.TrainConfig(distill="sdtt", seq_len=1024, data="corpus.txt", judge="out/ar/ckpt.pt")
-    assert distill_py.teacher_defaults(told, owt_teacher, env) == told
+    told = config.TrainConfig(distill="sdtt", seq_len=1024, data="corpus.txt", judge="out/ar/ckpt.pt")
+    assert distill_py.teacher_defaults(told, owt_teacher, main=True) == told
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2 and "--data openwebtext, --judge gpt2-large" in lines[0]
     assert "--data" not in lines[1]
-    compact = train.TrainConfig(distill="sdtt")
-    assert distill_py.teacher_defaults(compact, {"data_meta": data.load_data("synthetic").meta()}, env) == compact
+    compact = config.TrainConfig(distill="sdtt")
+    assert distill_py.teacher_defaults(compact, {"data_meta": data.load_data("synthetic").meta()}, main=True) == compact
     assert capsys.readouterr().out == ""
 
 

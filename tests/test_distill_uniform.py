@@ -4,10 +4,10 @@ student (IDLM-DCD), IDLM-code's Gaussian IDLM-Duo (--distill idlm --tau), and th
 refusals of methods that do not apply."""
 import dataclasses
 
-import checkpoint
 import data
 import helpers
 from helpers import assert_one_error_line, run_script
+from loading import checkpoint
 
 SEQ_LEN = 16
 UNIFORM = {"kind": "uniform", "schedule": "loglinear", "eps": 1e-3, "states": None}
@@ -38,6 +38,8 @@ def test_pretraining_with_the_uniform_process_records_it_and_the_curriculum_runs
     assert ckpt["process"]["kind"] == "uniform" and ckpt["model_config"]["time_conditioning"]
     assert type(checkpoint.process_of(ckpt)).__name__ == "UniformProcess"
     train("--process", "uniform", "--tau", "0.01", "--iters", "2", "--out-dir", str(tmp_path / "duo"))
+    ckpt = checkpoint.read(tmp_path / "duo" / "ckpt.pt")  # the curriculum's checkpoint records the process itself
+    assert checkpoint.process_of(ckpt).config() == checkpoint.process_of(checkpoint.read(tmp_path / "u" / "ckpt.pt")).config()
 
 
 def test_dcd_then_idlm_of_the_dcd_student_run_end_to_end(tmp_path):
@@ -55,7 +57,7 @@ def test_dcd_then_idlm_of_the_dcd_student_run_end_to_end(tmp_path):
 
 
 def test_idlm_with_tau_trains_the_gaussian_variant_and_the_student_says_so(tmp_path):
-    """--tau selects IDLM-code's Gaussian-argmax IDLM-Duo (inexact, A5.4); the checkpoint records it,
+    """--tau selects IDLM-code's Gaussian-argmax IDLM-Duo (inexact, SPEC.md §6.4); the checkpoint records it,
     and still records the plain uniform process (the student samples like any uniform model)."""
     uniform_teacher(tmp_path / "teacher.pt")
     result = train("--distill", "idlm", "--iters", "2", "--tau", "0.1", "--teacher", str(tmp_path / "teacher.pt"),

@@ -1,16 +1,16 @@
-"""Duo's Gaussian duality (SPEC-teachers A1.1): T(at~) by quadrature against Monte-Carlo argmax
+"""Duo's Gaussian duality (SPEC.md §4.4): T(at~) by quadrature against Monte-Carlo argmax
 frequencies, the published table values, the curriculum (soft-input) loss, and IDLM-code's Gaussian
-IDLM-Duo (A3.2): its loss latent's law, why it is inexact for a soft student (A3.3 (d)), and its gradient."""
+IDLM-Duo (SPEC.md §6.4): its loss latent's law, why it is inexact for a soft student, and its gradient."""
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-import duo
 import helpers
 import idlm
-from uniform import UniformProcess
+from processes import duo
+from processes.uniform import UniformProcess
 
 
 @pytest.mark.parametrize("alpha_tilde", [0.3, 0.6, 0.9])
@@ -30,7 +30,7 @@ def test_argmax_of_the_gaussian_latent_has_the_uniform_marginal_of_T(alpha_tilde
 
 
 def test_table_reproduces_duos_published_values_for_gpt2():
-    """A1.1 (V = 50258): gamma -4 -> .9987, -3 -> .596, -2 -> .072, -1 -> .0062."""
+    """SPEC.md §4.4 (V = 50258): gamma -4 -> .9987, -3 -> .596, -2 -> .072, -1 -> .0062."""
     gammas = torch.tensor([-4.0, -3.0, -2.0, -1.0], dtype=torch.float64)
     alphas = duo.alpha_of_scales(*(s.numpy() for s in duo.gaussian_scales(gammas)), 50258)
     for got, expected in zip(alphas, [0.9987, 0.596, 0.072, 0.0062]):
@@ -51,7 +51,7 @@ def test_schedule_interpolates_the_table_and_its_slope():
 
 
 def test_soft_input_of_a_near_one_hot_logit_is_the_token_embedding():
-    """The DiT embeds float logits [N, L, V] as softmax(logits) @ E (pitfall A5.5: pass w / tau,
+    """The DiT embeds float logits [N, L, V] as softmax(logits) @ E (SPEC.md §4.4: pass w / tau,
     not probabilities); sharp logits reproduce the token ids' embeddings."""
     model = helpers.random_dit(0, 6, 5)
     tokens = torch.randint(6, (2, 5))
@@ -69,16 +69,17 @@ def test_curriculum_loss_is_finite_and_trains_only_through_the_network():
     loss.backward()
     assert torch.isfinite(loss) and loss > 0
     assert model.vocab_embed.embedding.grad is not None
-    assert curriculum.config() == process.config()  # the checkpoint records the process itself
+    assert curriculum.process is process and curriculum.vocab_size == process.vocab_size  # a view of the process
 
 
 def test_curriculum_refuses_the_absorbing_process():
+    import distill
     from diffusion import MaskingProcess
     with pytest.raises(ValueError, match="uniform"):
-        duo.Curriculum(MaskingProcess(6), tau=0.1)
+        distill.check_method(None, MaskingProcess(6), tau=0.1)
 
 
-# ----------------------------------------------------------------------------- IDLM-code's Gaussian IDLM-Duo (A3.2)
+# ----------------------------------------------------------------------------- IDLM-code's Gaussian IDLM-Duo (SPEC.md §6.4)
 
 def argmax_law(x_probs, alpha_tilde, sigma_tilde, points=20001, width=12.0):
     """The exact law of argmax(at~ x + st~ eps), eps ~ N(0, I_V), for a soft x [V], float64, by the
@@ -121,12 +122,12 @@ def test_gaussian_loss_latent_of_a_one_hot_student_has_the_uniform_law_of_T():
 
 
 def test_gaussian_argmax_of_a_soft_student_is_not_the_linear_marginal():
-    """A3.3 (d), pitfall A5.4: why the default IDLM-Duo is the exact relaxation z_t ~ Cat(T G + (1-T)/V)
+    """SPEC.md §6.4: why the default IDLM-Duo is the exact relaxation z_t ~ Cat(T G + (1-T)/V)
     and the Gaussian argmax is the flagged, opt-in variant. Theorem 3.1's relaxation (c) needs z_t's law
     to be linear in G; argmax(at~ G + st~ eps) is not, except at one-hot G. V = 4, at~ = 0.9,
     G = (.5, .5, 0, 0): the exact argmax law (quadrature, checked at a one-hot G against T and here
     against 1e6 draws of the Curriculum's own latent within 4 standard deviations) is
-    (.4062, .4062, .0938, .0938), the linear marginal (.445, .445, .055, .055) (A1.1). The gap, 0.039,
+    (.4062, .4062, .0938, .0938), the linear marginal (.445, .445, .055, .055) (SPEC.md §4.4). The gap, 0.039,
     is 80 to 130 standard deviations of the Monte-Carlo frequencies (sqrt(p (1 - p) / 1e6) <= 5e-4)."""
     vocab, alpha_tilde, n = 4, 0.9, 1_000_000
     sigma_tilde = math.sqrt(1 - alpha_tilde ** 2)
@@ -172,7 +173,7 @@ def gap_and_gradients(tau, seed=0, vocab=6, length=5, n=3):
 
 @pytest.mark.parametrize("seed", range(2))
 def test_gaussian_student_gradient_is_the_explicit_xbar_terms_plus_the_soft_input_path(seed):
-    """A3.2: with G in the latent w_t = at~ G + st~ eps and in xbar, autograd's dJ/dG is the closed form
+    """SPEC.md §6.4: with G in the latent w_t = at~ G + st~ eps and in xbar, autograd's dJ/dG is the closed form
     of the explicit terms (uniform.udlm_loss_gap's, test_idlm_exact (e)) plus the path through the frozen
     networks' soft inputs w_t / tau, which is not zero at tau = 1."""
     full, explicit, soft_input = gap_and_gradients(tau=1.0, seed=seed)
@@ -181,7 +182,7 @@ def test_gaussian_student_gradient_is_the_explicit_xbar_terms_plus_the_soft_inpu
 
 
 def test_gaussian_soft_input_path_vanishes_as_tau_goes_to_zero():
-    """Pitfall A5.9: softmax(w_t / tau) saturates as tau -> 0, so at tau = 1e-4 the gradient is the
+    """softmax(w_t / tau) saturates as tau -> 0, so at tau = 1e-4 the gradient is the
     explicit xbar terms alone (the closed form), as for the exact relaxation's student step."""
     full, explicit, soft_input = gap_and_gradients(tau=1e-4)
     assert soft_input.abs().max() < 1e-6 * explicit.abs().max()

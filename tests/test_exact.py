@@ -1,17 +1,18 @@
-"""exact.py: the exact denoisers of the Markov source, against brute-force enumeration."""
+"""evaluation/exact.py: the exact denoisers of the Markov source, against brute-force enumeration."""
 import itertools
 import math
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import data
 from diffusion import subs_log_probs
-from exact import ExactDenoiser, ExactUniformDenoiser, loo_posterior, posterior
+from evaluation.exact import ExactDenoiser, ExactUniformDenoiser, loo_posterior, posterior
 from helpers import assert_one_error_line, run_script
+from processes.uniform import UniformProcess
 from small_world import conditional, kernel, loo_denoiser, sequences
-from uniform import UniformProcess
 
 
 @given(st.integers(2, 3), st.integers(1, 5), st.integers(0, 1000), st.data())
@@ -64,7 +65,7 @@ def test_loo_posterior_is_the_leave_one_out_conditional_of_the_noisy_chain(vocab
 
 def reverse_laws(vocab, s, t, seed=5):
     """On the enumerated chain (L = 3): the exact law of z_s given each z_t [Z_t, Z_s], and the law
-    of one reverse step of the exact uniform teacher (A1.2 with x = its output), per position [Z, L, V]."""
+    of one reverse step of the exact uniform teacher (SPEC.md §4.2 with x = its output), per position [Z, L, V]."""
     source, zs, p = small_chain(vocab, 3, seed)
     process = UniformProcess(vocab)
     alpha_s, alpha_t = process.alpha(s), process.alpha(t)

@@ -1,4 +1,4 @@
-"""Tests of harness.py: the local Shakespeare task runs end to end through lm_eval (command line
+"""Tests of evaluation/harness.py: the local Shakespeare task runs end to end through lm_eval (command line
 and library); an AR checkpoint's log-likelihoods through the harness are our AR judge's NLL;
 a diffusion checkpoint's are below the exact log-likelihood of the synthetic source;
 generation honours stop strings; without the extras the command fails in one line.
@@ -11,10 +11,11 @@ import json
 import pytest
 import torch
 
-import checkpoint
-from data import GPT2_EOS, MarkovSource, gpt2_encoding
+from corpora.gpt2 import GPT2_EOS, gpt2_encoding
+from data import MarkovSource
 from evaluate import ARJudge
-from helpers import L, ROOT, SYNTHETIC, V, assert_one_error_line, random_dit, run_script
+from helpers import ROOT, SYNTHETIC, L, V, assert_one_error_line, random_dit, run_script
+from loading import checkpoint
 from model import GPT, DiT, ModelConfig
 
 TASK_DIR = ROOT / "tests" / "harness"
@@ -54,7 +55,7 @@ def offline(monkeypatch):
 @needs_lm_eval
 def test_local_task_runs_from_the_command_line(tmp_path, offline):
     ckpt = task_checkpoint(tmp_path / "mdlm.pt", "mdlm")
-    result = run_script("evaluate.py", "--model_args", f"ckpt={ckpt},time_samples=2", "--include_path",
+    result = run_script("-m", "evaluation.harness", "--model_args", f"ckpt={ckpt},time_samples=2", "--include_path",
                         str(TASK_DIR), "--tasks", "shakespeare_mc", "--output_path", str(tmp_path / "out"))
     assert result.returncode == 0, result.stderr[-2000:]
     results = json.loads(next((tmp_path / "out").rglob("results_*.json")).read_text())["results"]
@@ -65,7 +66,8 @@ def test_local_task_runs_from_the_command_line(tmp_path, offline):
 def test_ar_log_likelihoods_through_the_harness_are_our_ar_nll(tmp_path, offline):
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
-    from harness import CheckpointLM
+
+    from evaluation.harness import CheckpointLM
     lm = CheckpointLM(ckpt=task_checkpoint(tmp_path / "ar.pt", "ar"), device="cpu")
     output = simple_evaluate(model=lm, tasks=["shakespeare_mc"], log_samples=True,
                              task_manager=TaskManager(include_path=str(TASK_DIR)))
@@ -85,7 +87,7 @@ def test_ar_log_likelihoods_through_the_harness_are_our_ar_nll(tmp_path, offline
 
 @needs_lm_eval
 def test_diffusion_log_likelihood_is_below_the_exact_one_of_the_synthetic_source(tmp_path):
-    from harness import CheckpointLM
+    from evaluation.harness import CheckpointLM
     path = tmp_path / "mdlm.pt"
     model = random_dit(0, V, L)
     checkpoint.save({"kind": "mdlm", "model_config": dataclasses.asdict(model.config), "model": model.state_dict(),
@@ -102,7 +104,7 @@ def test_diffusion_log_likelihood_is_below_the_exact_one_of_the_synthetic_source
 
 @needs_lm_eval
 def test_rolling_log_likelihood_of_an_ar_model_is_our_judges_nll_of_the_text(tmp_path):
-    from harness import CheckpointLM
+    from evaluation.harness import CheckpointLM
     lm = CheckpointLM(ckpt=task_checkpoint(tmp_path / "ar.pt", "ar"), device="cpu")
     text = " ".join(item["context"] for item in ITEMS[:2])
     tokens = torch.tensor([lm.tokenizer.encode(text)])
@@ -117,7 +119,7 @@ def test_rolling_log_likelihood_of_an_ar_model_is_our_judges_nll_of_the_text(tmp
 @needs_lm_eval
 @pytest.mark.parametrize("kind", ["ar", "mdlm"])
 def test_generation_stops_at_the_stop_string_and_is_seeded(tmp_path, kind):
-    from harness import CheckpointLM
+    from evaluation.harness import CheckpointLM
     lm = CheckpointLM(ckpt=task_checkpoint(tmp_path / f"{kind}.pt", kind), device="cpu", steps=4)
     prompt = ITEMS[0]["context"]
     free = lm.generate_until([request("generate_until", prompt, {"until": [], "max_gen_toks": 12})])[0]
@@ -129,14 +131,14 @@ def test_generation_stops_at_the_stop_string_and_is_seeded(tmp_path, kind):
 
 
 def test_without_the_extras_the_command_fails_in_one_line_naming_the_requirements_file():
-    hide = "import sys, runpy; sys.modules['lm_eval'] = None; runpy.run_path('evaluate.py', run_name='__main__')"
+    hide = "import sys, runpy; sys.modules['lm_eval'] = None; runpy.run_module('evaluation.harness', run_name='__main__')"
     line = assert_one_error_line(run_script("-c", hide, "--tasks", "x"))
     assert "requirements-eval.txt" in line
 
 
 @needs_lm_eval
 def test_a_diffusion_requests_estimate_does_not_depend_on_the_requests_around_it(tmp_path):
-    from harness import CheckpointLM
+    from evaluation.harness import CheckpointLM
     lm = CheckpointLM(ckpt=task_checkpoint(tmp_path / "mdlm.pt", "mdlm"), device="cpu", time_samples=4)
     first, second = (request("loglikelihood", item["context"], " " + item["choices"][0]) for item in ITEMS[:2])
     assert lm.loglikelihood([first, second])[1] == lm.loglikelihood([second])[0]
@@ -144,6 +146,6 @@ def test_a_diffusion_requests_estimate_does_not_depend_on_the_requests_around_it
 
 @needs_lm_eval
 def test_an_unknown_model_argument_is_an_error_not_ignored(tmp_path):
-    from harness import CheckpointLM
+    from evaluation.harness import CheckpointLM
     with pytest.raises(ValueError, match="unknown model argument.*time_sample"):
         CheckpointLM(ckpt=task_checkpoint(tmp_path / "ar.pt", "ar"), time_sample=4)

@@ -1,4 +1,4 @@
-"""hub.py: MDLM's weights from every layout they come in (Hugging Face folder, hub name, Lightning
+"""loading/hub.py: MDLM's weights from every layout they come in (Hugging Face folder, hub name, Lightning
 .ckpt, bare state dict) load through the one loader as the same network, strictly."""
 import json
 from pathlib import Path
@@ -6,9 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import checkpoint
-import hub
 from helpers import assert_one_error_line, mdlm_state_dict, run_script, write_hub_folder
+from loading import checkpoint, hub
 from model import DiT, ModelConfig, load_mdlm_state_dict
 
 # not a preset: the width of one, the heads and cond_dim of none (a preset guess gets them wrong)

@@ -1,16 +1,17 @@
-"""Duo's published layouts (s-sahoo/duo, s-sahoo/duo-distilled; SPEC-teachers A5.16) on synthetic
+"""Duo's published layouts (s-sahoo/duo, s-sahoo/duo-distilled; SPEC.md §9) on synthetic
 state dicts: config.json with `architectures: [DUO]` and MDLM's `backbone.*` keys, and the
-Lightning checkpoints of Duo's training code (lightning.py). The loader records the uniform process
+Lightning checkpoints of Duo's training code (loading/lightning.py). The loader records the uniform process
 ([PAD] is a noise state, not MASK) and time conditioning; a bare state dict is Duo's when told."""
 import json
 
 import pytest
 import torch
 
-import checkpoint
+import config
 import helpers
+from loading import checkpoint
 from model import DiT, ModelConfig, load_mdlm_state_dict
-from uniform import UniformProcess
+from processes.uniform import UniformProcess
 
 
 def duo_folder(folder, model):
@@ -42,9 +43,9 @@ def test_duo_folder_loads_as_a_time_conditioned_uniform_teacher(tmp_path, name):
 
 def test_mdlm_folder_still_loads_as_absorbing(tmp_path):
     pytest.importorskip("safetensors")
-    from hub import save_folder
+    from loading.hub import save_folder
     folder = save_folder(helpers.random_dit(3, 9, 8), tmp_path / "mdlm")
-    assert checkpoint.process_of(checkpoint.load(str(folder))).kind == "absorbing"
+    assert checkpoint.process_of(checkpoint.load(str(folder))).name == "absorbing"
 
 
 # ----------------------------------------------------------------------------- Duo's Lightning checkpoints
@@ -131,7 +132,7 @@ def test_dcd_and_duo_base_checkpoints_are_uniform_too_with_their_own_gamma_windo
                          ids=["duo-code-mdlm", "mdlm-code", "no-config"])
 def test_mdlm_lightning_checkpoints_stay_absorbing_and_not_time_conditioned(duo_weights, tmp_path, config):
     ckpt = checkpoint.load(duo_lightning(tmp_path / "mdlm.ckpt", duo_weights[0], config=config))
-    assert ckpt["process"] is None and checkpoint.process_of(ckpt).kind == "absorbing"
+    assert ckpt["process"] is None and checkpoint.process_of(ckpt).name == "absorbing"
     assert not ckpt["model_config"]["time_conditioning"] and "duo" not in ckpt
 
 
@@ -141,10 +142,10 @@ def test_a_stated_process_decides_what_records_none(duo_weights, tmp_path):
     duo_lightning(tmp_path / "unreadable.ckpt", raw, config=None)
     for name in ("bare.pt", "unreadable.ckpt"):
         model, ckpt = checkpoint.load_model(tmp_path / name, process="uniform")
-        assert checkpoint.process_of(ckpt).kind == "uniform" and ckpt["process"]["states"] == CFG.vocab_size + 1
+        assert checkpoint.process_of(ckpt).name == "uniform" and ckpt["process"]["states"] == CFG.vocab_size + 1
         assert model.config.time_conditioning and torch.equal(logits(model, inputs), logits(raw_model, inputs))
-        assert checkpoint.process_of(checkpoint.load(tmp_path / name)).kind == "absorbing"  # MDLM's, as before
-        assert checkpoint.process_of(checkpoint.load(tmp_path / name, process="absorbing")).kind == "absorbing"
+        assert checkpoint.process_of(checkpoint.load(tmp_path / name)).name == "absorbing"  # MDLM's, as before
+        assert checkpoint.process_of(checkpoint.load(tmp_path / name, process="absorbing")).name == "absorbing"
 
 
 def assert_contradictions_refused(cases):
@@ -165,7 +166,7 @@ def test_a_stated_process_that_contradicts_the_recorded_one_is_one_error(duo_wei
 
 def test_hub_folders_contradicted_by_a_stated_process_are_one_error(tmp_path):
     pytest.importorskip("safetensors")
-    from hub import save_folder
+    from loading.hub import save_folder
     mdlm = save_folder(helpers.random_dit(3, 9, 8), tmp_path / "mdlm")
     duo = duo_folder(tmp_path / "duo", helpers.random_dit(3, 9, 8))
     assert_contradictions_refused([(mdlm, "uniform", "absorbing"), (duo, "absorbing", "uniform")])
@@ -206,7 +207,7 @@ def test_distill_loads_a_bare_state_dict_as_duo_when_told_and_records_the_teache
     import distill as distill_py
     import train
     torch.save(duo_weights[0], tmp_path / "bare.pt")
-    env, teacher = train.Env(torch.device("cpu")), str(tmp_path / "bare.pt")
-    told = train.TrainConfig(distill="idlm", teacher=teacher, process="uniform")
-    assert distill_py.load_teacher(told, env)[1].kind == "uniform"
-    assert distill_py.load_teacher(train.TrainConfig(distill="idlm", teacher=teacher), env)[1].kind == "absorbing"
+    teacher = str(tmp_path / "bare.pt")
+    told = config.TrainConfig(distill="idlm", process="uniform")
+    assert distill_py.load_teacher(teacher, told, "cpu")[1].name == "uniform"
+    assert distill_py.load_teacher(teacher, config.TrainConfig(distill="idlm"), "cpu")[1].name == "absorbing"

@@ -1,23 +1,23 @@
-"""Invariants of IDLM (SPEC section 4): Theorem 3.1 checked exactly in a tiny world, the
-student step's gradient, the fixed point student = fake = teacher, the fake step, and the
-agreement of the soft-target MDLM loss with the hard one."""
+"""Invariants of IDLM (SPEC.md §6): Theorem 3.1 checked exactly in a tiny world, the student step's
+gradient, the gap defined once (a process's closed form equals it), the fixed point student = fake
+= teacher, the fake step, and the agreement of the soft-target MDLM loss with the hard one."""
 import copy
 import math
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 
-import pytest
-
 import diffusion
-import duo
 import helpers
 import idlm
 from helpers import all_sequences, examples, mask_patterns, seeds
-from uniform import UniformProcess
+from processes import duo
+from processes.registry import PROCESSES as REGISTERED
+from processes.uniform import UniformProcess
 
 V, L = 6, 8
 MASK = V
@@ -107,7 +107,7 @@ def test_student_objective_gradient_is_w_times_log_fake_minus_log_teacher_on_mas
     log_teacher, log_fake = (diffusion.subs_log_probs(2 * torch.randn(n, L, V + 1, generator=g), z_t, MASK)[..., :V]
                              for _ in range(2))
     x0_soft = torch.randn(n, L, V, generator=g).softmax(-1).requires_grad_()
-    loss = idlm.student_objective(x0_soft, log_teacher, log_fake, z_t, t, PROCESS)
+    loss = idlm.teacher_fake_gap(log_teacher, log_fake, x0_soft, z_t, t, PROCESS)
     (grad,) = torch.autograd.grad(loss, x0_soft)
     masked = (z_t == MASK).unsqueeze(-1)
     w = 1 / t  # the log-linear schedule's weight
@@ -192,6 +192,53 @@ def test_default_student_step_is_the_discrete_relaxation_with_constant_network_o
     assert torch.equal(loss, expected)
     for a, b in zip(got, torch.autograd.grad(expected, list(student.parameters()), allow_unused=True)):
         assert (a is None and b is None) or torch.equal(a, b)
+
+
+def random_outputs(process, z_t, generator):
+    """Log-outputs a network could give for soft_loss, over the V real tokens, float64: SUBS log-probs
+    (absorbing), unnormalised log-scores (SEDD), log-softmax over the states (uniform)."""
+    raw = 2 * torch.randn(*z_t.shape, V + 1, generator=generator, dtype=torch.float64)
+    if process.has_scores:
+        return raw[..., :V]
+    if process.has_mask:
+        return diffusion.subs_log_probs(raw, z_t, MASK).double()[..., :V]
+    return raw[..., :V].log_softmax(-1)
+
+
+@pytest.mark.parametrize("name", sorted(REGISTERED))
+@examples(8)
+@given(seed=seeds)
+def test_the_gap_is_the_teacher_soft_loss_minus_the_fakes_in_value_and_gradient(name, seed):
+    """IDLM eq. 11's objective is defined once, in idlm.teacher_fake_gap: soft_loss(teacher) -
+    soft_loss(fake) on the same z_t. A process's closed form (process.loss_gap, one sum) equals that
+    difference in value and in its gradient w.r.t. the student's output x0, to float64 rounding of
+    the terms compared (each element's tolerance scales with the two losses' own terms there)."""
+    process, g = REGISTERED[name](V), torch.Generator().manual_seed(seed)
+    n = 3
+    t = 0.05 + 0.95 * torch.rand(n, generator=g, dtype=torch.float64)
+    x0 = torch.randn(n, L, V, generator=g, dtype=torch.float64).softmax(-1).requires_grad_()
+    z_t = process.forward_sample_soft(x0.detach(), t, g)
+    log_teacher, log_fake = (random_outputs(process, z_t, g) for _ in range(2))
+    losses = [process.soft_loss(log_f, x0, z_t, t) for log_f in (log_teacher, log_fake)]
+    grads = [torch.autograd.grad(loss, x0)[0] for loss in losses]
+    gap = idlm.teacher_fake_gap(log_teacher, log_fake, x0, z_t, t, process)
+    (gap_grad,) = torch.autograd.grad(gap, x0)
+    assert abs(gap.item() - (losses[0] - losses[1]).item()) <= 1e-12 * sum(abs(loss.item()) for loss in losses)
+    tolerance = 1e-12 * (grads[0].abs() + grads[1].abs()) + 1e-300
+    assert ((gap_grad - (grads[0] - grads[1])).abs() <= tolerance).all()
+
+
+@pytest.mark.parametrize("name", sorted(REGISTERED))
+def test_the_logged_student_loss_is_the_true_difference_of_the_logged_losses(name):
+    """The student step's loss is what its logs say: teacher_loss - fake_loss_on_student (for SEDD
+    too, whose gap is the difference of two score entropies, not MDLM's closed form)."""
+    process = REGISTERED[name](V)
+    teacher, fake, student = random_dit(0), random_dit(1), random_dit(2)
+    x, t, u = batch(3)
+    torch.manual_seed(4)
+    loss, logs = idlm.student_loss(student, teacher, fake, x, t, u, process)
+    assert loss.item() == pytest.approx(logs["teacher_loss"] - logs["fake_loss_on_student"], rel=1e-5, abs=1e-6)
+    assert logs["teacher_loss"] != logs["fake_loss_on_student"]
 
 
 # ----------------------------------------------------------------------------- the fake step (eq. 10)

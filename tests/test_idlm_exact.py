@@ -1,4 +1,4 @@
-"""IDLM Theorem 3.1 for the uniform (Duo) and absorbing (MDLM) losses, exactly (SPEC-teachers A3.3),
+"""IDLM Theorem 3.1 for the uniform (Duo) and absorbing (MDLM) losses, exactly (SPEC.md §6.3),
 on enumerated worlds V = 3, L = 2 and V = 4, L = 3 in float64.
 
 The paper states L_IDLM(theta) >= KL(p_theta || p*). The sharper, true statement is
@@ -6,20 +6,20 @@ The paper states L_IDLM(theta) >= KL(p_theta || p*). The sharper, true statement
     L_IDLM(theta) = E_{p_theta} L(f*) - min_f E_{p_theta} L(f) = KL(p_theta || p*) - KL(p_theta,1 || p*_1),
 
 p_.,1 the laws of z_1. With alpha_1 = 0 (eps = 0) the last term is 0 and the gap *equals* KL; with
-alpha_1 = eps > 0 it is *below* KL, so the paper's ">= KL" holds only for alpha_1 = 0 (pitfall
-A5.2). These tests assert the sharper form for both eps = 0 and eps = 0.1.
+alpha_1 = eps > 0 it is *below* KL, so the paper's ">= KL" holds only for alpha_1 = 0
+(SPEC.md §6.3). These tests assert the sharper form for both eps = 0 and eps = 0.1.
 
 (d), documented and not asserted: the relaxation (c) holds for z_t ~ Cat(alpha G + (1-alpha)/V),
 not for the argmax of Duo's Gaussian latent at a soft G (V = 4, at~ = 0.9, x = (.5,.5,0,0): argmax
-law (.407,.406,.094,.094) vs the linear marginal (.445,.445,.055,.055), A1.1); see test_duo.py.
+law (.407,.406,.094,.094) vs the linear marginal (.445,.445,.055,.055), SPEC.md §4.4); see test_duo.py.
 """
 import pytest
 import torch
 import torch.nn.functional as F
 
+from processes.uniform import UniformProcess, udlm_loss
 from small_world import (absorbing_kernel, absorbing_states, dirichlet, kl, loo_denoiser, mdlm_denoiser,
                          mdlm_expected_loss, sequences, uniform_expected_loss, uniform_marginal_at)
-from uniform import UniformProcess, udlm_loss
 
 WORLDS = [(3, 2, 400), (4, 3, 100)]  # V, L, Gauss-Legendre nodes (in u, t = u^3)
 
@@ -77,7 +77,7 @@ def test_relaxation_soft_product_loss_difference_is_the_expected_hard_difference
 @pytest.mark.parametrize("seed", range(3))
 def test_uniform_student_gradient_is_the_closed_form(seed):
     """(e): d/dx of loss_gap = rate V alpha (D_k - [k = z] sum_j s_j D_j) / xbar_z per position,
-    D_j = log(sh_fake_j / sh_teacher_j) (A3.2), and loss_gap = soft_loss(teacher) - soft_loss(fake)."""
+    D_j = log(sh_fake_j / sh_teacher_j) (SPEC.md §6.4), and loss_gap = soft_loss(teacher) - soft_loss(fake)."""
     g = torch.Generator().manual_seed(seed)
     n, length, vocab = 2, 3, 5
     process = UniformProcess(vocab)

@@ -5,7 +5,7 @@ from pathlib import Path
 import torch
 
 from helpers import assert_one_error_line, run_script, save_tiny_checkpoint
-from uniform import UniformProcess
+from processes.uniform import UniformProcess
 
 V = 8
 spec = importlib.util.spec_from_file_location("keep_rate", Path(__file__).parents[1] / "scripts" / "keep_rate.py")

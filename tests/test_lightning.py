@@ -1,9 +1,9 @@
-"""lightning.py: a pickled Hydra config, as hub.InertUnpickler leaves it (stand-ins keeping their
+"""loading/lightning.py: a pickled Hydra config, as hub.InertUnpickler leaves it (stand-ins keeping their
 pickled state), read back as plain data; the process and settings it names."""
 import pytest
 
-import lightning
-from hub import Inert
+from loading import lightning
+from loading.hub import Inert
 
 
 def pickled(state):

@@ -1,4 +1,4 @@
-"""Tests of likelihood.py: the AR log-likelihood is our AR NLL and obeys the chain rule; the
+"""Tests of evaluation/likelihood.py: the AR log-likelihood is our AR NLL and obeys the chain rule; the
 diffusion NELBO never masks the context, is tight for the exact denoiser of the synthetic
 source and an upper bound for a model that is not exact."""
 import math
@@ -8,12 +8,12 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-import likelihood
 from data import MarkovSource
 from diffusion import MaskingProcess
 from evaluate import ARJudge
-from exact import ExactDenoiser
-from helpers import L, V, RecordingModel, examples, random_dit, seeds, tiny_model
+from evaluation import likelihood
+from evaluation.exact import ExactDenoiser
+from helpers import L, RecordingModel, V, examples, random_dit, seeds, tiny_model
 
 SOURCE = MarkovSource(vocab_size=V, seq_len=L, branching=3, seed=0)
 

@@ -1,5 +1,5 @@
-"""The networks (SPEC section 2): attention, RoPE, the DiT against a reference forward written
-from the SPEC's text on an MDLM-layout state dict, and the GPT's KV cache."""
+"""The networks (SPEC.md §8): attention, RoPE, the DiT against a reference forward written
+from the text of SPEC.md §8 on an MDLM-layout state dict, and the GPT's KV cache."""
 import importlib.util
 import math
 import sys
@@ -88,7 +88,7 @@ def test_rotary_dot_product_depends_only_on_relative_position(seed, D, m, n, shi
 @examples(25)
 @given(seed=seeds, D=st.sampled_from([2, 4, 8, 16]), position=st.integers(0, 64))
 def test_rotary_rotates_pair_i_and_i_plus_half_by_position_times_base_power(seed, D, position):
-    """Rotate-half convention, base 10000, over the full head dimension (SPEC section 2)."""
+    """Rotate-half convention, base 10000, over the full head dimension (SPEC.md §8)."""
     x = torch.randn(D, generator=torch.Generator().manual_seed(seed))
     half = D // 2
     angle = position * 10000.0 ** (-2 * torch.arange(half, dtype=torch.float64) / D)
@@ -103,7 +103,7 @@ CFG = model.ModelConfig(vocab_size=11, seq_len=16, n_layer=2, n_head=2, n_embd=1
 
 
 def reference_dit(sd, tokens, sigma, n_head):
-    """MDLM's DiT forward from SPEC section 2's text, in float64 on the state dict's tensors."""
+    """MDLM's DiT forward from the text of SPEC.md §8, in float64 on the state dict's tensors."""
     p = {k.removeprefix("backbone."): v.double() for k, v in sd.items()}
     linear = lambda x, name: F.linear(x, p[f"{name}.weight"], p.get(f"{name}.bias"))
     layer_norm = lambda x, name: F.layer_norm(x, x.shape[-1:], eps=1e-5) * p[f"{name}.weight"]

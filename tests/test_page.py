@@ -1,4 +1,4 @@
-"""page.py: the page's data rebuilds every frame of a trace; the page is self-contained; in a real
+"""watching/page.py: the page's data rebuilds every frame of a trace; the page is self-contained; in a real
 headless browser (Chromium through Selenium) the slider changes the frame and its end shows the
 sampled text; sample.py --trace puts several checkpoints side by side on one seed."""
 import json
@@ -13,10 +13,10 @@ from data import SymbolTokenizer
 from diffusion import MaskingProcess
 from evaluate import generate
 from helpers import L, V, assert_one_error_line, run_script, save_tiny_checkpoint, tiny_model
-from page import check_writable, page, panel, write
 from samplers import make_sampler
-from show import PLACEHOLDER, TokenTexts
-from tracing import Traced
+from watching.page import check_writable, page, panel, write
+from watching.show import PLACEHOLDER, TokenTexts
+from watching.tracing import Traced
 
 SYMBOLS = SymbolTokenizer(V)
 

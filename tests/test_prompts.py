@@ -1,4 +1,4 @@
-"""prompts.py: gap markers become MASK positions at the right places, and an infilled sample
+"""plumbing/prompts.py: gap markers become MASK positions at the right places, and an infilled sample
 keeps every fixed token, whatever the sampler; malformed markers are clear errors."""
 import pytest
 import torch
@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from data import SymbolTokenizer, Tokenizer
 from evaluate import generate
 from helpers import L, V, examples, process_for, seeds, tiny_model
-from prompts import template
+from plumbing.prompts import template
 from samplers import SAMPLERS, make_sampler
 
 SYMBOLS = SymbolTokenizer(V)

@@ -1,5 +1,5 @@
-"""reproduce.py: the issue's targets, checked on sweep rows."""
-import reproduce
+"""evaluation/reproduce.py: the claims' targets, checked on sweep rows."""
+from evaluation import reproduce
 
 LABELS = {"teacher": "t.pt", "sdtt": "sdtt/round*.pt", "sdtt_final": "sdtt/round4.pt", "idlm": "i.pt",
           "exact": "exact"}

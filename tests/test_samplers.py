@@ -11,16 +11,16 @@ from hypothesis import strategies as st
 
 import diffusion
 import samplers
-from helpers import (AdversarialDenoiser, OptimalDenoiserNet, all_sequences, examples, optimal_denoiser,
-                     random_dit, seeds, tiny_world)
+from helpers import (AdversarialDenoiser, OptimalDenoiserNet, all_sequences, examples, optimal_denoiser, random_dit,
+                     seeds, tiny_world)
 
 SCHEDULES = [diffusion.LogLinear, diffusion.Cosine]
 EXACT = {  # every exact sampler and cache setting: each gives the reference's tokens
     "ancestral, batch cache": lambda final: samplers.Ancestral(final),
     "ancestral, no cache": lambda final: samplers.Ancestral(final, cache=False),
-    "revealed, sequence cache": lambda final: samplers.Revealed(final, "sequence"),
-    "revealed, batch cache": lambda final: samplers.Revealed(final, "batch"),
-    "revealed, no cache": lambda final: samplers.Revealed(final, "none"),
+    "revealed, sequence cache": lambda final: samplers.CachedAncestral(final, "sequence"),
+    "revealed, batch cache": lambda final: samplers.CachedAncestral(final, "batch"),
+    "revealed, no cache": lambda final: samplers.CachedAncestral(final, "none"),
 }
 
 
@@ -99,7 +99,7 @@ def test_unknown_sampler_is_a_clear_error():
 def test_each_process_samples_with_its_own_sampler_unless_one_is_named():
     """MDLM: cached (exact, least work); SEDD: analytic; uniform-state: ancestral (no MASK to reveal).
     Every default applies to its process, and a named sampler always wins."""
-    from processes import PROCESSES
+    from processes.registry import PROCESSES
     defaults = {kind: samplers.sampler_name(process=make(5)) for kind, make in PROCESSES.items()}
     assert defaults == {"absorbing": "cached", "uniform": "ancestral", "sedd": "analytic"}
     assert samplers.sampler_name() == samplers.DEFAULT_SAMPLER
@@ -151,7 +151,7 @@ def test_default_sampler_draws_from_the_exact_ancestral_chain(schedule, world, s
     xs, p = tiny_world(V, L, seed)
     N = 20_000
     process = diffusion.MaskingProcess(V, schedule())
-    sampler = samplers.Revealed(t_min=t_min)
+    sampler = samplers.CachedAncestral(t_min=t_min)
     out, _ = sampler(OptimalDenoiserNet(xs, p, V), process, torch.full((N, L), V), steps,
                      torch.Generator().manual_seed(seed))
     counts = np.bincount(out.numpy() @ V ** np.arange(L - 1, -1, -1), minlength=len(xs))  # xs's order
@@ -189,7 +189,7 @@ def forwards_and_reveals(run, mode):
     z, _ = start(V, run["L"], run["N"], run["prompt_len"], run["seed"])
     net = Recorder(random_dit(run["seed"] % 1000, V, run["L"]))
     trace = Trace(z)
-    out, forwards = samplers.Revealed("argmax", mode)(net, diffusion.MaskingProcess(V), z, run["steps"],
+    out, forwards = samplers.CachedAncestral("argmax", mode)(net, diffusion.MaskingProcess(V), z, run["steps"],
                                                       torch.Generator().manual_seed(run["seed"]), trace)
     return forwards, net.calls, trace.states + [out]
 
@@ -227,7 +227,7 @@ def test_mean_forward_count_matches_its_formula(cache):
     is the formula's, within 6 standard errors (each run's count lies in 0..33)."""
     V, L, steps, batch, runs = 3, 32, 32, 4, 100
     g = torch.Generator().manual_seed(0)
-    counts = torch.tensor([samplers.Revealed("argmax", cache)(ConstantNet(V, L), diffusion.MaskingProcess(V),
+    counts = torch.tensor([samplers.CachedAncestral("argmax", cache)(ConstantNet(V, L), diffusion.MaskingProcess(V),
                                                                 torch.full((batch, L), V), steps, g)[1] / batch
                            for _ in range(runs)], dtype=torch.float64)
     expected = samplers.expected_forwards(steps, L, batch, cache)
@@ -278,7 +278,7 @@ def test_semi_ar_extends_the_context_window_by_window(seed, extra, block, prompt
     V, context = 4, 8
     model = random_dit(seed % 1000, V, context)
     z, _ = start(V, context + extra, 2, prompt_len, seed)
-    process, inner = diffusion.MaskingProcess(V), samplers.Revealed()
+    process, inner = diffusion.MaskingProcess(V), samplers.CachedAncestral()
     out, forwards = samplers.SemiAR(inner, block)(model, process, z, 4, torch.Generator().manual_seed(seed))
     alone, _ = inner(model, process, z[:, :context], 4, torch.Generator().manual_seed(seed))
     assert torch.equal(out[:, :context], alone)

@@ -1,4 +1,4 @@
-"""The score samplers (SPEC-teachers A2.3): with normalised scores the analytic sampler is the
+"""The score samplers (SPEC.md §5.3): with normalised scores the analytic sampler is the
 ancestral sampler, draw for draw; every step is a valid distribution (clamped when the scores
 say otherwise); K steps + 1 final pass."""
 import math
@@ -11,9 +11,8 @@ from hypothesis import strategies as st
 import diffusion
 import helpers
 from helpers import examples, seeds
-from samplers import Ancestral, make_sampler
-from score_samplers import ScoreSampler, analytic_rate, euler_rate, move_probability, score_step
-from sedd import SeddProcess
+from processes.sedd import SeddProcess
+from samplers import Ancestral, ScoreSampler, analytic_rate, euler_rate, make_sampler, move_probability, score_step
 
 V, L = 6, 8
 MASK = V

@@ -1,4 +1,4 @@
-"""Invariants of SDTT (SPEC section 3): Algorithm 1's targets, the divergences of appendix B,
+"""Invariants of SDTT (SPEC.md §3): Algorithm 1's targets, the divergences of appendix B,
 the two teacher samplers, the step schedule, and one round of Algorithm 2. Rounds that chain
 are tested through train.py in test_distill.py."""
 import copy

@@ -1,4 +1,4 @@
-"""Invariants of SEDD on the absorbing graph (SPEC-teachers A2, A3.1, A3.3), exactly in float64:
+"""Invariants of SEDD on the absorbing graph (SPEC.md §5, §6.2, §6.3), exactly in float64:
 score entropy of s = r_t f is MDLM's loss of f, it is least at the true scores, the IDLM student's
 gradient has the closed form, and the teacher-fake gap is KL - KL_1 on enumerated worlds."""
 import numpy as np
@@ -12,8 +12,8 @@ import diffusion
 import helpers
 import idlm
 from helpers import examples, mask_patterns, seeds
-from processes import process_from_config
-from sedd import SeddProcess, log_scores, score_entropy
+from processes.registry import process_from_config
+from processes.sedd import SeddProcess, log_scores, score_entropy
 
 V, L = 5, 4
 MASK = V
@@ -140,13 +140,13 @@ def test_pretraining_loss_is_finite_and_trains_the_network():
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
 
 
-# ----------------------------------------------------------------------------- IDLM-SEDD (A3.1)
+# ----------------------------------------------------------------------------- IDLM-SEDD (SPEC.md §6.2)
 
 @examples(10)
 @given(seed=seeds)
 def test_student_gradient_of_teacher_minus_fake_score_entropy_is_w_times_log_fake_minus_log_teacher(seed):
     """dJ/dG = w(t) (log s_fake - log s*) / (N L) at masked positions, 0 elsewhere, for
-    unnormalised scores: through the process's own loss, and through idlm.student_objective."""
+    unnormalised scores: through the process's own loss, and through idlm.teacher_fake_gap."""
     g, z_t, t, _ = random_case(seed)
     process = SeddProcess(V)
     log_teacher, log_fake = (torch.randn(*z_t.shape, V, generator=g, dtype=torch.float64) for _ in range(2))
@@ -155,7 +155,7 @@ def test_student_gradient_of_teacher_minus_fake_score_entropy_is_w_times_log_fak
     expected = torch.where((z_t == MASK)[..., None], process.loss_weight(t)[:, None, None] * (log_fake - log_teacher),
                            torch.zeros(())) / n
     for objective in (process.soft_loss(log_teacher, x0, z_t, t) - process.soft_loss(log_fake, x0, z_t, t),
-                      idlm.student_objective(x0, log_teacher, log_fake, z_t, t, process)):
+                      idlm.teacher_fake_gap(log_teacher, log_fake, x0, z_t, t, process)):
         (grad,) = torch.autograd.grad(objective, x0)
         torch.testing.assert_close(grad, expected, rtol=1e-10, atol=1e-12)
 
@@ -171,7 +171,7 @@ def test_idlm_losses_run_through_the_process_interface_with_a_sedd_teacher():
     assert torch.isfinite(idlm.fake_loss(teacher, teacher, x, t, u, process))
 
 
-# ----------------------------------------------------------------------------- A3.3: the gap is KL - KL_1
+# ----------------------------------------------------------------------------- SPEC.md §6.3: the gap is KL - KL_1
 
 def integrated_sedd_loss(process, xs, p, scores_of, nodes=24):
     """E_{x ~ p} integral_0^1 of the score entropy summed over positions and mask patterns, with
@@ -207,7 +207,7 @@ def marginal_at_one(xs, p, vocab, eps):
 
 @pytest.mark.parametrize("vocab,length,eps", [(3, 2, 0.0), (3, 2, 0.1), (4, 3, 0.0), (4, 3, 0.1)])
 def test_teacher_minus_fake_gap_of_sedd_is_kl_minus_kl_at_time_one(vocab, length, eps):
-    """A3.3: E_{p_theta} L_SEDD(s*) - E_{p_theta} L_SEDD(s_theta) = KL(p_theta||p*) - KL(p_theta,1||p*_1),
+    """SPEC.md §6.3: E_{p_theta} L_SEDD(s*) - E_{p_theta} L_SEDD(s_theta) = KL(p_theta||p*) - KL(p_theta,1||p*_1),
     with s = r_t p(x^i | z) exact networks; at eps = 0 this is KL itself (IDLM Thm 3.1)."""
     xs, p_star = helpers.tiny_world(vocab, length, 7)
     p_theta = 0.6 * p_star + 0.4 * np.random.default_rng(8).dirichlet(np.ones(len(xs)))
@@ -227,11 +227,11 @@ def test_teacher_minus_fake_gap_of_sedd_is_kl_minus_kl_at_time_one(vocab, length
 # ----------------------------------------------------------------------------- louaaron/sedd-small's layout
 
 def test_a_folder_in_sedd_smalls_layout_loads_as_a_sedd_teacher_with_its_process(tmp_path):
-    """Unprefixed keys in pytorch_model.bin and SEDD's Hydra config.json (A5.16): the same network,
+    """Unprefixed keys in pytorch_model.bin and SEDD's Hydra config.json (SPEC.md §9): the same network,
     recorded as kind and process "sedd", time-conditioned."""
     import json
 
-    import checkpoint
+    from loading import checkpoint
     from model import DiT, ModelConfig, load_mdlm_state_dict
     cfg = ModelConfig(vocab_size=11, seq_len=12, n_layer=1, n_head=2, n_embd=32, cond_dim=16, dropout=0.1,
                       time_conditioning=True)

@@ -1,4 +1,4 @@
-"""show.py: frames drawn as text with MASK as a placeholder, new tokens highlighted, a counter of
+"""watching/show.py: frames drawn as text with MASK as a placeholder, new tokens highlighted, a counter of
 steps and forward passes, redrawn in place; sample.py --show animates only in a terminal."""
 import io
 import os
@@ -10,7 +10,7 @@ import torch
 
 from data import SymbolTokenizer, Tokenizer
 from helpers import ROOT, V, run_script, save_tiny_checkpoint
-from show import NEW, PLACEHOLDER, Animation, TokenTexts, render, separator
+from watching.show import NEW, PLACEHOLDER, Animation, TokenTexts, render, separator
 
 SYMBOLS = SymbolTokenizer(V)
 

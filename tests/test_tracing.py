@@ -1,4 +1,4 @@
-"""tracing.py: a trace has steps + 1 frames, never re-masks, ends on the returned tokens, counts
+"""watching/tracing.py: a trace has steps + 1 frames, never re-masks, ends on the returned tokens, counts
 the forward passes the sampler reports, and tracing changes no draw."""
 import pytest
 import torch
@@ -8,7 +8,7 @@ from diffusion import MaskingProcess
 from evaluate import generate
 from helpers import L, V, examples, process_for, seeds, tiny_model
 from samplers import SAMPLERS, make_sampler
-from tracing import Trace, Traced
+from watching.tracing import Trace, Traced
 
 PROCESS = MaskingProcess(V)
 

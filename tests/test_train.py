@@ -11,7 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import checkpoint
+import config
+import helpers
+import train as train_py
+from data import MarkovSource
+from diffusion import LogLinear, MaskingProcess
+from loading import checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--data", "synthetic", "--size", "micro", "--seq-len", "16", "--batch-size", "8", "--eval-every", "0"]
@@ -128,12 +133,11 @@ def test_wrong_checkpoint_kind_is_refused(tmp_path):
 
 
 def test_sdtt_divergence_is_the_papers_at_full_size_the_mse_on_cpu_presets_and_a_flag_overrides_both():
-    import train
     cpu, full = 128, 768
-    assert train.resolve(train.TrainConfig(distill="sdtt"), full).divergence == "reverse_kl"
-    assert train.resolve(train.TrainConfig(distill="sdtt"), cpu).divergence == "mse"
-    chosen = train.TrainConfig(distill="sdtt", divergence="reverse_kl")
-    assert train.resolve(chosen, cpu).divergence == "reverse_kl"
+    assert config.resolve(config.TrainConfig(distill="sdtt"), full).divergence == "reverse_kl"
+    assert config.resolve(config.TrainConfig(distill="sdtt"), cpu).divergence == "mse"
+    chosen = config.TrainConfig(distill="sdtt", divergence="reverse_kl")
+    assert config.resolve(chosen, cpu).divergence == "reverse_kl"
 
 
 def test_log_jsonl_gets_tokens_per_second_mfu_and_peak_memory_every_interval(tmp_path):
@@ -147,14 +151,15 @@ def test_log_jsonl_gets_tokens_per_second_mfu_and_peak_memory_every_interval(tmp
 
 def test_the_checkpoint_is_written_before_validation_runs(tmp_path):
     import train as train_py
+    from diffusion import LogLinear, MaskingProcess
     from helpers import tiny_model
-    from diffusion import MaskingProcess, LogLinear
     model = tiny_model()
-    cfg = train_py.TrainConfig(lr=1e-3, warmup=1, batch_size=2, seq_len=model.config.seq_len, micro_batch_size=0,
-                               eval_every=1, ckpt_every=1, out_dir=str(tmp_path))
+    cfg = config.TrainConfig(lr=1e-3, warmup=1, batch_size=2, seq_len=model.config.seq_len, micro_batch_size=0,
+                             eval_every=1, ckpt_every=1, out_dir=str(tmp_path))
     env = train_py.Env(torch.device("cpu"))
     process = MaskingProcess(model.config.vocab_size, LogLinear())
-    phases, ema, written = train_py.pretrain_phases(cfg, env, model, process), train_py.make_ema(model, 0.5), []
+    phases = [train_py.make_phase(*spec, cfg, env) for spec in train_py.Pretraining(cfg, model, process).phases]
+    ema, written = train_py.make_ema(model, 0.5), []
 
     class Source:
         def batch(self, split, n, seq_len, generator):
@@ -170,14 +175,26 @@ def test_the_checkpoint_is_written_before_validation_runs(tmp_path):
 @pytest.mark.parametrize("sequences_that_fit, expected", [(100, 0), (8.5, 8), (5.5, 4), (0.3, 1)])
 def test_the_default_micro_batch_is_the_largest_divisor_of_the_batch_that_fits(monkeypatch, sequences_that_fit,
                                                                                 expected):
-    import devices
     import train as train_py
     from model import config_for
+    from plumbing import devices
     model_cfg = config_for("small", vocab_size=50257, seq_len=1024)
     each = devices.training_bytes_per_sequence(50258, 768, 12, 1024)
     monkeypatch.setattr(devices, "free_memory", lambda device: sequences_that_fit * each / 0.6)  # 60% is used
-    cfg = train_py.TrainConfig(batch_size=24, seq_len=1024)
+    cfg = config.TrainConfig(batch_size=24, seq_len=1024)
     fitted = train_py.fit_micro_batch(cfg, train_py.Env(torch.device("cpu")), model_cfg)
     assert fitted.micro_batch_size == expected
-    chosen = train_py.TrainConfig(batch_size=24, micro_batch_size=3)
+    chosen = config.TrainConfig(batch_size=24, micro_batch_size=3)
     assert train_py.fit_micro_batch(chosen, train_py.Env(torch.device("cpu")), model_cfg) == chosen
+
+
+def test_micro_batched_validation_equals_one_pass():
+    model, process = helpers.random_dit(0, helpers.V, helpers.L), MaskingProcess(helpers.V, LogLinear())
+    source, env = MarkovSource(vocab_size=helpers.V, seq_len=helpers.L), train_py.Env(torch.device("cpu"))
+
+    def value(micro_batch):
+        cfg = config.TrainConfig(batch_size=6, seq_len=helpers.L, eval_batches=2, micro_batch_size=micro_batch)
+        return train_py.validation(model, process, source, cfg, env)
+    whole = value(0)
+    assert value(4) == pytest.approx(whole, rel=1e-6)
+    assert value(1) == pytest.approx(whole, rel=1e-6)

@@ -1,18 +1,18 @@
-"""The uniform-state process (SPEC-teachers A1.1-A1.4), exactly where it can be: the forward
+"""The uniform-state process (SPEC.md §4.1-4.5), exactly where it can be: the forward
 marginal, the reverse posterior against Bayes' rule (one-hot and soft x), the positive UDLM loss
 and its optimum on an enumerated world (float64, Gauss-Legendre in t), the samplers."""
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-import torch.nn.functional as F
 
-import processes
 import samplers
 from diffusion import LogLinear, MaskingProcess
-from small_world import (dirichlet, entropy, loo_denoiser, posterior_denoiser, sequences, uniform_expected_loss)
-from uniform import (UniformProcess, draw_posterior, forward_uniform, udlm_loss, udlm_loss_gap, udlm_loss_tokens,
-                     uniform_posterior)
+from processes.registry import process_from_config
+from processes.uniform import (UniformProcess, draw_posterior, forward_uniform, udlm_loss, udlm_loss_gap,
+                               udlm_loss_tokens, uniform_posterior)
+from small_world import dirichlet, entropy, loo_denoiser, posterior_denoiser, sequences, uniform_expected_loss
 
 
 def transition(alpha_ts, vocab):
@@ -22,7 +22,7 @@ def transition(alpha_ts, vocab):
 
 @pytest.mark.parametrize("vocab", [3, 5])
 def test_posterior_is_bayes_rule_for_one_hot_and_soft_x(vocab):
-    """q(z_s | z_t, x) = sum_x0 x(x0) q_s(z_s|x0) q(z_t|z_s) / sum_x0 x(x0) q_t(z_t|x0) (A1.2)."""
+    """q(z_s | z_t, x) = sum_x0 x(x0) q_s(z_s|x0) q(z_t|z_s) / sum_x0 x(x0) q_t(z_t|x0) (SPEC.md §4.2)."""
     torch.manual_seed(0)
     alpha_s, alpha_t = 0.7, 0.3
     x_probs = torch.cat([F.one_hot(torch.arange(vocab), vocab).double(),
@@ -74,9 +74,9 @@ def test_udlm_loss_is_nonnegative_and_zero_at_the_truth():
 @pytest.mark.parametrize("vocab,length,nodes", [(3, 2, 400), (4, 3, 100)])
 def test_leave_one_out_denoiser_attains_the_entropy_and_the_posterior_does_not(vocab, length, nodes):
     """E_{p*} L_UDLM(f*) = H(p*) at eps = 0 (alpha_1 = 0: the prior term vanishes and the ELBO is
-    tight) with the leave-one-out optimum f*(z)^i = p*(x^i | z^-i) (A1.3); a perturbed f* and the
+    tight) with the leave-one-out optimum f*(z)^i = p*(x^i | z^-i) (SPEC.md §4.3); a perturbed f* and the
     denoising posterior p*(x^i | z) score higher. (A test that plugs in p(x|z_t) as "optimal"
-    fails: pitfall A5.3.)"""
+    fails: see SPEC.md §4.3.)"""
     xs = sequences(vocab, length)
     p = dirichlet(len(xs), seed=vocab)
     onehot = F.one_hot(xs, vocab).double()
@@ -105,7 +105,7 @@ class Exact(torch.nn.Module):
 
 def test_registry_rebuilds_the_uniform_process_with_its_states():
     process = UniformProcess(7, LogLinear(), states=8)
-    rebuilt = processes.process_from_config(process.config(), 7)
+    rebuilt = process_from_config(process.config(), 7)
     assert isinstance(rebuilt, UniformProcess) and rebuilt.vocab_size == 8 and rebuilt.time_conditioned
 
 
@@ -137,8 +137,8 @@ def test_default_sampler_of_the_uniform_process_is_ancestral():
 
 
 def literal_udlm_loss(log_f, x_probs, z_t, alpha_t, alpha_prime_t):
-    """A1.3 term by term, in float64: (-alpha'/(V alpha)) sum_j [sh_j - s_j log sh_j + s_j (log s_j - 1)],
-    s_j = xbar_j / xbar_i, sh_j = m_j / m_i (the reference for uniform.py's closed forms)."""
+    """SPEC.md §4.3 term by term, in float64: (-alpha'/(V alpha)) sum_j [sh_j - s_j log sh_j + s_j (log s_j - 1)],
+    s_j = xbar_j / xbar_i, sh_j = m_j / m_i (the reference for processes/uniform.py's closed forms)."""
     V = log_f.shape[-1]
     a = torch.as_tensor(alpha_t, dtype=torch.float64).reshape(-1, 1, 1)
     xbar, m = V * a * x_probs.double() + 1 - a, V * a * log_f.double().exp() + 1 - a
@@ -183,7 +183,7 @@ def test_closed_forms_of_the_loss_and_the_gap_are_the_literal_sum(seed, vocab, o
 
 def test_closed_form_loss_matches_a_50_digit_evaluation():
     """Where hypothesis found the literal sum and the closed form apart by 9e-8 of the gap (V = 4,
-    1 - alpha = 1e-7, sharp outputs): against A1.3 evaluated with 50 digits (mpmath), the closed form
+    1 - alpha = 1e-7, sharp outputs): against SPEC.md §4.3 evaluated with 50 digits (mpmath), the closed form
     is exact to float64 rounding and the literal float64 sum is the side that errs."""
     mp = pytest.importorskip("mpmath")
     mp.mp.dps = 50
@@ -269,5 +269,5 @@ def test_generate_draws_the_uniform_prior_from_the_seed_and_refuses_a_prompt():
     model, process = random_dit(0, 5, 6), UniformProcess(5)
     draws = [generate(model, process, 3, 6, 2, generator=torch.Generator().manual_seed(7))[0] for _ in range(2)]
     torch.testing.assert_close(draws[0], draws[1], rtol=0, atol=0)
-    with pytest.raises(ValueError, match="prompts and gaps need a model with MASK"):
+    with pytest.raises(ValueError, match="prompts and gaps need a process that keeps given tokens fixed"):
         generate(model, process, 1, 6, 2, prompt=[1, None])

@@ -1,4 +1,4 @@
-"""Tests of zeroshot.py: blocks keep every token (a short corpus is padded, never dropped), the
+"""Tests of evaluation/zeroshot.py: blocks keep every token (a short corpus is padded, never dropped), the
 AR NLL is our AR judge's, padding is never scored, and the command prints every setting."""
 import dataclasses
 
@@ -6,12 +6,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import checkpoint
-import zeroshot
 from data import Tokenizer
 from diffusion import MaskingProcess
 from evaluate import ARJudge
-from helpers import L, V, RecordingModel, assert_one_error_line, examples, random_dit, run_script, tiny_model
+from evaluation import zeroshot
+from helpers import L, RecordingModel, V, assert_one_error_line, examples, random_dit, run_script, tiny_model
+from loading import checkpoint
 
 documents = st.lists(st.lists(st.integers(0, V - 3), max_size=40), min_size=1, max_size=5)
 
@@ -66,7 +66,7 @@ def test_command_prints_every_setting_and_a_bound(tmp_path):
     text = "!\"#$%&'" * 5
     (tmp_path / "a.txt").write_text(text)
     tokens = len(Tokenizer(meta["gpt2_ids"]).encode(text)) + 2  # with the BOS and the EOS
-    result = run_script("zeroshot.py", "--ckpt", str(tmp_path / "mdlm.pt"), "--data", str(tmp_path / "a.txt"),
+    result = run_script("-m", "evaluation.zeroshot", "--ckpt", str(tmp_path / "mdlm.pt"), "--data", str(tmp_path / "a.txt"),
                         "--mode", "pad", "--time-samples", "2", "--device", "cpu")
     assert result.returncode == 0, result.stderr
     settings = result.stdout.splitlines()[0]
@@ -74,5 +74,5 @@ def test_command_prints_every_setting_and_a_bound(tmp_path):
                  "weights=ema", f"tokens={tokens}", f"blocks={-(-tokens // L)}", "padded=1"):
         assert name in settings, settings
     assert "perplexity <= " in result.stdout
-    line = assert_one_error_line(run_script("zeroshot.py", "--ckpt", str(tmp_path / "mdlm.pt"), "--data", "nope"))
+    line = assert_one_error_line(run_script("-m", "evaluation.zeroshot", "--ckpt", str(tmp_path / "mdlm.pt"), "--data", "nope"))
     assert "nor one of" in line

@@ -1,7 +1,7 @@
 #!/bin/sh
-# The CPU-scale reproduction of issue 18 item 6 on the synthetic source (exact judge), L = 64: every
+# The uniform-state family at CPU scale on the synthetic source (exact judge), L = 64: every
 # command that made results/uniform/, in order. Run from the repository root: sh results/uniform/run.sh
-# The teacher is the MDLM teacher's quick synthetic recipe (reproduce.py, results/sedd) with the
+# The teacher is the MDLM teacher's quick synthetic recipe (evaluation/reproduce.py, results/sedd) with the
 # uniform process; validation every 250 steps only prints the curve.
 set -e
 C="--data synthetic --size tiny --seq-len 64 --seed 0 --eval-every 0"
@@ -13,7 +13,7 @@ python train.py --distill idlm --teacher out/r18b/uniform/ckpt.pt $C --iters 300
 python train.py --distill idlm --teacher out/r18b/dcd/ckpt.pt $C --iters 300 --judge exact --eval-samples 0 \
     --out-dir out/r18b/idlm-dcd
 for S in ancestral greedy-tail; do
-  python sweep.py --ckpts out/r18b/uniform/ckpt.pt out/r18b/dcd/ckpt.pt out/r18b/idlm-duo/ckpt.pt \
+  python -m evaluation.sweep --ckpts out/r18b/uniform/ckpt.pt out/r18b/dcd/ckpt.pt out/r18b/idlm-duo/ckpt.pt \
       out/r18b/idlm-dcd/ckpt.pt --steps 1 2 4 8 16 64 --sampler $S --judge exact --num-samples 128 --seed 0 \
       --out-dir results/uniform/$S
 done
@@ -21,6 +21,6 @@ done
 python train.py --distill idlm --teacher out/r18b/uniform/ckpt.pt $C --iters 300 --tau 0.1 --judge exact --eval-samples 0 \
     --out-dir out/r18b/idlm-duo-gauss
 for S in ancestral greedy-tail; do
-  python sweep.py --ckpts out/r18b/idlm-duo-gauss/ckpt.pt --steps 1 2 4 8 16 64 --sampler $S --judge exact \
+  python -m evaluation.sweep --ckpts out/r18b/idlm-duo-gauss/ckpt.pt --steps 1 2 4 8 16 64 --sampler $S --judge exact \
       --num-samples 128 --seed 0 --out-dir results/uniform/gaussian/$S
 done

@@ -1,0 +1,144 @@
+"""Every flag of train.py (`TrainConfig`), and the defaults a flag left unset takes: the papers'
+settings for full-size models, CPU settings scaled down to minutes on two cores (DEFAULTS).
+
+One convention for "not given": a flag whose default is None is filled by `resolve` from DEFAULTS,
+by method (pretraining a model kind, or a distillation method) and scale; its help says what it
+becomes. `check_config` checks what the flags' own bounds cannot.
+"""
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import sdtt
+from diffusion import SCHEDULES
+from distill import METHODS
+from plumbing import devices
+from plumbing.cli import flag
+from processes.registry import FAMILIES
+
+
+@dataclass
+class TrainConfig:
+    model: str = flag("mdlm", "what to pretrain: a masked diffusion LM (MDLM), a SEDD score model (absorbing, "
+                              "time-conditioned) or an AR model", choices=["mdlm", "sedd", "ar"])
+    distill: Optional[str] = flag(None, "distill a diffusion teacher instead of pretraining (distill.py)",
+                                  choices=list(METHODS))
+    process: Optional[str] = flag(None, "diffusion process: absorbing (MDLM; the default) or uniform (Duo); "
+                                        "--model sedd is absorbing with SEDD's score parameterization. With "
+                                        "--teacher: what a bare state dict is (default absorbing); a checkpoint "
+                                        "that records the other process is refused",
+                                  choices=list(FAMILIES))
+    tau: Optional[float] = flag(None, "uniform process: train with Duo's curriculum, soft inputs softmax(w/tau) "
+                                      "(Duo: 1e-3); with --distill idlm: IDLM-code's Gaussian-argmax variant "
+                                      "(inexact; IDLM-code: 0.1); default: the discrete UDLM loss", above=0)
+    teacher: Optional[str] = flag(None, "teacher: our checkpoint, MDLM's or Duo's weights as a Hugging Face folder "
+                                        "or hub name (kuleshov-group/mdlm-owt, s-sahoo/duo), a Lightning .ckpt or a "
+                                        "state dict (Duo's: with --process uniform); "
+                                        "default: the embedded teacher, trained first if missing")
+    data: Optional[str] = flag(None, "shakespeare | synthetic | openwebtext | path(s) to text files, comma-separated "
+                                     "(default: shakespeare; openwebtext for a teacher with GPT-2's full vocabulary)")
+    size: str = flag("tiny", "model size preset: micro, tiny, mini (CPU) or small ... 8B (SDTT Table 2)")
+    schedule: str = flag("loglinear", "noise schedule of a pretrained diffusion model", choices=list(SCHEDULES))
+    vocab_size: int = flag(4096, "compacted vocabulary for small corpora (most frequent GPT-2 tokens + <unk>)",
+                           at_least=3)
+    seq_len: Optional[int] = flag(None, "sequence length L (default: 128; a distillation: the teacher's L, "
+                                        "or shorter when given)", at_least=2)
+    batch_size: Optional[int] = flag(None, "global batch (all processes, all accumulation steps)", at_least=1)
+    micro_batch_size: Optional[int] = flag(None, "per-process micro-batch (0 = the whole batch at once); default: "
+                                                 "the largest that fits in the free memory", at_least=0)
+    iters: Optional[int] = flag(None, "optimizer steps (per round for SDTT)", at_least=1)
+    lr: Optional[float] = flag(None, "peak learning rate (the student's, for IDLM)", above=0)
+    fake_lr: Optional[float] = flag(None, "IDLM: learning rate of the fake model (default: --lr)", above=0)
+    warmup: Optional[int] = flag(None, "linear warm-up steps, then constant", at_least=0)
+    weight_decay: float = flag(0.0, "AdamW weight decay", at_least=0)
+    grad_clip: float = flag(1.0, "clip the gradient norm to this (0 = off)", at_least=0)
+    ema: Optional[float] = flag(None, "EMA decay of the weights used for evaluation and sampling, in [0, 1)", at_least=0)
+    dropout: Optional[float] = flag(None, "dropout (MDLM: 0.1; the CPU presets: 0)", at_least=0)
+    eval_every: int = flag(200, "validate every N steps (0 = only at the end)", at_least=0)
+    eval_batches: int = flag(4, "validation batches", at_least=1)
+    log_every: int = flag(10, "write tokens/s, MFU and peak memory to <out-dir>/log.jsonl every N steps", at_least=1)
+    ckpt_every: int = flag(100, "write the checkpoint every N steps", at_least=1)
+    out_dir: Optional[str] = flag(None, "output folder (default: out/<mdlm|sedd|ar|sdtt|idlm>)")
+    resume: bool = flag(False, "continue the run in --out-dir from its checkpoint")
+    seed: int = flag(0, "random seed; a step's batch and noise are a function of (seed, step)")
+    device: str = flag("auto", "where to train", choices=devices.DEVICES)
+    compile: bool = flag(False, "torch.compile the trained model")
+    # SDTT (paper section 3.1 and appendix C)
+    rounds: Optional[int] = flag(None, "SDTT rounds (default: down to L/32 steps on CPU presets, 7 for full size)",
+                                 at_least=1)
+    start_steps: Optional[int] = flag(None, "SDTT: sampling steps m of the round-0 teacher (default: L on CPU "
+                                            "presets, 1024)", at_least=1)
+    teacher_steps: int = flag(2, "SDTT: teacher steps distilled into one student step (2, 4, 8)", at_least=1)
+    divergence: Optional[str] = flag(None, "SDTT divergence (default: reverse_kl, the paper's, for full size; "
+                                           "mse on the CPU presets, see README)", choices=list(sdtt.DIVERGENCES))
+    teacher_sampler: str = flag("ancestral", "SDTT: sampler that makes the targets", choices=list(sdtt.TEACHER_SAMPLERS))
+    reset_optimizer: bool = flag(False, "SDTT ablation: a fresh optimizer each round")
+    ema_teacher: bool = flag(False, "SDTT ablation: the EMA weights teach the next round (EMA decay 0.999)")
+    # the table printed at the end of a distillation
+    judge: Optional[str] = flag(None, "GenPPL judge: our AR checkpoint (default out/ar/ckpt.pt, trained if "
+                                      "missing; gpt2-large for a teacher with GPT-2's full vocabulary), 'exact' "
+                                      "for synthetic data, or a Hugging Face model (folder or hub name)")
+    eval_samples: int = flag(64, "samples per row of the final GenPPL/entropy table (0: no table)", at_least=0)
+
+
+# Paper settings for full-size models; the CPU presets scale them down to minutes on two cores.
+DEFAULTS = {
+    ("mdlm", "paper"): dict(batch_size=512, iters=1_000_000, lr=3e-4, warmup=2500, ema=0.9999, dropout=0.1),
+    ("ar", "paper"): dict(batch_size=512, iters=1_000_000, lr=3e-4, warmup=2500, ema=0.9999, dropout=0.1),
+    ("sdtt", "paper"): dict(batch_size=128, iters=10_000, lr=6e-5, warmup=500, ema=0.9999, rounds=7, start_steps=1024,
+                            divergence="reverse_kl"),
+    ("idlm", "paper"): dict(batch_size=512, iters=10_000, lr=1e-6, warmup=2500, ema=0.9999),
+    ("mdlm", "cpu"): dict(batch_size=32, iters=800, lr=1e-3, warmup=50, ema=0.99, dropout=0.0),
+    ("sedd", "paper"): dict(batch_size=512, iters=1_000_000, lr=3e-4, warmup=2500, ema=0.9999, dropout=0.1),  # as MDLM
+    ("sedd", "cpu"): dict(batch_size=32, iters=800, lr=1e-3, warmup=50, ema=0.99, dropout=0.0),
+    ("ar", "cpu"): dict(batch_size=32, iters=300, lr=1e-3, warmup=30, ema=0.99, dropout=0.0),
+    # SDTT on CPU: the MSE of log-probs (B.3). The reverse KL's optimum over the 7-minute teacher's targets is
+    # *flatter* than the teacher (results/embedded.md); the MSE sharpens, as in the paper's Figure 6.
+    ("sdtt", "cpu"): dict(batch_size=32, iters=80, lr=3e-4, warmup=10, ema=0.9, divergence="mse"),
+    ("idlm", "cpu"): dict(batch_size=32, iters=250, lr=1e-4, warmup=20, ema=0.99),
+    # DCD (Duo's consistency distillation, processes/duo.py): iters per round, the teacher copied each round
+    ("dcd", "paper"): dict(batch_size=128, iters=10_000, lr=6e-5, warmup=500, ema=0.999, rounds=5),
+    ("dcd", "cpu"): dict(batch_size=32, iters=60, lr=3e-4, warmup=10, ema=0.9, rounds=3),
+}
+
+
+SEQ_LEN = 128  # L of the embedded default
+
+
+def resolve(cfg, width):
+    """Fill the flags left at None from DEFAULTS, by method and by scale (full size from 768 wide)."""
+    method = cfg.distill or cfg.model
+    cfg = dataclasses.replace(cfg, process=cfg.process or "absorbing")
+    table = DEFAULTS[(method, "paper" if width >= 768 else "cpu")]
+    filled = {k: v for k, v in table.items() if getattr(cfg, k) is None}
+    if cfg.seq_len is None:
+        cfg = dataclasses.replace(cfg, seq_len=SEQ_LEN)
+    if cfg.data is None:
+        filled["data"] = "shakespeare"
+    if method == "sdtt" and cfg.ema_teacher and cfg.ema is None:
+        filled["ema"] = 0.999
+    if method == "sdtt" and width < 768:
+        filled.setdefault("start_steps", cfg.start_steps or cfg.seq_len)
+        if cfg.rounds is None:  # down to L/32 steps
+            filled["rounds"] = max(1, round(math.log(32, cfg.teacher_steps)))
+    cfg = dataclasses.replace(cfg, **filled)
+    if cfg.fake_lr is None:
+        cfg = dataclasses.replace(cfg, fake_lr=cfg.lr)
+    if cfg.out_dir is None:
+        name = "uniform" if method == "mdlm" and cfg.process == "uniform" else method
+        cfg = dataclasses.replace(cfg, out_dir=f"out/{name}")
+    return cfg
+
+
+def check_config(cfg, world):
+    """What the flags' own bounds cannot say: how the batch splits over processes and micro-batches."""
+    if cfg.batch_size < world or cfg.batch_size % world:
+        raise ValueError(f"--batch-size {cfg.batch_size} must be a multiple of the {world} processes")
+    if cfg.micro_batch_size and (cfg.batch_size // world) % cfg.micro_batch_size:  # None: fit_micro_batch decides
+        raise ValueError(f"--micro-batch-size {cfg.micro_batch_size} must divide the per-process batch "
+                         f"{cfg.batch_size // world}")
+    if cfg.ema >= 1:
+        raise ValueError("--ema must lie in [0, 1)")
+    if cfg.model == "sedd" and cfg.process == "uniform":
+        raise ValueError("--model sedd is SEDD on the absorbing graph: drop --process uniform")

@@ -1,0 +1,138 @@
+"""Reproduce the papers' headline claims at small scale, end to end, into results/.
+
+    python -m evaluation.reproduce --quick      # both settings: 34 minutes measured on a 2-core CPU
+    python -m evaluation.reproduce              # 4-8x longer training: an estimated 2-4 hours on a CPU
+    python -m evaluation.reproduce --quick --settings synthetic256   # L = 256, the papers' regime: 26 minutes
+
+For each setting (the synthetic source, where GenPPL is exact; Shakespeare, judged by our AR
+model) it trains the MDLM teacher, the AR judge (Shakespeare), iterated SDTT and IDLM with
+train.py, then sweeps GenPPL / entropy / self-BLEU over sampling steps and runs the LAMBADA
+protocol with evaluation/sweep.py. It writes results/<setting>/{sweep,lambada}.{csv,md}, genppl.png
+and claims.md, which states which claims held (results/reproduce.md reads them). Finished runs
+are reused: a second call only re-evaluates, and a killed call resumes.
+"""
+import csv
+import importlib.util
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from evaluation import sweep
+from loading import checkpoint
+from plumbing import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Per setting: the flags every train.py call shares, then per-method steps (quick, full).
+SETTINGS = {
+    "synthetic": dict(common=["--data", "synthetic", "--size", "tiny", "--seq-len", "64"],
+                      iters={"mdlm": (1500, 6000), "sdtt": (60, 400), "idlm": (300, 2000)}),
+    # the papers' regime, where the 16 tokens of an L/16-step step are rarely neighbours (README)
+    "synthetic256": dict(common=["--data", "synthetic", "--size", "tiny", "--batch-size", "8", "--seq-len", "256"],
+                         iters={"mdlm": (1500, 6000), "sdtt": (60, 400), "idlm": (300, 2000)}),
+    "shakespeare": dict(common=["--data", "shakespeare", "--size", "tiny", "--seq-len", "128"],
+                        iters={"mdlm": (800, 5000), "ar": (300, 2000), "sdtt": (80, 500), "idlm": (250, 2000)}),
+}
+
+
+@dataclass
+class ReproduceConfig:
+    quick: bool = cli.flag(False, "the short setting (34 minutes measured on 2 CPU cores)")
+    settings: list[str] = cli.flag(["synthetic", "shakespeare"], "which settings to run (synthetic256 only when "
+                                   "named: 26 more minutes with --quick)", choices=list(SETTINGS))
+    out_dir: str = cli.flag("out/repro", "checkpoints (large, not committed)")
+    results_dir: str = cli.flag("results", "tables and figures (small, committed)")
+    num_samples: int = cli.flag(64, "samples per sweep row", at_least=1)
+
+
+def call(*args):
+    print("+", " ".join(args), flush=True)
+    if subprocess.run([sys.executable, *args], cwd=ROOT).returncode != 0:
+        raise ValueError(f"this step failed: python {' '.join(args)}")
+
+
+def finished(path):
+    return path.exists() and checkpoint.read(path).get("finished", False)
+
+
+def train(method, setting, cfg, extra=()):
+    """Train (or reuse, or resume) one model; returns its checkpoint path."""
+    spec = SETTINGS[setting]
+    out = Path(cfg.out_dir) / setting / method
+    iters = spec["iters"][method][0 if cfg.quick else 1]
+    kind = ["--distill", method] if method in ("sdtt", "idlm") else ["--model", method]
+    if not finished(out / "ckpt.pt"):
+        call("train.py", *kind, *spec["common"], "--iters", str(iters), "--out-dir", str(out), "--resume",
+             *extra)
+    return out / "ckpt.pt"
+
+
+def rows_of(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def check_claims(setting, sweep_rows, lambada_rows, labels, seq_len):
+    """The issue's targets, checked on the sweep: lines of markdown. labels: sweep label of the
+    teacher, "sdtt" (every round's student at its own steps, as the SDTT paper evaluates them),
+    "sdtt_final" (the last round's student: LAMBADA), "idlm" and, on the synthetic source, "exact"."""
+    def row(label, steps):
+        return next(r for r in sweep_rows if r["label"] == labels[label] and int(r["steps"]) == steps)
+    L = seq_len
+    teacher = row("teacher", L)
+    lines = [f"### {setting} (L = {L}; teacher at {L} steps: GenPPL {float(teacher['genppl']):.2f}, "
+             f"entropy {float(teacher['entropy']):.2f})", ""]
+    for student in ("sdtt", "idlm"):
+        s = row(student, L // 16)
+        ok = float(s["genppl"]) <= float(teacher["genppl"]) and float(s["entropy"]) >= 0.95 * float(teacher["entropy"])
+        lines.append(f"- {student.upper()} at L/16 = {L // 16} steps: GenPPL {float(s['genppl']):.2f}, entropy "
+                     f"{float(s['entropy']):.2f} ({100 * float(s['entropy']) / float(teacher['entropy']):.1f}% of the "
+                     f"teacher's) -> {'reproduced' if ok else 'NOT reproduced'} (target: GenPPL <= teacher at L, entropy >= 95%)")
+    for steps in (L // 16, L // 32):
+        i, s = float(row("idlm", steps)["genppl"]), float(row("sdtt", steps)["genppl"])
+        lines.append(f"- IDLM vs SDTT at {steps} steps: GenPPL {i:.2f} vs {s:.2f} -> "
+                     f"{'reproduced' if i <= s else 'NOT reproduced'} (target: IDLM at least as good)")
+    if "exact" in labels:
+        exact_full, exact_few = (float(row("exact", steps)["genppl"]) for steps in (L, L // 16))
+        lines.append(f"- Ceiling: the exact denoiser (the perfect MDLM teacher) reaches GenPPL {exact_few:.2f} at "
+                     f"L/16 = {L // 16} steps and {exact_full:.2f} at L: a student at L/16 that matches the teacher "
+                     f"at L must beat the perfect MDLM's few-step sampler {exact_few / float(teacher['genppl']):.1f}x")
+    acc = {r["label"]: float(r["accuracy"]) for r in lambada_rows}
+    names = {"teacher": "teacher", "sdtt_final": "SDTT (last round)", "idlm": "IDLM", "exact": "exact denoiser"}
+    lines.append("- LAMBADA-style one-pass suffix accuracy: " + ", ".join(
+        f"{names[name]} {acc[labels[name]]:.3f}" for name in names if name in labels))
+    return lines + [""]
+
+
+def main():
+    cfg = cli.parse_config(ReproduceConfig, __doc__.split("\n\n")[0])
+    if importlib.util.find_spec("sacrebleu") is None:  # say so now, not after hours of training
+        raise ValueError("evaluation.reproduce reports self-BLEU, which needs sacrebleu: pip install -r requirements-eval.txt")
+    results = Path(cfg.results_dir)
+    for setting in cfg.settings:
+        seq_len = int(SETTINGS[setting]["common"][-1])
+        synthetic = setting.startswith("synthetic")
+        teacher = train("mdlm", setting, cfg)
+        judge = ["--judge", "exact"] if synthetic else ["--judge", str(train("ar", setting, cfg))]
+        sdtt = train("sdtt", setting, cfg, ["--teacher", str(teacher), *judge])
+        idlm = train("idlm", setting, cfg, ["--teacher", str(teacher), *judge])
+        final = sdtt.parent / f"round{checkpoint.read(sdtt)['round']}.pt"  # the last round's student
+        labels = {"teacher": str(teacher), "sdtt": sweep.rounds_label(sdtt.parent), "sdtt_final": str(final),
+                  "idlm": str(idlm)}
+        if synthetic:  # the reference: the perfect teacher, sampled in as many steps
+            labels["exact"] = sweep.EXACT
+        ckpts = [label for name, label in labels.items() if name != "sdtt"]  # "sdtt" comes from --rounds
+        steps = [str(seq_len // d) for d in (32, 16, 8, 4, 2, 1)]
+        out = results / setting
+        call("-m", "evaluation.sweep", "--ckpts", *ckpts, "--rounds", str(sdtt.parent), "--steps", *steps, *judge,
+             "--num-samples", str(cfg.num_samples), "--data", setting, "--lambada", "--lambada-source", "local",
+             "--self-bleu", "--out-dir", str(out))
+        lines = check_claims(setting, rows_of(out / "sweep.csv"), rows_of(out / "lambada.csv"), labels, seq_len)
+        (out / "claims.md").write_text("\n".join(lines))
+        print("\n".join(lines))
+    print("each setting's claims: results/<setting>/claims.md; what they mean: results/reproduce.md")
+
+
+if __name__ == "__main__":
+    cli.run_command(main)

@@ -1,0 +1,116 @@
+"""Checkpoints: written atomically, loaded without executing pickled code, self-describing.
+
+A checkpoint holds the kind of its model (KINDS: "mdlm", "sedd" and "ar" from pretraining,
+"sdtt", "idlm" and "dcd" from a distillation), its config, the diffusion process it was trained
+under, the tokenizer/vocabulary mapping, the raw and EMA weights, and the training state
+(optimizers, schedulers, step, round) needed to resume. `record` builds it, the same way for
+every method. `load_model` is the one loader of every entry point: it takes our checkpoints and,
+through hub.py, MDLM's, Duo's and SEDD's published weights in any of their layouts (a Hugging
+Face folder or hub name, a Lightning .ckpt, a bare state dict).
+"""
+import os
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+from loading import hub
+from model import ModelConfig, build_model
+from processes.registry import process_from_config
+
+DIFFUSION_KINDS = ("mdlm", "sedd", "sdtt", "idlm", "dcd")
+KINDS = DIFFUSION_KINDS + ("ar",)
+
+
+def save(obj, path):
+    """torch.save to a temporary file, then rename: a killed run never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def read(path):
+    """torch.load(weights_only=True), with one clear error for a missing or damaged file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
+        raise ValueError(f"checkpoint {path} is truncated or corrupt ({type(e).__name__})") from None
+
+
+def record(*, kind, model_config, process, data_meta, train_config, model, ema, phases, step, finished, **extra):
+    """The one checkpoint layout: what rebuilds the model (kind, configs, process, vocabulary),
+    its raw and EMA weights, and what resumes training (each phase's optimizer and scheduler,
+    the EMA's state, the step). extra: method-specific entries (round, fake, sampling_steps...)."""
+    return {"kind": kind, "model_config": model_config, "process": None if process is None else process.config(),
+            "data_meta": data_meta, "train_config": train_config,
+            "model": model.state_dict(), "ema": ema.module.state_dict(),
+            "optimizers": [p.optimizer.state_dict() for p in phases],
+            "schedulers": [p.scheduler.state_dict() for p in phases],
+            "ema_state": ema.state_dict(), "step": step, "finished": finished, **extra}
+
+
+def distilled_for(sampling_steps, round, teacher_sampling_steps):
+    """What a student checkpoint says of its distillation (`record`'s extra entries): the steps
+    it was distilled to sample with, its round (0 for a one-round method), its teacher's steps."""
+    return {"sampling_steps": sampling_steps, "round": round, "teacher_sampling_steps": teacher_sampling_steps}
+
+
+def default_steps(ckpt):
+    """(the steps a student was distilled for, a sentence saying so), or None for a checkpoint
+    that does not record them (a teacher)."""
+    steps = ckpt.get("sampling_steps")
+    if steps is None:
+        return None
+    teacher = ckpt.get("teacher_sampling_steps")
+    history = f"{ckpt['kind']} round {ckpt.get('round', 0)}" + (f", its teacher sampled with {teacher}" if teacher else "")
+    return steps, f"{steps} steps, as it was distilled for ({history})"
+
+
+def restore(state, phases, ema):
+    """Load what `record` saved for resuming into the phases' optimizers and schedulers and the EMA."""
+    for phase, optimizer, scheduler in zip(phases, state["optimizers"], state["schedulers"]):
+        phase.optimizer.load_state_dict(optimizer)
+        phase.scheduler.load_state_dict(scheduler)
+    ema.load_state_dict(state["ema_state"])
+
+
+def load(spec, process=None):
+    """The checkpoint dict of one of our files, or of MDLM's, Duo's or SEDD's weights in any layout
+    (hub.load). process: the family ("absorbing" or "uniform") as the caller states it (`--process`):
+    what a bare state dict is, and an error where the checkpoint records the other one."""
+    path = Path(spec)
+    if path.is_file() and path.suffix not in (".ckpt", ".safetensors"):
+        ckpt = read(path)
+        ckpt = ckpt if "kind" in ckpt else hub.from_state_dict(ckpt, str(spec), process)
+    else:
+        ckpt = hub.load(str(spec), process)
+    hub.check_process(ckpt, process, spec)
+    return ckpt
+
+
+def load_model(spec, kinds=None, weights="ema", device="cpu", process=None):
+    """Rebuild the model of a checkpoint (see `load`). Returns (model in eval mode, checkpoint dict).
+
+    kinds: the acceptable kinds (a clear error otherwise). weights: "ema" or "raw". process: as in `load`.
+    """
+    ckpt = load(spec, process)
+    if kinds is not None and ckpt["kind"] not in kinds:
+        raise ValueError(f"{spec} holds a {ckpt['kind']} model; expected {' or '.join(kinds)}")
+    model = build_model(ckpt["kind"], ModelConfig(**ckpt["model_config"]))
+    state = ckpt["ema"] if weights == "ema" and ckpt.get("ema") is not None else ckpt["model"]
+    model.load_state_dict(state)
+    return model.to(device).eval(), ckpt
+
+
+def process_of(ckpt):
+    """The diffusion process a diffusion checkpoint was trained under (None for an AR model)."""
+    if ckpt["kind"] == "ar":
+        return None
+    cfg = ckpt["model_config"]
+    return process_from_config(ckpt.get("process"), cfg["vocab_size"], cfg.get("time_conditioning", False))
