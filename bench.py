@@ -23,13 +23,13 @@ from typing import Optional
 
 import torch
 
-from diffusion import MaskingProcess, antithetic_times
 from model import GPT, PRESETS, DiT, config_for
 from plumbing import devices
 from plumbing.cli import check_bounds, flag, parse_config, run_command
 from plumbing.devices import autocast, peak_memory, sync
 from plumbing.flops import GPUS, count_params, forward_flops, matmul_params, matmul_peak_flops, sampling_flops
-from samplers import Ancestral, CachedAncestral, expected_forwards
+from processes.registry import PROCESSES
+from samplers import Ancestral, CachedAncestral, expected_forwards, make_sampler
 from train import Env, method_step
 
 SECTIONS = ["latency", "overhead", "work", "compile", "kv", "roofline", "train"]
@@ -72,6 +72,8 @@ class BenchConfig:
     device: str = flag("auto", "where to run", choices=devices.DEVICES)
     threads: Optional[int] = flag(None, "CPU threads; default: torch's, one per core. On a machine shared with "
                                         "other work, fewer avoid OpenMP threads stalling each other", at_least=1)
+    process: str = flag("absorbing", "diffusion process of the latency and train sections (the overhead, work and "
+                                    "compile sections measure the absorbing process's samplers)", choices=list(PROCESSES))
     json: str = flag("results/bench.json", "where to write every figure as JSON")
     seed: int = flag(0, "random seed")
 
@@ -105,9 +107,9 @@ def timed(fn, runs, device, warmup=None):
     return {"median_s": statistics.median(seconds), "min_s": min(seconds), "runs": runs}, results
 
 
-def untrained(kind, size, vocab_size, seq_len, device):
+def untrained(kind, size, vocab_size, seq_len, device, time_conditioning=False):
     """An untrained model in eval mode; the AR model's context holds the prompt plus L tokens."""
-    cfg = config_for(size, vocab_size=vocab_size, seq_len=seq_len + (kind == "ar"))
+    cfg = config_for(size, vocab_size=vocab_size, seq_len=seq_len + (kind == "ar"), time_conditioning=time_conditioning)
     return (GPT if kind == "ar" else DiT)(cfg).to(device).eval()
 
 
@@ -121,22 +123,24 @@ def ar_generate(gpt, batch, new_tokens, use_cache=True):
         return gpt.generate(prompt, new_tokens, use_cache=use_cache)
 
 
-SAMPLERS = {"plain": Ancestral(), "default": CachedAncestral()}  # the first release's sampler; the default one
+SAMPLERS = ("plain", "default")  # the first release's sampler (Ancestral); the process's own (MDLM's: cached)
 
 
-def diffusion_sample(dit, batch, seq_len, steps, sampler="default"):
-    """Sequence-forwards per sequence of sampling from all-MASK with the named sampler."""
-    process = MaskingProcess(dit.config.vocab_size)
-    z = process.prior(batch, seq_len, device_of(dit))
+def diffusion_sample(dit, batch, seq_len, steps, sampler="default", process="absorbing"):
+    """Sequence-forwards per sequence of sampling from the named process's prior with the named sampler."""
+    process = PROCESSES[process](dit.config.vocab_size)
+    z = process.prior(batch, seq_len, device_of(dit), torch.Generator().manual_seed(0))
+    sample = Ancestral() if sampler == "plain" else make_sampler(process=process)
     with autocast(z.device):
-        return SAMPLERS[sampler](dit, process, z, steps, torch.Generator().manual_seed(0))[1] / batch
+        return sample(dit, process, z, steps, torch.Generator().manual_seed(0))[1] / batch
 
 
 # ----------------------------------------------------------------------------- sampling
 
 def time_size(cfg, device, size):
     """The latency rows of one model size, one per batch size (its models are freed on return)."""
-    gpt, dit = (untrained(kind, size, cfg.vocab_size, cfg.seq_len, device) for kind in ("ar", "mdlm"))
+    conditioned = PROCESSES[cfg.process](cfg.vocab_size).time_conditioned
+    gpt, dit = (untrained(kind, size, cfg.vocab_size, cfg.seq_len, device, conditioned) for kind in ("ar", "mdlm"))
     rows = []
     for batch in cfg.batch_sizes:
         ar, _ = timed(lambda: ar_generate(gpt, batch, cfg.seq_len), cfg.runs, device,
@@ -146,8 +150,8 @@ def time_size(cfg, device, size):
         for k in cfg.steps:
             row["diffusion"][k] = {}
             for name in SAMPLERS:
-                d, passes = timed(lambda: diffusion_sample(dit, batch, cfg.seq_len, k, name), cfg.runs, device,
-                                  warmup=lambda: diffusion_sample(dit, batch, cfg.seq_len, 1, name))
+                d, passes = timed(lambda: diffusion_sample(dit, batch, cfg.seq_len, k, name, cfg.process), cfg.runs,
+                                  device, warmup=lambda: diffusion_sample(dit, batch, cfg.seq_len, 1, name, cfg.process))
                 row["diffusion"][k][name] = {**d, "forward_passes": statistics.mean(passes)}
             plain, default = row["diffusion"][k]["plain"], row["diffusion"][k]["default"]
             plain_flops = sampling_flops(dit, cfg.seq_len, plain["forward_passes"])
@@ -192,7 +196,7 @@ def overhead(cfg, device, results):
     its precomputed output, which times the sampler's own work alone."""
     dit = untrained("mdlm", cfg.sizes[0], cfg.vocab_size, cfg.seq_len, device)
     batch, k = cfg.batch_sizes[0], cfg.steps[0]
-    process = MaskingProcess(dit.config.vocab_size)
+    process = PROCESSES["absorbing"](dit.config.vocab_size)
     z, sigma = process.prior(batch, cfg.seq_len, device), torch.zeros(batch, device=device)
     with torch.no_grad(), autocast(device):
         logits = dit(z, sigma)  # warm-up, and the output that stands in for the network below
@@ -241,7 +245,7 @@ def work(cfg, device, results):
     for batch in cfg.cache_batch_sizes:
         row = {"batch_size": batch, "steps": steps, "seq_len": L}
         for cache in ("batch", "sequence"):
-            process = MaskingProcess(cfg.vocab_size)
+            process = PROCESSES["absorbing"](cfg.vocab_size)
             forwards = CachedAncestral(cache=cache)(FreeTrunk(cfg.vocab_size, L), process, process.prior(batch, L, "cpu"),
                                              steps, torch.Generator().manual_seed(cfg.seed))[1]
             row[cache] = {"measured": forwards / batch, "expected": expected_forwards(steps, L, batch, cache)}
@@ -338,44 +342,47 @@ def roofline(cfg, device, results):
 
 # ----------------------------------------------------------------------------- training cost
 
-def training_step(method, size, vocab_size, seq_len, batch, device):
-    """One training step of `method` on a fixed batch, built by train.py as it runs the method
-    (MDLM's loss; SDTT's first round, its teacher at L steps; IDLM's fake step then student step),
-    run by train.py's own `train_step` with the EMA update. Returns (step function, number of
-    optimizers)."""
-    model = untrained("mdlm", size, vocab_size, seq_len, device).train()
+def training_step(method, size, vocab_size, seq_len, batch, device, process="absorbing"):
+    """One training step of `method` under the named process on a fixed batch, built by train.py as
+    it runs the method (pretraining's loss; SDTT's and DCD's first round, SDTT's teacher at L steps;
+    IDLM's fake step then student step), run by train.py's own `train_step` with the EMA update.
+    Returns (step function, number of optimizers)."""
+    process = PROCESSES[process](vocab_size)
+    model = untrained("mdlm", size, vocab_size, seq_len, device, process.time_conditioned).train()
     x = torch.randint(vocab_size, (batch, seq_len), device=device)
-    t, u = antithetic_times(torch.rand(()).item(), batch).to(device), torch.rand(x.shape, device=device)
-    return method_step(method, model, MaskingProcess(vocab_size), Env(device), (x, t, u), seq_len=seq_len,
-                       batch_size=batch, rounds=1)  # SDTT's first round
+    return method_step(method, model, process, Env(device), x, seq_len=seq_len, batch_size=batch,
+                       rounds=1)  # the first round
 
 
-def train_step_cost(method, size, vocab_size, seq_len, batch, runs, device_name, threads=None, seed=0):
+def train_step_cost(method, size, vocab_size, seq_len, batch, runs, device_name, threads=None, seed=0,
+                    process="absorbing"):
     """Seconds per training step of `method`, and the peak memory that its models, optimizer
     states, gradients and activations add to what the process held before."""
     device = torch.device(device_name)
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
-    training_step(method, "micro", 64, 16, 2, device)[0]()  # loads the kernels' code pages: not the method's memory
+    training_step(method, "micro", 64, 16, 2, device, process)[0]()  # loads the kernels' code pages, not the method's
     before = peak_memory(device, reset=True)
-    step, _ = training_step(method, size, vocab_size, seq_len, batch, device)
+    step, _ = training_step(method, size, vocab_size, seq_len, batch, device, process)
     seconds, _ = timed(step, runs, device, warmup=step)
     return {"method": method, **seconds, "peak_bytes": peak_memory(device) - before}
 
 
 def train(cfg, device, results):
-    """One MDLM, SDTT and IDLM step at the same model and batch, each in a fresh process so that
-    memory freed by one method cannot hide the next one's growth."""
+    """One pretraining step and one step of each distillation method that applies to --process (SDTT
+    for a process with MASK, DCD for the uniform one, IDLM for both) at the same model and batch,
+    each in a fresh process so that memory freed by one method cannot hide the next one's growth."""
     args = (cfg.sizes[0], cfg.vocab_size, cfg.seq_len, cfg.batch_sizes[0], cfg.train_runs, device.type,
-            torch.get_num_threads(), cfg.seed)
+            torch.get_num_threads(), cfg.seed, cfg.process)
+    methods = ("mdlm", "sdtt", "idlm") if PROCESSES[cfg.process].has_mask else ("mdlm", "idlm", "dcd")
     rows = []
-    for method in ("mdlm", "sdtt", "idlm"):
+    for method in methods:
         with multiprocessing.get_context("spawn").Pool(1) as pool:
             rows.append(pool.apply(train_step_cost, (method, *args)))
-    targets = {"mdlm": "", "sdtt": "<= 1.8", "idlm": "<= 3.5"}
+    targets = {"mdlm": "", "sdtt": "<= 1.8", "idlm": "<= 3.5", "dcd": ""}
     memory = "CUDA allocator peak" if device.type == "cuda" else "peak resident set growth"
-    print_table(f"Training step ({cfg.sizes[0]}, batch {cfg.batch_sizes[0]}, L={cfg.seq_len}, "
+    print_table(f"Training step ({cfg.process} process, {cfg.sizes[0]}, batch {cfg.batch_sizes[0]}, L={cfg.seq_len}, "
                 f"{cfg.train_runs} steps after a warm-up step; memory: {memory})",
                 ["method", "median s", "min s", "time / MDLM", "target", "peak MiB"],
                 [[r["method"].upper(), f"{r['median_s']:.3f}", f"{r['min_s']:.3f}",

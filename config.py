@@ -119,9 +119,10 @@ def resolve(cfg, width):
     if method == "sdtt" and cfg.ema_teacher and cfg.ema is None:
         filled["ema"] = 0.999
     if method == "sdtt" and width < 768:
-        filled.setdefault("start_steps", cfg.start_steps or cfg.seq_len)
-        if cfg.rounds is None:  # down to L/32 steps
-            filled["rounds"] = max(1, round(math.log(32, cfg.teacher_steps)))
+        start = filled.setdefault("start_steps", cfg.start_steps or cfg.seq_len)
+        if cfg.rounds is None:  # down to L/32 steps, or to 1 step for L < 32
+            down_to_one = int(math.log(start, cfg.teacher_steps) + 1e-9)
+            filled["rounds"] = max(1, min(round(math.log(32, cfg.teacher_steps)), down_to_one))
     cfg = dataclasses.replace(cfg, **filled)
     if cfg.fake_lr is None:
         cfg = dataclasses.replace(cfg, fake_lr=cfg.lr)

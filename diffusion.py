@@ -135,7 +135,9 @@ class Process(Protocol):
     # what it is
     name: str                 # its key in processes.registry.PROCESSES, recorded in a checkpoint
     family: str               # "absorbing" (MASK state) or "uniform": what --process names
-    vocab_size: int           # V, the real tokens (the uniform process's states)
+    vocab_size: int           # V: the states of a position besides MASK (the uniform process's noise support)
+    tokens: int               # the ids a tokenizer decodes (<= V; Duo's [PAD] is a state, not a token):
+                              # every sample's ids are below it
     schedule: Schedule        # alpha(t)
     time_conditioned: bool    # the network sees sigma(t); if not, its output depends on z_t alone
     default_sampler: str      # the sampler sample.py and evaluation/sweep.py use unless told
@@ -158,10 +160,12 @@ class Process(Protocol):
     def loss_log_outputs(self, model, z_t, t): ...             # what soft_loss scores, over the V tokens
     def posterior(self, z_t, x_probs, s, t): ...               # q(z_s | z_t, x), exactly, float64
     def reverse_step(self, logits, z_t, s, t, generator=None): ...  # z_s ~ q(z_s | z_t, x_theta(z_t))
+    def final_positions(self, z): ...                          # where the final pass at t_min decides, bool
+    def final_step(self, logits, z, t, final, generator=None): ...  # that pass: the tokens of a sample
     def loss(self, model, x, t, u): ...                        # the training loss, per token
     def nelbo(self, model, x, t, u, scored=None): ...          # NELBO nats, only `scored` noised and counted
     def soft_loss(self, log_f, x_probs, z_t, t): ...           # the loss of a soft x (IDLM), per token
-    # has_mask only: the two stages of a reverse step, and the fill after the last one
+    # has_mask only: the two stages of a reverse step, and the fill of a MASK row after the last one
     def reveal_positions(self, z_t, s, t, generator=None): ...
     def draw(self, rows, generator=None): ...
     def final_tokens(self, rows, final, generator=None): ...
@@ -296,7 +300,7 @@ class MaskingProcess:
     has_scores = False
 
     def __init__(self, vocab_size, schedule=None, time_conditioned=False):
-        self.vocab_size = vocab_size
+        self.vocab_size = self.tokens = vocab_size
         self.mask_id = vocab_size
         self.schedule = schedule if schedule is not None else LogLinear()
         self.time_conditioned = time_conditioned
@@ -358,8 +362,20 @@ class MaskingProcess:
         return draw_tokens(rows, self.mask_id, generator)
 
     def final_tokens(self, rows, final, generator=None):
-        """Fill positions still MASK after the last step: "argmax" (MDLM's noise removal) or "sample"."""
+        """Tokens for rows of logits [M, V+1] still MASK after the last step: "argmax" (MDLM's noise
+        removal) or "sample"."""
         return rows[:, :self.mask_id].argmax(-1) if final == "argmax" else self.draw(rows, generator)
+
+    def final_positions(self, z):
+        """The positions still MASK: the only ones the final pass decides (none: no final forward)."""
+        return z == self.mask_id
+
+    def final_step(self, logits, z, t, final, generator=None):
+        """The final pass: positions still MASK take `final_tokens` of the logits at t_min."""
+        rows = self.final_positions(z).nonzero(as_tuple=True)
+        z = z.clone()
+        z[rows] = self.final_tokens(logits[rows], final, generator)
+        return z
 
     def loss(self, model, x, t, u):
         """Monte-Carlo estimate of the continuous-time NELBO (SDTT eq. 3), per token.

@@ -88,13 +88,6 @@ def check_cache_mode(mode):
         raise ValueError(f"cache {mode!r}: choose {', '.join(CACHE_MODES)}")
 
 
-def mask_positions(z, process):
-    """The (sequence, position) index of the MASK positions of z: none for a process without MASK."""
-    if not process.has_mask:
-        return (z.new_zeros(0), z.new_zeros(0))
-    return (z == process.mask_id).nonzero(as_tuple=True)
-
-
 def require_mask(process, name):
     """The reveal-based samplers exist only for a process with a MASK state: one clear error otherwise."""
     if not process.has_mask:
@@ -122,14 +115,31 @@ def revealed_steps(process, z, steps, t_min, final, cache, generator, on_step):
     return z, cache.forwards
 
 
-class Ancestral:
-    """Exact ancestral sampling (MDLM) as the first release ran it, the reference the fast
-    samplers are tested against: one forward per step, the whole output every time, and
-    `process.reverse_step` on it (any process with a reverse step can use it).
+def ancestral_steps(model, process, z, times, cache, generator, on_step):
+    """The K reverse steps of ancestral sampling on `times` (K + 1 of them), one forward per step,
+    its output reused after a step that changed no sequence when `cache` and the network is not
+    time-conditioned (x_theta then depends on z alone). Returns (z, the last output and the z it
+    was computed from, sequence-forwards)."""
+    reuse = cache and not process.time_conditioned
+    logits, seen, forwards = None, None, 0
+    for i in range(len(times) - 1):
+        if not (reuse and seen is not None and torch.equal(z, seen)):
+            logits = model(z, process.noise_input(times[i], z.shape[0], z.device))
+            seen, forwards = z, forwards + z.shape[0]
+        z = process.reverse_step(logits, z, times[i + 1], times[i], generator)
+        if on_step is not None:
+            on_step(i, z)
+    return z, (logits, seen), forwards
 
-    final: how positions still MASK after the last step are filled ("argmax" is MDLM's noise
-    removal, "sample" draws them). cache: reuse the output after a step that changed no
-    sequence (valid without time conditioning: x_theta then depends on z alone).
+
+class Ancestral:
+    """Exact ancestral sampling as the first release ran it, the reference the fast samplers are
+    tested against: one forward per step, the whole output every time, `process.reverse_step` on
+    it (any process), then the process's final pass at t_min (`process.final_step`): MDLM's fill of
+    the positions still MASK, or Duo's ancestral removal at every position (K + 1 forwards).
+
+    final: how the absorbing process fills positions still MASK ("argmax" is MDLM's noise removal,
+    "sample" draws them). cache: reuse the output after a step that changed no sequence.
     """
     extends_context = False
 
@@ -139,23 +149,13 @@ class Ancestral:
     @torch.no_grad()
     def __call__(self, model, process, z, steps, generator=None, on_step=None):
         times = time_grid(steps, self.t_min)
-        reuse = self.cache and not process.time_conditioned
-        logits, seen, forwards = None, None, 0
-        for i in range(steps + 1):
-            rows = mask_positions(z, process)
-            if i == steps and not len(rows[0]):
-                break
-            if not (reuse and seen is not None and torch.equal(z, seen)):
-                logits = model(z, process.noise_input(times[i], z.shape[0], z.device))
-                seen, forwards = z, forwards + z.shape[0]
-            if i == steps:  # the final fill of positions still MASK
-                z = z.clone()
-                z[rows] = process.final_tokens(logits[rows], self.final, generator)
-                break
-            z = process.reverse_step(logits, z, times[i + 1], times[i], generator)
-            if on_step is not None:
-                on_step(i, z)
-        return z, forwards
+        z, (logits, seen), forwards = ancestral_steps(model, process, z, times, self.cache, generator, on_step)
+        if not process.final_positions(z).any():
+            return z, forwards
+        if not (self.cache and not process.time_conditioned and torch.equal(z, seen)):
+            logits = model(z, process.noise_input(times[-1], z.shape[0], z.device))
+            forwards += z.shape[0]
+        return process.final_step(logits, z, times[-1], self.final, generator), forwards
 
 
 class CachedAncestral:
@@ -273,11 +273,11 @@ def window_reporter(z, window, on_step):
 
 
 class GreedyTail:
-    """Duo's Greedy-Tail (SPEC.md §4.5): K ancestral steps down to t_min, then one more
-    forward at t_min and the argmax of x_theta at *every* position, in place of a last ancestral
-    step. Lower entropy than ancestral sampling, K + 1 forwards. For the absorbing process the
-    argmax changes nothing already revealed (carry-over): ancestral sampling plus one forward.
-    The uniform process changes every position, so a prompt in z is not kept fixed."""
+    """Duo's Greedy-Tail (SPEC.md §4.5): K ancestral steps down to t_min, then one more forward at
+    t_min and the argmax of x_theta over the tokens at *every* position, in place of the final
+    pass of `Ancestral`: K + 1 forwards, as there. Lower entropy than ancestral sampling. For the
+    absorbing process the argmax changes nothing already revealed (carry-over): it is `Ancestral`
+    with the argmax fill."""
     extends_context = False
 
     def __init__(self, t_min=T_MIN):
@@ -285,11 +285,9 @@ class GreedyTail:
 
     @torch.no_grad()
     def __call__(self, model, process, z, steps, generator=None, on_step=None):
-        z, forwards = Ancestral(final="argmax", cache=False, t_min=self.t_min)(model, process, z, steps, generator,
-                                                                                  on_step)
+        z, _, forwards = ancestral_steps(model, process, z, time_grid(steps, self.t_min), True, generator, on_step)
         log_x = process.denoise(model, z, self.t_min)
-        tokens = log_x[..., :process.vocab_size].argmax(-1)
-        return tokens, forwards + z.shape[0]
+        return log_x[..., :process.tokens].argmax(-1), forwards + z.shape[0]
 
 
 # ----------------------------------------------------------------------------- SEDD's samplers, from concrete scores

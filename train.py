@@ -294,11 +294,15 @@ def run(method, cfg, env, data, process, model_config, **fields):
     return tokens_per_s
 
 
-def method_step(method, model, process, env, batch, **flags):
-    """The training step of `method` ("mdlm", or a name of distill.METHODS, which distills `model`)
-    on one fixed batch (x, t, u), built as `run` builds it, with the defaults of the model's width
-    and `flags`: what bench.py times. Returns (the step as a function, the number of optimizers)."""
+def method_step(method, model, process, env, x, **flags):
+    """The training step of `method` ("mdlm": pretraining under `process`; or a name of
+    distill.METHODS, which distills `model`) on the clean batch x with one draw of its noise, built
+    as `run` builds it, with the defaults of the model's width and `flags`: what bench.py times.
+    Returns (the step as a function, the number of optimizers); a method that does not apply to the
+    process is one ValueError."""
+    batch = (x, antithetic_times(torch.rand(()).item(), x.shape[0]).to(x.device), torch.rand(x.shape, device=x.device))
     cfg = resolve(TrainConfig(distill=None if method == "mdlm" else method, **flags), model.config.n_embd)
+    distill.check_method(cfg.distill, process)
     plan = Pretraining(cfg, model, process) if method == "mdlm" else distill.METHODS[method](cfg, model, process)
     phases = [make_phase(*spec, cfg, env) for spec in plan.phases]
     plan.start_round(0, phases, cfg.out_dir, fresh=True)

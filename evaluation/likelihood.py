@@ -1,12 +1,13 @@
 """Log-likelihoods of text under our models (SPEC.md §7.3): the lm-evaluation-harness
 (harness.py), zero-shot perplexity (zeroshot.py) and LAMBADA (lambada.py) score tokens here.
 
-An AR model's log-likelihood is exact: the sum of its next-token log-probabilities. A masked
-diffusion model's is not tractable; we report its NELBO (SDTT eq. 3) restricted to the scored
-tokens: only they are ever masked, so everything else (the context) stays visible, and the
-bound is on -log p(scored tokens | the others). With the exact denoiser the bound is tight
-(the NELBO of an absorbing process is an average over orders of any-order AR likelihoods,
-each of which is exact), so the gap of a trained model is its modelling error.
+An AR model's log-likelihood is exact: the sum of its next-token log-probabilities. A diffusion
+model's is not tractable; we report its NELBO restricted to the scored tokens (`process.nelbo`):
+only they are ever noised and only they carry terms, so everything else (the context, padding)
+stays clean, and the bound is on -log p(scored tokens | the others), for every process. With the
+exact denoiser of the absorbing process the bound is tight (its NELBO is an average over orders of
+any-order AR likelihoods, each of which is exact), so the gap of a trained model is its modelling
+error.
 
 The NELBO is a Monte-Carlo estimate over K copies of the sequence with antithetic times
 (MDLM's low-variance estimator) and independent masks; it is an upper bound on -log p in
@@ -43,14 +44,17 @@ def nelbo(model, process, x, scored, time_samples=DEFAULT_TIME_SAMPLES, generato
 
 
 @torch.no_grad()
-def one_pass_greedy(model, process, x, scored):
-    """Whether the argmax of x_theta with every scored position masked, decoded in one
-    forward pass, is x there (the LAMBADA protocol of SDTT section 4)."""
+def one_pass_greedy(model, process, x, scored, generator=None):
+    """Whether the argmax of x_theta over the tokens, decoded in one forward pass with every scored
+    position at the process's prior and the rest given, is x there (the LAMBADA protocol of SDTT
+    section 4). The prior is MASK for the absorbing process; for the uniform one, whose states carry
+    no mark of "unknown", a seeded uniform draw, at the time whose noise level is the scored share
+    of the positions (SPEC.md §7.3)."""
     device = model_device(model)
     x, scored = x.to(device)[None], scored.to(device)
-    z = torch.where(scored, process.mask_id, x)
+    z = torch.where(scored, process.prior(1, x.shape[1], device, generator), x)
     t = torch.full((1,), scored.float().mean().item(), device=device)  # used if time-conditioned
-    prediction = process.denoise(model, z, t).argmax(-1)[0]
+    prediction = process.denoise(model, z, t)[..., :process.tokens].argmax(-1)[0]
     return bool((prediction[scored] == x[0, scored]).all())
 
 
@@ -71,7 +75,7 @@ def diffusion_continuation(model, process, context, continuation, time_samples=D
     x = torch.tensor(fit_window(context, continuation, model.config.seq_len))
     scored = torch.arange(len(x)) >= len(x) - len(continuation)
     return (nelbo(model, process, x, scored, time_samples, generator),
-            one_pass_greedy(model, process, x, scored))
+            one_pass_greedy(model, process, x, scored, generator))
 
 
 @torch.no_grad()

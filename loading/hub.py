@@ -232,7 +232,8 @@ def from_state_dict(state_dict, source, process=None):
 
 def from_lightning(path, source, process=None):
     """A Lightning .ckpt of MDLM's or Duo's code: the process its config records (else the one
-    stated, else MDLM's), the architecture off the shapes, the EMA weights when present."""
+    stated, else MDLM's), the architecture off the shapes, L, dropout, time conditioning and the
+    schedule from its config (lightning.mdlm_settings, duo_settings), the EMA weights when present."""
     state_dict, ema_params, config = read_lightning(path)
     stripped = without_prefix(state_dict)
     if "vocab_embed.embedding" not in stripped:
@@ -241,7 +242,11 @@ def from_lightning(path, source, process=None):
     recorded = lightning.recorded_process(config, source)
     if (recorded or process) == "uniform":
         return as_duo(state_dict, cfg, source, ema_params, lightning.duo_settings(config, source))
-    return as_checkpoint(state_dict, cfg, source, ema_params)
+    settings = lightning.mdlm_settings(config, source)
+    cfg = dataclasses.replace(cfg, seq_len=settings["seq_len"], dropout=settings["dropout"],
+                              time_conditioning=settings["time_conditioning"])
+    process = {"kind": "absorbing", "schedule": settings["schedule"], "eps": settings["eps"]}
+    return as_checkpoint(state_dict, cfg, source, ema_params, process=process)
 
 
 def duo_fields(fields):

@@ -26,7 +26,8 @@ was pickled with; `plain` walks that state back into dicts (a container's `_cont
 """
 UNIFORM_ALGOS = ("duo_base", "duo", "distillation")  # Duo's classes on trainer_base.UniformState
 ABSORBING_ALGOS = ("mdlm",)
-SCHEDULE_OF_NOISE = {"log-linear": "loglinear"}  # Duo's LogLinear is our LogLinear; its Cosine is not ours
+# MDLM-code's and Duo-code's LogLinear (eps 1e-3 unless noise.eps says) is ours; their cosine schedules are not
+SCHEDULE_OF_NOISE = {"log-linear": "loglinear", "loglinear": "loglinear"}
 MAX_DEPTH = 32
 
 
@@ -77,20 +78,40 @@ def recorded_process(config, source):
     return None
 
 
-def duo_settings(config, source):
-    """What a Duo config says beyond the weights: L, dropout, the schedule's eps, and the gamma
-    window of its curriculum (duo) or of its distillation (distillation; None for duo_base).
-    Defaults (no readable config): Duo's OpenWebText settings, L 1024, log-linear, eps 1e-3."""
+def settings(config, source):
+    """What a training config says beyond the weights, for MDLM's code and Duo's alike: L
+    (model.length), dropout, the noise schedule and its eps. Defaults (no readable config): the
+    OpenWebText settings, L 1024, dropout 0.1, log-linear with eps 1e-3. A schedule that is not
+    ours is refused in one line that names the field and its value."""
     noise = lookup(config, "noise.type") or "log-linear"
     if noise not in SCHEDULE_OF_NOISE:
-        raise ValueError(f"{source}: Duo's {noise!r} noise schedule is not one of ours (only log-linear)")
+        raise ValueError(f"{source}: its config's noise.type: the {noise!r} noise schedule is not one of ours "
+                         "(only log-linear; the cosine of MDLM's and Duo's code is another schedule)")
+    return {"seq_len": int(number(lookup(config, "model.length"), 1024)),
+            "dropout": number(lookup(config, "model.dropout"), 0.1),
+            "schedule": SCHEDULE_OF_NOISE[noise], "eps": number(lookup(config, "noise.eps"), 1e-3)}
+
+
+def mdlm_settings(config, source):
+    """`settings` of an MDLM teacher, and its time conditioning (time_conditioning at the top of
+    MDLM's config, under algo in Duo's). Only the SUBS parameterization is an MDLM teacher here:
+    MDLM's code also trains `sedd` and `d3pm` networks, refused in one line."""
+    parameterization = lookup(config, "algo.parameterization") or lookup(config, "parameterization") or "subs"
+    if parameterization != "subs":
+        raise ValueError(f"{source}: its config's parameterization is {parameterization!r}; only MDLM's 'subs' "
+                         "is loaded as an absorbing teacher")
+    conditioned = lookup(config, "algo.time_conditioning")
+    conditioned = lookup(config, "time_conditioning") if conditioned is None else conditioned
+    return {**settings(config, source), "time_conditioning": bool(conditioned)}
+
+
+def duo_settings(config, source):
+    """`settings` of a Duo teacher, and the gamma window of its curriculum (duo) or of its
+    distillation (distillation; None for duo_base)."""
     window = [number(lookup(config, f"algo.curriculum.gamma_{end}"), None) for end in ("min", "max")]
     if None in window:
         window = [number(lookup(config, f"algo.gamma_{end}"), None) for end in ("min", "max")]
-    return {"seq_len": int(number(lookup(config, "model.length"), 1024)),
-            "dropout": number(lookup(config, "model.dropout"), 0.1),
-            "schedule": SCHEDULE_OF_NOISE[noise], "eps": number(lookup(config, "noise.eps"), 1e-3),
-            "gamma_window": None if None in window else window}
+    return {**settings(config, source), "gamma_window": None if None in window else window}
 
 
 def number(value, default):

@@ -12,6 +12,8 @@ Per position, for a one-hot or soft x (the map is linear in x):
 The network is time-conditioned on sigma = -log alpha_t (Duo). The schedule is the log-linear
 alpha_t of diffusion.py; Duo's Gaussian view of the same process is in processes/duo.py.
 """
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -171,8 +173,10 @@ def udlm_loss_gap(log_teacher, log_fake, x_probs, z_t, alpha_t, alpha_prime_t):
 
 class UniformProcess:
     """Uniform-state diffusion (UDLM / Duo) under a schedule, with the `diffusion.Process`
-    interface. states: the number of states V (default: the model's vocab_size; Duo's GPT-2 models
-    have one more, [PAD], which the DiT's extra row already provides).
+    interface. vocab_size: the model's tokens, the ids a tokenizer decodes (`tokens`); states: the
+    number of states V of the noise (default: vocab_size; Duo's GPT-2 models have one more, [PAD],
+    which the DiT's extra row already provides). A sample's last pass never picks a state beyond the
+    tokens: [PAD] is noise, never text.
 
     There is no MASK (`has_mask` is False, `mask_id` None): every position may change at every
     step, so no token can be held fixed (`takes_prompt` is False) and the reveal-based samplers
@@ -186,7 +190,7 @@ class UniformProcess:
     def __init__(self, vocab_size, schedule=None, time_conditioned=True, states=None):
         if not time_conditioned:
             raise ValueError("the uniform-state process needs a time-conditioned network (it sees -log alpha_t)")
-        self.vocab_size = states or vocab_size
+        self.vocab_size, self.tokens = states or vocab_size, vocab_size
         self.schedule = schedule if schedule is not None else LogLinear()
         self.time_conditioned = True
 
@@ -248,6 +252,18 @@ class UniformProcess:
         """One ancestral step z_t -> z_s ~ q(z_s | z_t, x = x_theta(z_t)) ("mean" parameterization,
         Duo's plug-in sampler), at every position, drawn in float64 as `draw_posterior`'s mixture."""
         return draw_posterior(z_t, logits[..., :self.vocab_size], self.alpha(s), self.alpha(t), generator)
+
+    def final_positions(self, z):
+        """Every position: the final pass decides them all."""
+        return torch.ones_like(z, dtype=torch.bool)
+
+    def final_step(self, logits, z, t, final=None, generator=None):
+        """Duo's ancestral removal: z_0 ~ q(z_0 | z_t, x_theta) at alpha_0 = 1, with x_theta put on the
+        tokens alone (no mass on states a tokenizer cannot decode, such as Duo's [PAD]). `final` is
+        the absorbing process's choice of fill; this pass has none."""
+        logits = logits[..., :self.vocab_size].clone()
+        logits[..., self.tokens:] = -math.inf
+        return draw_posterior(z, logits, 1.0, self.alpha(t), generator)
 
     def soft_loss(self, log_f, x_probs, z_t, t, alpha_t=None, alpha_prime_t=None):
         """The UDLM loss with a soft target x [N, L, V], the j-sum over the whole vocabulary, per

@@ -132,8 +132,62 @@ def test_dcd_and_duo_base_checkpoints_are_uniform_too_with_their_own_gamma_windo
                          ids=["duo-code-mdlm", "mdlm-code", "no-config"])
 def test_mdlm_lightning_checkpoints_stay_absorbing_and_not_time_conditioned(duo_weights, tmp_path, config):
     ckpt = checkpoint.load(duo_lightning(tmp_path / "mdlm.ckpt", duo_weights[0], config=config))
-    assert ckpt["process"] is None and checkpoint.process_of(ckpt).name == "absorbing"
+    assert ckpt["process"] == {"kind": "absorbing", "schedule": "loglinear", "eps": 1e-3}
+    assert checkpoint.process_of(ckpt).name == "absorbing"
     assert not ckpt["model_config"]["time_conditioning"] and "duo" not in ckpt
+
+
+MDLM_CODE = {"parameterization": "subs", "time_conditioning": False, "noise": {"type": "loglinear"},
+             "model": {"length": 1024, "dropout": 0.1}}  # kuleshov-group/mdlm's config.yaml, its fields we read
+DUO_CODE_MDLM = {"algo": {"name": "mdlm", "parameterization": "subs", "time_conditioning": False},
+                 "noise": {"type": "log-linear", "eps": 1e-3}, "model": {"length": 1024, "dropout": 0.1}}
+
+
+def with_field(config, dotted, value):
+    """A copy of a config with one field set, as a Hydra override would."""
+    config = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
+    *parents, leaf = dotted.split(".")
+    node = config
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[leaf] = value
+    return config
+
+
+@pytest.mark.parametrize("base", [MDLM_CODE, DUO_CODE_MDLM], ids=["mdlm-code", "duo-code"])
+@pytest.mark.parametrize("field, value, expected", [
+    ("model.length", 128, {"seq_len": 128}),
+    ("model.dropout", 0.0, {"dropout": 0.0}),
+    ("time_conditioning", True, {"time_conditioning": True}),
+    ("noise.eps", 0.01, {"eps": 0.01}),
+])
+def test_mdlm_lightning_checkpoints_honour_their_recorded_config(duo_weights, tmp_path, base, field, value, expected):
+    """A real omegaconf DictConfig in each layout, one field changed: the loaded teacher follows it."""
+    omegaconf = pytest.importorskip("omegaconf")
+    if base is DUO_CODE_MDLM and field == "time_conditioning":
+        field = "algo.time_conditioning"
+    path = tmp_path / "mdlm.ckpt"
+    torch.save({"state_dict": duo_weights[0], "hyper_parameters": {
+        "config": omegaconf.OmegaConf.create(with_field(base, field, value))}}, path)
+    ckpt = checkpoint.load(path)
+    found = {**ckpt["model_config"], **ckpt["process"]}
+    assert {k: found[k] for k in expected} == expected and ckpt["process"]["kind"] == "absorbing"
+    assert checkpoint.process_of(ckpt).time_conditioned == ckpt["model_config"]["time_conditioning"]
+
+
+@pytest.mark.parametrize("base", [MDLM_CODE, DUO_CODE_MDLM], ids=["mdlm-code", "duo-code"])
+@pytest.mark.parametrize("field, value", [("parameterization", "sedd"), ("parameterization", "d3pm"),
+                                          ("noise.type", "cosine"), ("noise.type", "geometric")])
+def test_what_an_mdlm_lightning_config_says_we_cannot_load_is_one_line_naming_it(duo_weights, tmp_path, base, field,
+                                                                                value):
+    omegaconf = pytest.importorskip("omegaconf")
+    if base is DUO_CODE_MDLM and field == "parameterization":
+        field = "algo.parameterization"
+    path = tmp_path / "mdlm.ckpt"
+    torch.save({"state_dict": duo_weights[0], "hyper_parameters": {
+        "config": omegaconf.OmegaConf.create(with_field(base, field, value))}}, path)
+    with pytest.raises(ValueError, match=f"{field.split('.')[-1] if 'parameter' in field else field}.*'{value}'"):
+        checkpoint.load(path)
 
 
 def test_a_stated_process_decides_what_records_none(duo_weights, tmp_path):

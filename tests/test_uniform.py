@@ -110,8 +110,9 @@ def test_registry_rebuilds_the_uniform_process_with_its_states():
 
 
 def test_ancestral_and_greedy_tail_make_tokens_of_the_uniform_process():
-    """Ancestral runs K reverse steps (K forwards); Greedy-Tail one more forward and then the argmax
-    of x_theta at every position: with a network sure of token 2 everywhere, every token is 2."""
+    """Both end as Duo's do, with one more forward at t_min after K reverse steps (K + 1 forwards):
+    ancestral removal (the posterior at alpha = 1) or the argmax of x_theta at every position. With a
+    network sure of token 2 everywhere, every token is 2 either way."""
     vocab, length = 5, 6
     logits = torch.full((1, length, vocab + 1), -30.0)
     logits[..., 2] = 0.0
@@ -119,9 +120,36 @@ def test_ancestral_and_greedy_tail_make_tokens_of_the_uniform_process():
     z = process.prior(3, length, "cpu")
     g = torch.Generator().manual_seed(0)
     tokens, forwards = samplers.make_sampler("ancestral")(Exact(logits), process, z, 4, g)
-    assert forwards == 3 * 4 and tokens.max() < vocab
+    assert forwards == 3 * 5 and (tokens == 2).all()
     tokens, forwards = samplers.make_sampler("greedy-tail")(Exact(logits), process, z, 4, g)
     assert forwards == 3 * 5 and (tokens == 2).all()
+
+
+class RandomFavouringPad(torch.nn.Module):
+    """Fresh random logits at every call over tokens + [PAD], the [PAD] id lifted by `lift`."""
+
+    def __init__(self, states, seed, lift):
+        super().__init__()
+        self.states, self.generator, self.lift = states, torch.Generator().manual_seed(seed), lift
+
+    def forward(self, z, sigma):
+        logits = 3 * torch.randn(*z.shape, self.states, generator=self.generator)
+        logits[..., -1] += self.lift
+        return logits
+
+
+@given(seed=st.integers(0, 2**31 - 1), steps=st.integers(1, 6), lift=st.floats(0, 20))
+@settings(max_examples=25, deadline=None, derandomize=True)
+@pytest.mark.parametrize("name", ["ancestral", "greedy-tail"])
+def test_no_sample_contains_a_state_that_no_tokenizer_decodes(name, seed, steps, lift):
+    """Duo's vocabulary has [PAD] (id 50257), a state of the noise that no tokenizer decodes: the
+    prior and every step may hold it, the samples never do, however much the network favours it."""
+    tokens = 5
+    process = UniformProcess(tokens, states=tokens + 1)
+    g = torch.Generator().manual_seed(seed)
+    z = process.prior(4, 7, "cpu", g)
+    out, forwards = samplers.make_sampler(name)(RandomFavouringPad(tokens + 1, seed, lift), process, z, steps, g)
+    assert out.max() < tokens and forwards == 4 * (steps + 1)
 
 
 @pytest.mark.parametrize("name", ["revealed", "cached", "topk", "semi-ar"])
