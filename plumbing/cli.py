@@ -72,8 +72,8 @@ def parse_config(cls, description, argv=None):
 
 def run_command(main):
     """Run an entry point. A ValueError (what the library raises for anything a user can get
-    wrong), a missing file or Ctrl-C ends with one line and exit code 1. TRACEBACK=1 in
-    the environment shows the whole traceback instead, for debugging."""
+    wrong), a missing file, a folder that cannot be written or Ctrl-C ends with one line and exit
+    code 1. TRACEBACK=1 in the environment shows the whole traceback instead, for debugging."""
     if os.environ.get("TRACEBACK"):
         return main()
     try:
@@ -82,5 +82,7 @@ def run_command(main):
         sys.exit(f"error: {e}")
     except FileNotFoundError as e:
         sys.exit(f"error: file not found: {e.filename or e}")
+    except OSError as e:  # a folder that cannot be written, a full disk: what and where
+        sys.exit(f"error: {e.strerror or e}: {e.filename or ''}".rstrip(": "))
     except KeyboardInterrupt:
         sys.exit("interrupted (checkpoints already written are intact)")

@@ -31,7 +31,7 @@ def test_save_is_atomic_a_failed_write_leaves_the_previous_file_and_no_temporary
         checkpoint.save({"step": 2}, path)
     monkeypatch.undo()
     assert checkpoint.read(path) == {"step": 1}
-    assert sorted(os.listdir(tmp_path)) == ["ckpt.pt", "ckpt.pt.tmp"]  # the next save overwrites it
+    assert sorted(os.listdir(tmp_path)) == ["ckpt.pt"]  # the failed write's temporary file is removed
     checkpoint.save({"step": 3}, path)
     assert sorted(os.listdir(tmp_path)) == ["ckpt.pt"] and checkpoint.read(path) == {"step": 3}
 

@@ -98,3 +98,40 @@ def test_openwebtext_without_a_network_is_one_sentence(tmp_path):
                         env={"HF_HUB_OFFLINE": "1", "MDLM_DATA_DIR": str(tmp_path / "data")})
     line = assert_one_error_line(result)
     assert "openwebtext" in line and ("OfflineModeIsEnabled" in line or "requirements-gpu.txt" in line)
+
+
+def test_an_edited_text_file_is_prepared_again_and_says_so(tmp_path, monkeypatch, capsys):
+    """A prepared corpus is keyed by its files' size, time and SHA-1, not by their paths alone."""
+    monkeypatch.setattr(gpt2, "DATA_DIR", tmp_path / "data")
+    text = tmp_path / "mine.txt"
+    text.write_text("the cat sat on the mat. " * 30)
+    first = data.load_data(str(text), 16)
+    again = data.load_data(str(text), 16)
+    assert capsys.readouterr().out == "" and np.array_equal(first.splits["train"], again.splits["train"])
+    text.write_text("a dog lay by the log. " * 30)
+    edited = data.load_data(str(text), 16)
+    assert "changed since it was prepared" in capsys.readouterr().out
+    assert edited.tokenizer.decode(edited.splits["train"][:6]) == "a dog lay by the log"
+    assert not [p for p in (tmp_path / "data").rglob(".partial-*")]
+
+
+def test_two_runs_starting_together_on_an_empty_data_folder_both_succeed_and_leave_no_temporary_folder(tmp_path):
+    """The first run of the quick start: every tokenizer worker and a second run at once. The downloads
+    are copied in when this machine has them, so that only the extraction and preparation race."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from helpers import ROOT
+    folder = tmp_path / "data"
+    if (gpt2.DATA_DIR / "downloads").is_dir():
+        shutil.copytree(gpt2.DATA_DIR / "downloads", folder / "downloads")
+    code = "import data; print(len(data.load_data('shakespeare').splits['val']))"
+    env = {**os.environ, "MDLM_DATA_DIR": str(folder), "OMP_NUM_THREADS": "1"}
+    runs = [subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [run.communicate(timeout=600) for run in runs]
+    assert all(run.returncode == 0 for run in runs), [err[-2000:] for _, err in results]
+    assert results[0][0] == results[1][0] and "Traceback" not in results[0][1] + results[1][1]
+    leftovers = [p for p in folder.rglob("*") if p.name.startswith((".partial-", "tmp"))]
+    assert not leftovers, leftovers

@@ -55,6 +55,26 @@ def test_the_page_is_self_contained_and_its_data_cannot_close_the_script():
     assert json.loads(data)["panels"][0]["title"] == "</script>"
 
 
+class NastyTokenizer(SymbolTokenizer):
+    """Tokens that decode to what breaks a page whose data is not escaped with care."""
+    NASTY = ["<!--<script>", "</script>", "]]>", "<b>&amp;</b>", "\u2028", "'\"", "</SCRIPT >", "<!--"]
+
+    def __init__(self):
+        super().__init__(V)
+        self.symbols = list(self.NASTY)
+
+
+def test_no_text_can_end_the_pages_data_or_open_a_script_state():
+    """Every "<" of the data is escaped (as \\u003c), so the data holds no "<" at all, and it reads back."""
+    trace = a_trace()
+    html = page("<!--<script> title", [panel("</script>", trace, NastyTokenizer())])
+    data = re.search(r'<script id="data" type="application/json">(.*?)</script>', html, re.S).group(1)
+    assert "<" not in data and html.count("</script>") == 2
+    back = json.loads(data)["panels"][0]
+    assert back["title"] == "</script>"
+    assert frame_text(back["samples"][0], back["placeholders"], back["steps"]) == NastyTokenizer().decode(trace.tokens()[0])
+
+
 def test_a_trace_path_that_cannot_be_written_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         check_writable(tmp_path / "missing" / "t.html")
@@ -94,6 +114,25 @@ def browser():
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
         options.add_argument(flag)
     return webdriver.Chrome(service=Service(driver), options=options)
+
+
+def test_in_a_headless_browser_a_page_of_any_text_works_and_shows_it(tmp_path):
+    """Samples holding "<!--<script>", "</script>" and "]]>": the page still runs its script, and at
+    the end of the slider it shows exactly the sampled text."""
+    from_browser = browser()
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    trace, nasty = a_trace(steps=4), NastyTokenizer()
+    path = tmp_path / "nasty.html"
+    write(path, "</script><!--<script>", [panel("<!--<script>", trace, nasty)])
+    try:
+        from_browser.get(path.as_uri())
+        from_browser.find_element(By.ID, "slider").send_keys(Keys.END)
+        shown = [e.get_attribute("textContent") for e in from_browser.find_elements(By.CLASS_NAME, "sample")]
+        assert shown == [nasty.decode(row) for row in trace.tokens()]
+        assert from_browser.find_element(By.TAG_NAME, "h2").text == "<!--<script>"
+    finally:
+        from_browser.quit()
 
 
 def test_in_a_headless_browser_the_slider_moves_the_frames_and_ends_on_the_sampled_text(tmp_path):

@@ -15,6 +15,21 @@ from watching.show import NEW, PLACEHOLDER, Animation, TokenTexts, render, separ
 SYMBOLS = SymbolTokenizer(V)
 
 
+class ControlTokenizer(SymbolTokenizer):
+    """Tokens that decode to terminal control characters: ESC [31m (red), BEL, a carriage return."""
+
+    def __init__(self):
+        super().__init__(V)
+        self.symbols[:4] = ["\x1b[31mred", "bell\x07", "back\r", "tab\tline\n"]
+
+
+def test_control_characters_are_shown_as_escapes_not_obeyed():
+    texts = TokenTexts(ControlTokenizer(), V)
+    shown = render(texts, [0, 1, 2, 3], None, colour=False)
+    assert "\x1b" not in shown and "\x07" not in shown and "\r" not in shown
+    assert r"\x1b[31mred" in shown and r"bell\x07" in shown and r"back\r" in shown and "tab\tline\n" in shown
+
+
 def test_the_separator_is_what_the_tokenizer_puts_between_tokens():
     assert separator(SYMBOLS) == " " and separator(Tokenizer()) == ""
 

@@ -107,7 +107,9 @@ def panel(title, trace, tokenizer):
 
 def page(title, panels):
     """The HTML page of panels (`panel`)."""
-    data = json.dumps({"panels": panels}, ensure_ascii=False).replace("</", "<\\/")
+    # every "<" as its JSON escape: no text (a sample's "<!--<script>" or "</script>") can end the data or
+    # put the parser in a script state; JSON.parse reads "\u003c" back as "<"
+    data = json.dumps({"panels": panels}, ensure_ascii=False).replace("<", "\\u003c")
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{STYLE}</style></head>
 <body>

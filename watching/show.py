@@ -9,9 +9,16 @@ import math
 import shutil
 import sys
 import time
+import unicodedata
 
 PLACEHOLDER = "░"
 NEW, DIM, RESET = "\x1b[1;32m", "\x1b[2m", "\x1b[0m"  # bold green: revealed by this step
+
+
+def visible(text):
+    """text with every control character but newline and tab as a visible escape (GPT-2 has byte
+    tokens for ESC and the rest, which a terminal would obey rather than show)."""
+    return "".join(c if c in "\n\t" or unicodedata.category(c) != "Cc" else repr(c)[1:-1] for c in text)
 
 
 def separator(tokenizer):
@@ -32,7 +39,7 @@ class TokenTexts:
         if token == self.mask_id:
             return None
         if token not in self.cache:
-            self.cache[token] = self.tokenizer.decode([token])
+            self.cache[token] = visible(self.tokenizer.decode([token]))
         return self.cache[token]
 
     def __call__(self, row):
