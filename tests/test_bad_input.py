@@ -137,6 +137,7 @@ def test_a_mistake_is_one_error_line_and_loses_no_file(name, command, words, wor
     before = snapshot(folder)
     line = assert_one_error_line(run_script(*shlex.split(command.format(**paths)), timeout=300))
     assert any(alternative in line for alternative in words.split("|")), line
+    print(f"{name}: {line}")  # pytest -rP lists every mistake with the line it prints
     assert snapshot(folder) == before, "a file that was there changed"
     assert not [p for p in Path(folder).rglob("*") if p.suffix == ".tmp" or p.name.startswith(".partial-")]
 
