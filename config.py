@@ -18,6 +18,18 @@ from plumbing.cli import flag
 from processes.registry import FAMILIES
 
 
+# IDLM's public code, read from its training scripts (SPEC.md §6.5). Its noise window is Duo's gamma in
+# [-3.55, -1.85]; given here as the alphas of its ends at GPT-2's V = 50258 (tests/test_config.py), so that
+# at another vocabulary the window keeps its noise levels (processes.duo.gamma_of_alpha maps them back).
+IDLM_CODE_WINDOW = [0.9455, 0.0493]
+RECIPES = {"idlm-code": dict(tau=1e-3, noise_window=IDLM_CODE_WINDOW, lr=1e-6, warmup=2500, ema=0.9999,  # fake: --lr
+                             grad_clip=0.0, weight_decay=0.0, loss_per="sequence", fake_steps=1, fake_batch="fresh",
+                             teacher_weights="ema", idlm_gradient="no-score")}
+# what the IDLM flags become when neither the command line nor a recipe gives them
+IDLM_DEFAULTS = dict(fake_steps=1, fake_batch="same", loss_per="token")
+IDLM_ONLY = ("recipe", "idlm_gradient", "latent_draws", "noise_window", "fake_steps", "fake_batch", "loss_per")
+
+
 @dataclass
 class TrainConfig:
     model: str = flag("mdlm", "what to pretrain: a masked diffusion LM (MDLM), a SEDD score model (absorbing, "
@@ -52,7 +64,7 @@ class TrainConfig:
     fake_lr: Optional[float] = flag(None, "IDLM: learning rate of the fake model (default: --lr)", above=0)
     warmup: Optional[int] = flag(None, "linear warm-up steps, then constant", at_least=0)
     weight_decay: float = flag(0.0, "AdamW weight decay", at_least=0)
-    grad_clip: float = flag(1.0, "clip the gradient norm to this (0 = off)", at_least=0)
+    grad_clip: Optional[float] = flag(None, "clip the gradient norm to this (0 = off; default 1.0)", at_least=0)
     ema: Optional[float] = flag(None, "EMA decay of the weights used for evaluation and sampling, in [0, 1)", at_least=0)
     dropout: Optional[float] = flag(None, "dropout (MDLM: 0.1; the CPU presets: 0)", at_least=0)
     eval_every: int = flag(200, "validate every N steps (0 = only at the end)", at_least=0)
@@ -75,6 +87,30 @@ class TrainConfig:
     teacher_sampler: str = flag("ancestral", "SDTT: sampler that makes the targets", choices=list(sdtt.TEACHER_SAMPLERS))
     reset_optimizer: bool = flag(False, "SDTT ablation: a fresh optimizer each round")
     ema_teacher: bool = flag(False, "SDTT ablation: the EMA weights teach the next round (EMA decay 0.999)")
+    # IDLM (SPEC.md §6.5: each choice, ours and IDLM's public code's)
+    recipe: Optional[str] = flag(None, "IDLM: 'idlm-code' gives every IDLM flag left unset IDLM's public code's "
+                                       "choice (Gaussian latents at tau 1e-3 in its noise window, lr 1e-6, 2500 "
+                                       "warm-up steps, EMA 0.9999, no clipping, loss summed over positions, a "
+                                       "fresh batch for the fake)", choices=list(RECIPES))
+    idlm_gradient: Optional[str] = flag(None, "IDLM: 'exact' adds the score-function term of the discrete loss "
+                                              "latent's law (unbiased); 'no-score' holds that law fixed (the "
+                                              "paper's form for MDLM); default: exact for a uniform-state teacher "
+                                              "with discrete latents, no-score otherwise",
+                                        choices=["exact", "no-score"])
+    latent_draws: Optional[int] = flag(None, "IDLM: loss latents z_t per student output (default: 2 with the "
+                                             "exact gradient, each the other's control variate; else 1)", at_least=1)
+    noise_window: Optional[list[float]] = flag(None, "IDLM: draw the student's input noise and the loss's where "
+                                                     "alpha_t lies between these two values (default: 1 0, all of "
+                                                     "it; IDLM-code: 0.945 0.049, its gamma window [-3.55, -1.85])",
+                                               at_least=0)
+    fake_steps: Optional[int] = flag(None, "IDLM: fake-model steps per student step (default 1)", at_least=1)
+    fake_batch: Optional[str] = flag(None, "IDLM: the fake steps' data: the student's batch ('same', the default) "
+                                           "or a batch of their own ('fresh', IDLM-code)", choices=["same", "fresh"])
+    loss_per: Optional[str] = flag(None, "IDLM: the losses per token (default) or summed over the positions of a "
+                                         "sequence (IDLM-code)", choices=["token", "sequence"])
+    teacher_weights: Optional[str] = flag(None, "distillation: the teacher checkpoint's weights that the teacher "
+                                                "(and the student and fake it starts) take: ema (default) or raw",
+                                          choices=["ema", "raw"])
     # the table printed at the end of a distillation
     judge: Optional[str] = flag(None, "GenPPL judge: our AR checkpoint (default out/ar/ckpt.pt, trained if "
                                       "missing; gpt2-large for a teacher with GPT-2's full vocabulary), 'exact' "
@@ -106,10 +142,22 @@ DEFAULTS = {
 SEQ_LEN = 128  # L of the embedded default
 
 
+
 def resolve(cfg, width):
-    """Fill the flags left at None from DEFAULTS, by method and by scale (full size from 768 wide)."""
+    """Fill the flags left at None: from the --recipe, then from DEFAULTS by method and by scale (full
+    size from 768 wide), then IDLM's own defaults (`idlm_defaults`)."""
     method = cfg.distill or cfg.model
+    given = [name for name in IDLM_ONLY if getattr(cfg, name) is not None]
+    if method != "idlm" and given:
+        raise ValueError(f"--{given[0].replace('_', '-')} applies to --distill idlm only")
+    if cfg.teacher_weights is not None and not cfg.distill:
+        raise ValueError("--teacher-weights applies to a distillation (--distill) only")
     cfg = dataclasses.replace(cfg, process=cfg.process or "absorbing")
+    if cfg.recipe:
+        if cfg.process != "uniform":
+            raise ValueError(f"--recipe {cfg.recipe} is IDLM's public recipe for uniform-state (Duo) teachers; this "
+                             f"teacher's process is {cfg.process}")
+        cfg = dataclasses.replace(cfg, **{k: v for k, v in RECIPES[cfg.recipe].items() if getattr(cfg, k) is None})
     table = DEFAULTS[(method, "paper" if width >= 768 else "cpu")]
     filled = {k: v for k, v in table.items() if getattr(cfg, k) is None}
     if cfg.seq_len is None:
@@ -126,10 +174,31 @@ def resolve(cfg, width):
     cfg = dataclasses.replace(cfg, **filled)
     if cfg.fake_lr is None:
         cfg = dataclasses.replace(cfg, fake_lr=cfg.lr)
+    cfg = dataclasses.replace(cfg, grad_clip=1.0 if cfg.grad_clip is None else cfg.grad_clip,
+                              teacher_weights=cfg.teacher_weights or "ema")
+    if method == "idlm":
+        cfg = idlm_defaults(cfg)
     if cfg.out_dir is None:
         name = "uniform" if method == "mdlm" and cfg.process == "uniform" else method
         cfg = dataclasses.replace(cfg, out_dir=f"out/{name}")
     return cfg
+
+
+def idlm_defaults(cfg):
+    """IDLM's flags left unset: the exact gradient (with 2 latent draws) where the loss latent is
+    discrete and uniform-state, no score term elsewhere (MDLM's and SEDD's form, and Gaussian latents,
+    whose gradient flows through w_t); the whole noise range; one fake step on the student's batch."""
+    uniform_discrete = cfg.process == "uniform" and not cfg.tau
+    gradient = cfg.idlm_gradient or ("exact" if uniform_discrete else "no-score")
+    if gradient == "exact" and cfg.tau:
+        raise ValueError("--idlm-gradient exact adds the score term of discrete latents; with --tau the Gaussian "
+                         "latents carry the gradient through w_t: drop one of the two")
+    window = cfg.noise_window
+    if window is not None and (len(window) != 2 or max(window) > 1 or window[0] == window[1]):
+        raise ValueError(f"--noise-window takes two different alphas in [0, 1], got {' '.join(map(str, window))}")
+    filled = {k: v for k, v in IDLM_DEFAULTS.items() if getattr(cfg, k) is None}
+    return dataclasses.replace(cfg, **filled, idlm_gradient=gradient,
+                               latent_draws=cfg.latent_draws or (2 if gradient == "exact" else 1))
 
 
 def check_config(cfg, world):

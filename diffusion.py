@@ -51,6 +51,14 @@ class Schedule:
         with the reciprocal: the rounding of the first release's 1/t weights, bit for bit.)"""
         return -self.alpha_prime(t) * (1 / (1 - self.alpha(t)))
 
+    def time_of(self, alpha):
+        """The t in [0, 1] with alpha(t) = alpha (alpha falls with t), by bisection in float64."""
+        low, high = torch.zeros((), dtype=torch.float64), torch.ones((), dtype=torch.float64)
+        for _ in range(60):
+            middle = (low + high) / 2
+            low, high = (middle, high) if self.alpha(middle) > alpha else (low, middle)
+        return float((low + high) / 2)
+
 
 @dataclass(frozen=True)
 class LogLinear(Schedule):
@@ -147,6 +155,7 @@ class Process(Protocol):
     has_scores: bool          # the network gives concrete scores (SEDD): the score samplers apply
     mask_id: Optional[int]    # V when has_mask, else None
     loss_gap: Optional[Callable]  # soft_loss(teacher) - soft_loss(fake) as one sum, or None (idlm.py)
+                              # (soft_loss and loss_gap: with shares=True, each sequence's share [N])
 
     def config(self) -> dict: ...                              # what a checkpoint records to rebuild it
     def alpha(self, t): ...                                    # the chance a token is still clean at t
@@ -164,13 +173,21 @@ class Process(Protocol):
     def final_step(self, logits, z, t, final, generator=None): ...  # that pass: the tokens of a sample
     def loss(self, model, x, t, u): ...                        # the training loss, per token
     def nelbo(self, model, x, t, u, scored=None): ...          # NELBO nats, only `scored` noised and counted
-    def soft_loss(self, log_f, x_probs, z_t, t): ...           # the loss of a soft x (IDLM), per token
+    def soft_loss(self, log_f, x_probs, z_t, t, shares=False): ...  # the loss of a soft x (IDLM), per token
+    def latent_log_prob(self, x_probs, z_t, t): ...            # log q(z_t | soft x) per sequence, [N]
     # has_mask only: the two stages of a reverse step, and the fill of a MASK row after the last one
     def reveal_positions(self, z_t, s, t, generator=None): ...
     def draw(self, rows, generator=None): ...
     def final_tokens(self, rows, final, generator=None): ...
     # has_scores only: log s_theta(z_t, t) over the V+1 ids
     def scores(self, model, z_t, t): ...
+
+
+def per_token(terms, shares=False):
+    """A loss per token from its terms [N, L]: their sum over the N L positions; with shares, each
+    sequence's part of that sum [N] (the parts add up to the loss): what the score-function term of
+    IDLM's exact gradient weighs each sequence's latent by (idlm.relaxed_gap)."""
+    return (terms.sum(-1) if shares else terms.sum()) / terms.numel()
 
 
 def output_rows(model, z_t, sigma, rows):
@@ -402,15 +419,25 @@ class MaskingProcess:
         nll = -log_x.gather(-1, x[rows][:, None])[:, 0]
         return (self.loss_weight(t)[:, None].expand_as(x)[rows] * nll).sum()
 
-    def loss_gap(self, log_teacher, log_fake, x_probs, z_t, t):
+    def loss_gap(self, log_teacher, log_fake, x_probs, z_t, t, shares=False):
         """soft_loss(teacher) - soft_loss(fake) on the same z_t as one sum (idlm.teacher_fake_gap,
         IDLM eq. 11), per token: w(t) sum over masked positions of <log f_fake - log f_teacher, x>."""
         gap = torch.where(self.loss_positions(z_t).unsqueeze(-1), log_teacher - log_fake, torch.zeros_like(log_fake))
-        return -(self.loss_weight(t)[:, None] * (gap * x_probs).sum(-1)).sum() / z_t.numel()
+        return per_token(-(self.loss_weight(t)[:, None] * (gap * x_probs).sum(-1)), shares)
 
-    def soft_loss(self, log_f, x_probs, z_t, t):
+    def soft_loss(self, log_f, x_probs, z_t, t, shares=False):
         """The NELBO with a soft target x [N, L, V]: w(t) sum over masked positions of -<log f, x>,
         per token (IDLM eqs. 10-11). log_f: [N, L, V] over the real tokens."""
         masked = self.loss_positions(z_t).unsqueeze(-1)
         cross = -(torch.where(masked, log_f, torch.zeros_like(log_f)) * x_probs).sum(-1)
-        return (self.loss_weight(t)[:, None] * cross).sum() / z_t.numel()
+        return per_token(self.loss_weight(t)[:, None] * cross, shares)
+
+    def latent_log_prob(self, x_probs, z_t, t):
+        """log q(z_t | x) of each sequence [N] for a soft x [N, L, V], the law `forward_sample_soft`
+        draws: log(1 - alpha_t) at MASK, log(alpha_t x[z]) at a token. Differentiable in x: the
+        score-function term of IDLM's exact gradient (idlm.relaxed_gap)."""
+        alpha = per_row(torch.as_tensor(self.alpha(t), dtype=torch.float64), z_t)
+        masked = z_t == self.mask_id
+        x_z = x_probs.gather(-1, z_t.clamp(max=self.vocab_size - 1).unsqueeze(-1)).squeeze(-1).double()
+        x_z = torch.where(masked, 1.0, x_z)  # no log(0) at MASK, whose gradient would be 0 * inf
+        return torch.where(masked, torch.log1p(-alpha), alpha.log() + x_z.log()).sum(-1)

@@ -16,9 +16,13 @@ import copy
 import dataclasses
 from pathlib import Path
 
+import torch
+from tqdm import tqdm
+
 import evaluate
 import idlm
 import sdtt
+from diffusion import sample_categorical
 from loading import checkpoint
 from processes import duo
 
@@ -51,15 +55,21 @@ class Method:
     rounds    how many rounds of --iters steps
     passes    (training passes, forward passes) of one step, for its FLOPs (plumbing/flops.py)
     round_files  whether each round's student is kept as round{j}.pt (the next round's teacher)
+    streams   (optional) how many steps a phase's optimizer takes per training step, and on which batches
 
     and may override the hooks below, which do nothing by default."""
     rounds, round_files = 1, False
+    streams = {}  # phase name -> the batches (0: the step's; k: a batch of its own) of its optimizer steps
 
     def start_round(self, j, phases, out_dir, fresh):
         """Before round j's first step (fresh: the round starts at step 0, not from a resume)."""
 
     def restore(self, state):
         """Load what `fields` saved beyond the student, optimizers and EMA."""
+
+    def diagnostics(self, x, t, u):
+        """What log.jsonl gets beside the losses every --log-every steps, from a batch of data."""
+        return {}
 
     def fields(self, j):
         """Method-specific checkpoint entries of round j."""
@@ -105,26 +115,67 @@ class SDTT(Method):
         return [(f"SDTT round {j}", Path(out_dir) / f"round{j}.pt", self.schedule[j + 1]) for j in range(self.rounds)]
 
 
+def idlm_latents(cfg, process):
+    """(the latents IDLM draws, its `idlm.Choices`) from the flags (SPEC.md §6.5). --noise-window gives
+    the alphas at the window's ends: times of the process's schedule for discrete latents, Duo's gammas
+    at the vocabulary for Gaussian ones (--tau)."""
+    window = sorted(cfg.noise_window, reverse=True) if cfg.noise_window else None
+    times, latents = None, process
+    if cfg.tau:
+        gammas = [duo.gamma_of_alpha(a, process.vocab_size) for a in window] if window else duo.GAMMA_RANGE
+        latents = duo.Curriculum(process, cfg.tau, duo.GaussianSchedule(process.vocab_size, *gammas))
+    elif window:
+        times = tuple(process.schedule.time_of(a) for a in window)
+    scale = float(cfg.seq_len) if cfg.loss_per == "sequence" else 1.0
+    return latents, idlm.Choices(times, cfg.idlm_gradient == "exact", cfg.latent_draws, scale)
+
+
 class IDLM(Method):
-    """IDLM Algorithm 1: a fake-model step (eq. 10), then a student step (eq. 11), SPEC.md §6.1.
-    With --tau, the uniform process's latents are IDLM-code's Gaussian ones (processes.duo.Curriculum:
-    inexact, SPEC.md §6.4)."""
+    """IDLM Algorithm 1: --fake-steps fake-model steps (eq. 10), then a student step (eq. 11), SPEC.md
+    §6.1. With --tau, the uniform process's latents are IDLM-code's Gaussian ones
+    (processes.duo.Curriculum: inexact, SPEC.md §6.4); the other choices are `idlm_latents`'."""
     kind = "idlm"
-    passes = (2, 3)  # fake step: a student forward, a fake training pass; student step: a training pass, two forwards
 
     def __init__(self, cfg, teacher, process):
-        self.cfg, teacher = cfg, frozen(teacher)
+        self.cfg, self.teacher = cfg, frozen(teacher)
         self.student, self.fake = trainable_copy(teacher), trainable_copy(teacher)
-        latents = duo.Curriculum(process, cfg.tau) if cfg.tau else process
+        self.latents, self.choices = latents, choices = idlm_latents(cfg, process)
         self.phases = [
             ("fake", self.fake, cfg.fake_lr,
-             lambda m: lambda x, t, u: (idlm.fake_loss(m, self.student, x, t, u, latents), {})),
+             lambda m: lambda x, t, u: (idlm.fake_loss(m, self.student, x, t, u, latents, choices), {})),
             ("student", self.student, cfg.lr,
-             lambda m: lambda x, t, u: idlm.student_loss(m, teacher, self.fake, x, t, u, latents))]
+             lambda m: lambda x, t, u: idlm.student_loss(m, self.teacher, self.fake, x, t, u, latents, choices))]
+        fresh = cfg.fake_batch == "fresh"
+        self.streams = {"fake": tuple(range(1, cfg.fake_steps + 1)) if fresh else (0,) * cfg.fake_steps}
+        # a fake step: a student forward, a fake training pass; the student step: a training pass, the latents'
+        # draws of two forwards
+        self.passes = (1 + cfg.fake_steps, cfg.fake_steps + 2 * choices.draws)
         self.steps = sorted({max(1, cfg.seq_len // 16), max(1, cfg.seq_len // 32)}, reverse=True)  # L/16, L/32
+        self.first_entropy = None
 
     def restore(self, state):
         self.fake.load_state_dict(state["fake"])
+
+    @torch.no_grad()
+    def diagnostics(self, x, t, u):
+        """What shows a collapse coming, on a batch of data: the student's output entropy per position and
+        the entropy of a sample drawn from it (as the final table measures it), and the fake's and the
+        teacher's losses on the data (a fake that drifts from the data is worse there than the teacher)."""
+        with evaluate.eval_mode(self.student), evaluate.eval_mode(self.fake):
+            x0, _ = idlm.student_output(self.student, x, t, u, self.latents, self.choices)
+            tokens = sample_categorical(x0)
+            losses = {}
+            for name, model in (("fake", self.fake), ("teacher", self.teacher)):
+                with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+                    torch.manual_seed(0)  # the same draws for both
+                    losses[f"{name}_loss_on_data"] = self.latents.loss(model, x, t, u).item()
+        found = {"student_output_entropy": -(x0 * x0.clamp_min(1e-30).log()).sum(-1).mean().item(),
+                 "student_sample_entropy": evaluate.token_entropy(tokens).mean().item(), **losses}
+        self.first_entropy = self.first_entropy or found["student_sample_entropy"]
+        if found["student_sample_entropy"] < 0.5 * self.first_entropy:
+            tqdm.write(f"warning: the student's sample entropy fell from {self.first_entropy:.2f} to "
+                       f"{found['student_sample_entropy']:.2f} nats: IDLM is collapsing (see SPEC.md §6.5)")
+        return found
 
     def fields(self, j):
         latent = f"gaussian-argmax, tau = {self.cfg.tau} (inexact)" if self.cfg.tau else "exact relaxation"
@@ -190,7 +241,8 @@ def load_teacher(path, cfg, device):
     """(teacher, its process, its checkpoint, cfg with the teacher's vocabulary, L (or the shorter L
     the user gave) and process family). The process the checkpoint records wins; --process only
     says what a bare state dict is, and is checked against a recorded one."""
-    teacher, ckpt = checkpoint.load_model(path, kinds=checkpoint.DIFFUSION_KINDS, device=device, process=cfg.process)
+    teacher, ckpt = checkpoint.load_model(path, kinds=checkpoint.DIFFUSION_KINDS, device=device, process=cfg.process,
+                                          weights=cfg.teacher_weights or "ema")
     if (cfg.seq_len or 0) > teacher.config.seq_len:
         raise ValueError(f"--seq-len {cfg.seq_len} is longer than the teacher's L = {teacher.config.seq_len}")
     process, vocab = checkpoint.process_of(ckpt), ckpt["data_meta"].get("gpt2_ids")

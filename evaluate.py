@@ -16,6 +16,7 @@ samples instead of averaging per sample (the two agree when the samples' judge l
 """
 import contextlib
 import json
+import math
 import time
 from pathlib import Path
 
@@ -236,9 +237,19 @@ def quality_rows(entries, judge, num_samples, batch_size, seq_len, seed, device,
         nll = judge.nll_per_token(tokens).double()
         if scored is not None:
             scored.append({"label": label, "steps": steps, "seed": seed, "batch_size": batch_size, "tokens": tokens})
+        (mean, half), (_, entropy_half) = interval(nll), interval(token_entropy(tokens).double())
         rows.append({"label": label, "steps": steps, "genppl": nll.mean().exp().item(),
-                     "entropy": token_entropy(tokens).mean().item(), "nfe": nfe, "seconds": seconds})
+                     "entropy": token_entropy(tokens).mean().item(), "nfe": nfe,
+                     "seconds": seconds, "genppl_low": math.exp(mean - half), "genppl_high": math.exp(mean + half),
+                     "entropy_half": entropy_half})
     return rows
+
+
+def interval(values):
+    """(mean, half-width of its 95% interval) of independent draws, a float64 tensor: GenPPL's interval
+    is exp(mean NLL +- half), the samples of a row being independent (scripts/genppl_interval.py)."""
+    half = 1.96 * values.std().item() / math.sqrt(len(values)) if len(values) > 1 else float("nan")
+    return values.mean().item(), half
 
 
 def write_samples(path, scored, data_meta, sources):

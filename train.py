@@ -91,17 +91,21 @@ def fit_micro_batch(cfg, env, model_cfg):
 
 # ----------------------------------------------------------------------------- batches
 
-def step_batch(data, cfg, env, step, split="train"):
+def step_batch(data, cfg, env, step, split="train", stream=0):
     """This process's share of step `step`'s global batch, with its noise: the clean tokens x,
     antithetic times t and mask uniforms u. All are a function of (seed, step), drawn for the
     whole global batch and then sliced, so one process and N processes see the same numbers,
-    and a resumed run continues exactly where the killed one was."""
-    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step + (10**9 if split == "val" else 0))
+    and a resumed run continues exactly where the killed one was. Stream 0 is the step's batch
+    (and seeds the draws inside the losses); stream k > 0 another batch of the same step, for a
+    phase that trains on a batch of its own (IDLM's fake with --fake-batch fresh)."""
+    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step + (10**9 if split == "val" else 0)
+                                      + 2 * 10**9 * stream)
     x = data.batch(split, cfg.batch_size, cfg.seq_len, g)
     t = antithetic_times(torch.rand((), generator=g).item(), cfg.batch_size)
     u = torch.rand(x.shape, generator=g)
     share = slice(env.rank * cfg.batch_size // env.world, (env.rank + 1) * cfg.batch_size // env.world)
-    torch.manual_seed(cfg.seed * 1_000_003 + step * 1009 + env.rank)  # draws inside the losses
+    if stream == 0:
+        torch.manual_seed(cfg.seed * 1_000_003 + step * 1009 + env.rank)  # draws inside the losses
     return tuple(v[share].to(env.device) for v in (x, t, u))
 
 
@@ -115,16 +119,18 @@ def micro_batches(batch, size):
 
 @dataclass
 class Phase:
-    """One optimizer step per training step: `loss(x, t, u) -> (loss, logs)` on a micro-batch."""
+    """An optimizer stepped once per training step, or once per stream (`step_batch`) of `streams`:
+    `loss(x, t, u) -> (loss, logs)` on a micro-batch."""
     name: str
     raw: torch.nn.Module             # the trained module
     model: torch.nn.Module           # the same, DDP-wrapped and/or compiled when asked
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     loss: Callable
+    streams: tuple = (0,)
 
 
-def make_phase(name, model, lr, loss_builder, cfg, env):
+def make_phase(name, model, lr, loss_builder, cfg, env, streams=(0,)):
     """AdamW with linear warm-up then a constant rate; DDP-wrap the model when distributed.
     loss_builder(wrapped_model) returns the phase's loss function."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999),
@@ -133,34 +139,37 @@ def make_phase(name, model, lr, loss_builder, cfg, env):
     wrapped = DistributedDataParallel(model) if env.world > 1 else model
     if cfg.compile:
         wrapped = torch.compile(wrapped)
-    return Phase(name, model, wrapped, optimizer, scheduler, loss_builder(wrapped))
+    return Phase(name, model, wrapped, optimizer, scheduler, loss_builder(wrapped), streams)
 
 
 def make_ema(model, decay):
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
-def train_step(phases, chunks, env, grad_clip, ema):
-    """One training step: for each phase, accumulate gradients over the micro-batches, clip,
-    step the optimizer and its schedule; then update the EMA of the last phase's model.
-    Returns the step's logs (each phase's mean loss)."""
+def train_step(phases, batches, env, grad_clip, ema):
+    """One training step: for each phase and each of its streams, accumulate gradients over the
+    micro-batches of that stream's batch (batches: stream -> micro-batches), clip, step the optimizer
+    and its schedule; then update the EMA of the last phase's model. Returns the step's logs (each
+    phase's mean loss, over its streams)."""
     logs = {}
     for phase in phases:
-        phase.optimizer.zero_grad(set_to_none=True)
         total = 0.0
-        for i, chunk in enumerate(chunks):
-            last = i == len(chunks) - 1
-            sync = contextlib.nullcontext() if last or env.world == 1 else phase.model.no_sync()
-            with sync, env.autocast():
-                loss, extra = phase.loss(*chunk)
-                (loss / len(chunks)).backward()
-            total += loss.item() / len(chunks)
-            for k, v in extra.items():
-                logs[k] = logs.get(k, 0.0) + v / len(chunks)
-        if grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(phase.raw.parameters(), grad_clip)
-        phase.optimizer.step()
-        phase.scheduler.step()
+        for stream in phase.streams:
+            chunks = batches[stream]
+            phase.optimizer.zero_grad(set_to_none=True)
+            for i, chunk in enumerate(chunks):
+                last = i == len(chunks) - 1
+                sync = contextlib.nullcontext() if last or env.world == 1 else phase.model.no_sync()
+                with sync, env.autocast():
+                    loss, extra = phase.loss(*chunk)
+                    (loss / len(chunks)).backward()
+                total += loss.item() / len(chunks) / len(phase.streams)
+                for k, v in extra.items():
+                    logs[k] = logs.get(k, 0.0) + v / len(chunks) / len(phase.streams)
+            if grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(phase.raw.parameters(), grad_clip)
+            phase.optimizer.step()
+            phase.scheduler.step()
         logs[phase.name] = total
     ema.update_parameters(phases[-1].raw)
     return logs
@@ -168,17 +177,20 @@ def train_step(phases, chunks, env, grad_clip, ema):
 
 # ----------------------------------------------------------------------------- the loop
 
-def train_steps(phases, ema, data, cfg, env, start, end, on_checkpoint, label, validate=None, flops_per_token=None):
-    """Steps start..end-1: one `train_step` on the step's batch; log, checkpoint and validate on
+def train_steps(phases, ema, data, cfg, env, start, end, on_checkpoint, label, validate=None, flops_per_token=None,
+                diagnose=None):
+    """Steps start..end-1: one `train_step` on the step's batches; log, checkpoint and validate on
     schedule, the checkpoint first (a validation that fails loses no training). Every --log-every
-    steps log.jsonl gets the interval's throughput (see `throughput`). Returns the tokens/s."""
+    steps log.jsonl gets the interval's throughput (see `throughput`) and what diagnose(x, t, u)
+    finds on the step's first micro-batch. Returns the tokens/s."""
     bar = tqdm(range(start, end), desc=label, disable=not env.main, dynamic_ncols=True)
     tokens_per_step, t0 = cfg.batch_size * cfg.seq_len, time.time()
     interval_start = (start, t0)
     devices.peak_memory(env.device, reset=True)
     for step in bar:
-        chunks = micro_batches(step_batch(data, cfg, env, step), cfg.micro_batch_size)
-        logs = train_step(phases, chunks, env, cfg.grad_clip, ema)
+        streams = sorted({stream for phase in phases for stream in phase.streams}, reverse=True)  # 0 last: it seeds
+        batches = {s: micro_batches(step_batch(data, cfg, env, step, stream=s), cfg.micro_batch_size) for s in streams}
+        logs = train_step(phases, batches, env, cfg.grad_clip, ema)
         if not all(math.isfinite(v) for v in logs.values()):
             raise ValueError(f"loss is not finite at step {step} ({logs}); lower --lr")
         done = step + 1
@@ -186,7 +198,8 @@ def train_steps(phases, ema, data, cfg, env, start, end, on_checkpoint, label, v
                          "tok/s": f"{tokens_per_step * (done - start) / (time.time() - t0):.0f}"})
         if env.main and (done % cfg.log_every == 0 or done == end):
             steps, seconds = done - interval_start[0], time.time() - interval_start[1]
-            log_line(cfg, {"label": label, "step": done, **logs,
+            found = diagnose(*batches[0][0]) if diagnose else {}
+            log_line(cfg, {"label": label, "step": done, **logs, **found,
                            **throughput(tokens_per_step * steps / seconds, flops_per_token, env)})
             interval_start = (done, time.time())
         if done == end or done % cfg.ckpt_every == 0:
@@ -239,7 +252,8 @@ def validation(model, process, data, cfg, env):
 # what a resumed run must share with the run it continues (--iters, --rounds, the schedule of logs and
 # checkpoints, the learning rates and the device may change)
 SAME_RUN = ("model", "distill", "process", "tau", "teacher", "data", "size", "schedule", "vocab_size", "seq_len",
-            "batch_size", "seed", "teacher_steps", "start_steps", "divergence")
+            "batch_size", "seed", "teacher_steps", "start_steps", "divergence", "recipe", "idlm_gradient", "latent_draws",
+            "noise_window", "fake_steps", "fake_batch", "loss_per", "teacher_weights")
 
 
 def existing_run(cfg):
@@ -280,7 +294,7 @@ def run(method, cfg, env, data, process, model_config, **fields):
     """The one skeleton of every run: build the phases' optimizers and the student's EMA, resume
     where a killed run stopped, then --iters steps per round (method.start_round first). fields:
     checkpoint entries of the run (the teacher's path). Returns the last round's tokens/s."""
-    phases = [make_phase(*spec, cfg, env) for spec in method.phases]
+    phases = [make_phase(*spec, cfg, env, method.streams.get(spec[0], (0,))) for spec in method.phases]
     ema = make_ema(method.student, cfg.ema)
     start_round, start_step, state = 0, 0, existing_run(cfg)
     if state is not None:
@@ -302,7 +316,7 @@ def run(method, cfg, env, data, process, model_config, **fields):
         method.start_round(j, phases, cfg.out_dir, fresh=first == 0)
         tokens_per_s = train_steps(phases, ema, data, cfg, env, first, cfg.iters,
                                    partial(save_point, point, method, j, cfg, env), method.label(j),
-                                   lambda: validation(ema.module, process, data, cfg, env), flops)
+                                   lambda: validation(ema.module, process, data, cfg, env), flops, method.diagnostics)
         if env.world > 1:
             dist.barrier()  # round{j}.pt is written before anyone reads it
     return tokens_per_s
@@ -318,10 +332,11 @@ def method_step(method, model, process, env, x, **flags):
     cfg = resolve(TrainConfig(distill=None if method == "mdlm" else method, **flags), model.config.n_embd)
     distill.check_method(cfg.distill, process)
     plan = Pretraining(cfg, model, process) if method == "mdlm" else distill.METHODS[method](cfg, model, process)
-    phases = [make_phase(*spec, cfg, env) for spec in plan.phases]
+    phases = [make_phase(*spec, cfg, env, plan.streams.get(spec[0], (0,))) for spec in plan.phases]
     plan.start_round(0, phases, cfg.out_dir, fresh=True)
     ema = make_ema(plan.student, cfg.ema)
-    return (lambda: train_step(phases, [batch], env, cfg.grad_clip, ema)), len(phases)
+    batches = {stream: [batch] for phase in phases for stream in phase.streams}
+    return (lambda: train_step(phases, batches, env, cfg.grad_clip, ema)), len(phases)
 
 
 # ----------------------------------------------------------------------------- pretraining

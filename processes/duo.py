@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from diffusion import per_token
 from processes.uniform import udlm_loss_gap, udlm_loss_tokens
 
 GAMMA_RANGE = (-3.5, -1.75)   # Duo's ch-1 default window (OWT teacher: [-3.55, -1.85]; DCD: [-4, -1])
@@ -55,6 +56,13 @@ def alpha_table(vocab, g_min, g_max, points=1001):
     gammas = np.linspace(g_min, g_max, points)
     return torch.from_numpy(gammas), torch.from_numpy(alpha_of_scales(*(s.numpy() for s in gaussian_scales(
         torch.from_numpy(gammas))), vocab))
+
+
+def gamma_of_alpha(alpha, vocab):
+    """The gamma whose Gaussian latent has alpha_t = T(at~(gamma)) = alpha at vocabulary V: the inverse
+    of the table (T falls as gamma grows), over gamma in [-12, 12]."""
+    gammas, alphas = alpha_table(vocab, -12.0, 12.0, 4001)
+    return float(np.interp(alpha, alphas.numpy()[::-1], gammas.numpy()[::-1]))
 
 
 class GaussianSchedule:
@@ -103,6 +111,8 @@ class Curriculum:
     what a checkpoint records) is the process's own: sample with `.process`, not with this value.
     """
 
+    latent_log_prob = None  # w_t is reparameterised (at~ x + st~ eps): x's gradient flows through w_t itself
+
     def __init__(self, process, tau, schedule=None):
         self.process, self.tau = process, tau
         self.vocab_size = process.vocab_size
@@ -128,17 +138,16 @@ class Curriculum:
     def loss_log_outputs(self, model, w, t):
         return self.denoise(model, w, t)
 
-    def soft_loss(self, log_f, x_probs, w, t):
+    def soft_loss(self, log_f, x_probs, w, t, shares=False):
         """The UDLM loss (soft x, j over the whole vocabulary) at z_t = argmax(w_t), per token."""
-        return self.process.soft_loss(log_f, x_probs, w.argmax(-1), t, *self.alpha_and_slope(t, w.device))
+        return self.process.soft_loss(log_f, x_probs, w.argmax(-1), t, shares, *self.alpha_and_slope(t, w.device))
 
-    def loss_gap(self, log_teacher, log_fake, x_probs, w, t):
+    def loss_gap(self, log_teacher, log_fake, x_probs, w, t, shares=False):
         """soft_loss(teacher) - soft_loss(fake) at z_t = argmax(w_t), one sum, per token. The gradient
         w.r.t. x flows through the explicit xbar terms and, when the log-outputs were computed from w
         with grad, through the networks' soft inputs w_t / tau (SPEC.md §6.4)."""
-        z_t = w.argmax(-1)
-        gap = udlm_loss_gap(log_teacher, log_fake, x_probs, z_t, *self.alpha_and_slope(t, w.device))
-        return gap.sum() / z_t.numel()
+        gap = udlm_loss_gap(log_teacher, log_fake, x_probs, w.argmax(-1), *self.alpha_and_slope(t, w.device))
+        return per_token(gap, shares)
 
     def loss(self, model, x, t, u):
         """Duo's curriculum loss (SPEC.md §4.4), per token: the UDLM loss of the network fed w_t / tau, for

@@ -20,7 +20,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from diffusion import MaskingProcess, as_time, per_row
+from diffusion import MaskingProcess, as_time, per_row, per_token
 
 
 def log_expm1(sigma):
@@ -104,10 +104,10 @@ class SeddProcess(MaskingProcess):
             u = torch.where(scored, u, 1.0)  # a uniform of 1 is never below the move chance
         return self.loss(model, x, t, u) * x.numel()
 
-    def soft_loss(self, log_f, x_probs, z_t, t):
+    def soft_loss(self, log_f, x_probs, z_t, t, shares=False):
         """Score entropy with a soft target x [N, L, V], per token; log_f: log-scores [N, L, V]
         (IDLM eq. 10 for a SEDD fake). Where log_f = log(r_t f), f on the simplex, this is
         MDLM's `soft_loss` of f (IDLM Prop. D.2)."""
         t = as_time(t).to(z_t.device)
         per_position = score_entropy(log_f, x_probs, z_t, self.mask_id, self.log_r(t), self.sigma_prime(t))
-        return per_position.sum() / z_t.numel()
+        return per_token(per_position, shares)

@@ -17,7 +17,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from diffusion import LogLinear, as_time, generator_device, per_row, sample_categorical
+from diffusion import LogLinear, as_time, generator_device, per_row, per_token, sample_categorical
 
 
 # ----------------------------------------------------------------------------- the math
@@ -265,17 +265,25 @@ class UniformProcess:
         logits[..., self.tokens:] = -math.inf
         return draw_posterior(z, logits, 1.0, self.alpha(t), generator)
 
-    def soft_loss(self, log_f, x_probs, z_t, t, alpha_t=None, alpha_prime_t=None):
+    def soft_loss(self, log_f, x_probs, z_t, t, shares=False, alpha_t=None, alpha_prime_t=None):
         """The UDLM loss with a soft target x [N, L, V], the j-sum over the whole vocabulary, per
         token. alpha_t, alpha_prime_t: Duo's Gaussian-mapped values, when not the schedule's."""
         alpha_t = self.alpha(t) if alpha_t is None else alpha_t
         alpha_prime_t = self.alpha_prime(t) if alpha_prime_t is None else alpha_prime_t
-        return udlm_loss(log_f, x_probs, z_t, alpha_t, alpha_prime_t).sum() / z_t.numel()
+        return per_token(udlm_loss(log_f, x_probs, z_t, alpha_t, alpha_prime_t), shares)
 
-    def loss_gap(self, log_teacher, log_fake, x_probs, z_t, t):
+    def loss_gap(self, log_teacher, log_fake, x_probs, z_t, t, shares=False):
         """soft_loss(teacher) - soft_loss(fake) on the same z_t as one sum (`udlm_loss_gap`;
         idlm.teacher_fake_gap, IDLM eq. 11), per token."""
-        return udlm_loss_gap(log_teacher, log_fake, x_probs, z_t, self.alpha(t), self.alpha_prime(t)).sum() / z_t.numel()
+        return per_token(udlm_loss_gap(log_teacher, log_fake, x_probs, z_t, self.alpha(t), self.alpha_prime(t)), shares)
+
+    def latent_log_prob(self, x_probs, z_t, t):
+        """log q(z_t | x) of each sequence [N] for a soft x [N, L, V]: the sum over positions of
+        log(alpha_t x[z] + (1 - alpha_t)/V), the law `forward_sample_soft` draws. Differentiable in x:
+        the score-function term of IDLM's exact gradient (idlm.relaxed_gap)."""
+        alpha = per_row(torch.as_tensor(self.alpha(t), dtype=torch.float64), z_t)
+        x_z = x_probs.gather(-1, z_t.unsqueeze(-1)).squeeze(-1).double()
+        return (alpha * x_z + (1 - alpha) / self.vocab_size).log().sum(-1)
 
     def loss(self, model, x, t, u):
         """Monte-Carlo estimate of the continuous-time UDLM NELBO (SPEC.md §4.3), per token (float64

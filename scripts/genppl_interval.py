@@ -21,12 +21,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from data import held_out_data, tokenizer_from_meta  # noqa: E402
-from evaluate import load_judge, markdown_table, token_entropy  # noqa: E402
+from evaluate import interval, load_judge, markdown_table, token_entropy  # noqa: E402
 from loading import checkpoint  # noqa: E402
 from plumbing.cli import flag, parse_config, run_command  # noqa: E402
-
-Z = 1.96  # two-sided 95% normal quantile
-
 
 @dataclass
 class IntervalConfig:
@@ -51,12 +48,6 @@ def read_rows(path):
     if not rows:
         raise ValueError(f"{path} has no samples")
     return rows, first
-
-
-def interval(values):
-    """(mean, half-width of the 95% interval) of a float64 tensor of independent draws."""
-    half = Z * values.std().item() / math.sqrt(len(values)) if len(values) > 1 else float("nan")
-    return values.mean().item(), half
 
 
 def main():

@@ -55,7 +55,7 @@ def test_record_rebuilds_the_model_and_its_process_and_restores_the_training_sta
     phases = pretraining_phases(cfg, env, model, process)
     ema = train.make_ema(model, 0.5)
     x = torch.randint(0, model.config.vocab_size, (2, model.config.seq_len))
-    batch = [(x, torch.tensor([0.3, 0.8]), torch.rand(x.shape))]
+    batch = {0: [(x, torch.tensor([0.3, 0.8]), torch.rand(x.shape))]}  # stream 0: the step's micro-batches
     train.train_step(phases, batch, env, 1.0, ema)
     point = checkpoint.record(kind="mdlm", model_config=dataclasses.asdict(model.config), process=process,
                               data_meta=SYNTHETIC, train_config={}, model=model, ema=ema, phases=phases, step=1,

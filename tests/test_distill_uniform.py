@@ -3,11 +3,19 @@
 student (IDLM-DCD), IDLM-code's Gaussian IDLM-Duo (--distill idlm --tau), and the one-line
 refusals of methods that do not apply."""
 import dataclasses
+import json
 
+import pytest
+import torch
+
+import config
 import data
+import distill as distill_py
 import helpers
 from helpers import assert_one_error_line, run_script
 from loading import checkpoint
+from processes import duo
+from processes.uniform import UniformProcess
 
 SEQ_LEN = 16
 UNIFORM = {"kind": "uniform", "schedule": "loglinear", "eps": 1e-3, "states": None}
@@ -94,3 +102,81 @@ def test_sample_py_picks_the_uniform_processs_own_sampler_when_none_is_given(tmp
                         "--jsonl", str(tmp_path / "s.jsonl"))
     assert result.returncode == 0, result.stderr[-2000:]
     assert '"sampler": "ancestral"' in (tmp_path / "s.jsonl").read_text()
+
+
+# ----------------------------------------------------------------------------- IDLM's choices (SPEC.md §6.5, §6.6)
+
+def test_the_idlm_code_recipe_sets_every_choice_and_leaves_given_flags():
+    cfg = config.resolve(config.TrainConfig(distill="idlm", process="uniform", seq_len=SEQ_LEN, recipe="idlm-code",
+                                            lr=3e-5), 64)
+    assert (cfg.tau, cfg.noise_window, cfg.warmup, cfg.ema, cfg.grad_clip) == (1e-3, [0.9455, 0.0493], 2500, 0.9999, 0)
+    assert (cfg.lr, cfg.fake_lr) == (3e-5, 3e-5)  # the given --lr wins, and the fake follows it
+    assert (cfg.loss_per, cfg.fake_batch, cfg.fake_steps, cfg.idlm_gradient) == ("sequence", "fresh", 1, "no-score")
+    latents, choices = distill_py.idlm_latents(cfg, UniformProcess(20))
+    assert isinstance(latents, duo.Curriculum) and latents.tau == 1e-3 and choices.scale == SEQ_LEN
+    assert [float(latents.schedule.alpha_and_slope(t)[0]) for t in (0.0, 1.0)] == pytest.approx(
+        [0.9455, 0.0493], abs=2e-3)  # the window's ends keep their alphas at V = 20
+    ours = config.resolve(config.TrainConfig(distill="idlm", process="uniform", seq_len=SEQ_LEN), 64)
+    assert (ours.tau, ours.idlm_gradient, ours.latent_draws, ours.grad_clip, ours.fake_batch) == (
+        None, "exact", 2, 1.0, "same")
+    windowed = config.resolve(config.TrainConfig(distill="idlm", process="uniform", noise_window=[0.05, 0.95]), 64)
+    _, choices = distill_py.idlm_latents(windowed, UniformProcess(20))
+    assert choices.times == pytest.approx([0.05 / 0.999, 0.95 / 0.999])  # alpha = 1 - 0.999 t
+    mdlm = config.resolve(config.TrainConfig(distill="idlm", process="absorbing"), 64)
+    assert (mdlm.idlm_gradient, mdlm.latent_draws) == ("no-score", 1)  # MDLM's and SEDD's paths as they were
+
+
+def test_the_idlm_code_window_is_duos_gamma_window_at_gpt2s_vocabulary():
+    ends = [float(duo.alpha_of_scales(*map(float, duo.gaussian_scales(g)), 50258)[0]) for g in (-3.55, -1.85)]
+    assert [round(a, 4) for a in ends] == config.IDLM_CODE_WINDOW
+    assert [duo.gamma_of_alpha(a, 50258) for a in ends] == pytest.approx([-3.55, -1.85], abs=1e-3)
+
+
+def test_an_idlm_run_logs_what_shows_a_collapse_coming(tmp_path):
+    uniform_teacher(tmp_path / "teacher.pt")
+    train("--distill", "idlm", "--iters", "2", "--log-every", "1", "--eval-samples", "0", "--teacher",
+          str(tmp_path / "teacher.pt"), "--out-dir", str(tmp_path / "idlm"))
+    lines = [json.loads(line) for line in (tmp_path / "idlm" / "log.jsonl").read_text().splitlines()]
+    logged = [line for line in lines if "tokens_per_s" in line]
+    assert len(logged) == 2
+    for line in logged:
+        assert 0 < line["student_sample_entropy"] and 0 < line["student_output_entropy"]
+        assert line["fake_loss_on_data"] > 0 and line["teacher_loss_on_data"] > 0
+        assert line["student"] == pytest.approx(line["teacher_loss"] - line["fake_loss_on_student"],
+                                                              rel=1e-4, abs=1e-6)
+
+
+def test_a_collapsing_student_prints_one_warning(capsys):
+    synthetic = data.load_data("synthetic", seq_len=SEQ_LEN)
+    cfg = config.resolve(config.TrainConfig(distill="idlm", process="uniform", seq_len=SEQ_LEN), 64)
+    method = distill_py.IDLM(cfg, helpers.random_dit(0, synthetic.vocab_size, SEQ_LEN), UniformProcess(synthetic.vocab_size))
+    x = synthetic.batch("train", 4, SEQ_LEN, torch.Generator().manual_seed(0))
+    t, u = torch.full((4,), 0.5), torch.rand(x.shape)
+    first = method.diagnostics(x, t, u)
+    assert "warning" not in capsys.readouterr().out
+    with torch.no_grad():  # the student now says one token everywhere
+        method.student.output_layer.linear.bias[0] = 1e4
+    collapsed = method.diagnostics(x, t, u)
+    assert collapsed["student_sample_entropy"] < 0.1 < first["student_sample_entropy"]
+    assert "IDLM is collapsing" in capsys.readouterr().out
+
+
+def test_an_idlm_run_with_fresh_fake_batches_resumes_to_the_same_weights(tmp_path):
+    uniform_teacher(tmp_path / "teacher.pt")
+    common = ["--distill", "idlm", "--eval-samples", "0", "--fake-batch", "fresh", "--fake-steps", "2", "--teacher",
+              str(tmp_path / "teacher.pt")]
+    train(*common, "--iters", "4", "--out-dir", str(tmp_path / "straight"))
+    train(*common, "--iters", "2", "--out-dir", str(tmp_path / "split"))
+    train(*common, "--iters", "4", "--out-dir", str(tmp_path / "split"), "--resume")
+    straight, split = (checkpoint.read(tmp_path / run / "ckpt.pt") for run in ("straight", "split"))
+    for key in ("model", "ema", "fake"):
+        assert all(torch.equal(straight[key][k], split[key][k]) for k in straight[key]), key
+
+
+def test_the_idlm_code_recipe_runs_end_to_end(tmp_path):
+    uniform_teacher(tmp_path / "teacher.pt")
+    result = train("--distill", "idlm", "--recipe", "idlm-code", "--iters", "2", "--teacher",
+                   str(tmp_path / "teacher.pt"), "--out-dir", str(tmp_path / "idlm"))
+    assert "| IDLM |" in result.stdout
+    ckpt = checkpoint.read(tmp_path / "idlm" / "ckpt.pt")
+    assert ckpt["train_config"]["recipe"] == "idlm-code" and ckpt["idlm_latent"].startswith("gaussian-argmax")

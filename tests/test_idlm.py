@@ -173,10 +173,11 @@ def test_alternating_steps_train_only_their_own_network_and_never_the_teacher(na
 
 
 @pytest.mark.parametrize("process", [PROCESS, UniformProcess(V)], ids=["absorbing", "uniform"])
-def test_default_student_step_is_the_discrete_relaxation_with_constant_network_outputs(process):
-    """Without --tau the student step is what it was before the Gaussian variant: discrete z_t drawn
-    from the detached student output, teacher and fake evaluated without a graph, `process.loss_gap`.
-    Same seed, so the same numbers, bit for bit: the loss and the student's gradient."""
+def test_the_no_score_student_step_is_the_discrete_relaxation_with_constant_network_outputs(process):
+    """Without --tau and without the score term (idlm.Choices(); --idlm-gradient no-score, MDLM's default)
+    the student step is discrete z_t drawn from the detached student output, teacher and fake evaluated
+    without a graph, `process.loss_gap`. Same seed, so the same numbers, bit for bit: the loss and the
+    student's gradient."""
     teacher, fake, student = random_dit(0), random_dit(1), random_dit(2)
     x, t, u = batch(3)
     torch.manual_seed(4)

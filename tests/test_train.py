@@ -155,7 +155,7 @@ def test_the_checkpoint_is_written_before_validation_runs(tmp_path):
     from helpers import tiny_model
     model = tiny_model()
     cfg = config.TrainConfig(lr=1e-3, warmup=1, batch_size=2, seq_len=model.config.seq_len, micro_batch_size=0,
-                             eval_every=1, ckpt_every=1, out_dir=str(tmp_path))
+                             grad_clip=1.0, eval_every=1, ckpt_every=1, out_dir=str(tmp_path))
     env = train_py.Env(torch.device("cpu"))
     process = MaskingProcess(model.config.vocab_size, LogLinear())
     phases = [train_py.make_phase(*spec, cfg, env) for spec in train_py.Pretraining(cfg, model, process).phases]
