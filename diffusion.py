@@ -53,11 +53,11 @@ class Schedule:
 
     def time_of(self, alpha):
         """The t in [0, 1] with alpha(t) = alpha (alpha falls with t), by bisection in float64."""
-        low, high = torch.zeros((), dtype=torch.float64), torch.ones((), dtype=torch.float64)
+        low, high = 0.0, 1.0
         for _ in range(60):
             middle = (low + high) / 2
-            low, high = (middle, high) if self.alpha(middle) > alpha else (low, middle)
-        return float((low + high) / 2)
+            low, high = (middle, high) if self.alpha(as_time(middle)) > alpha else (low, middle)
+        return (low + high) / 2
 
 
 @dataclass(frozen=True)
@@ -116,12 +116,10 @@ def generator_device(generator, like):
 
 
 def sample_categorical(probs, generator=None, num_samples=None):
-    """Draw from the categorical rows of probs [..., K] by inverse CDF in float64.
-
-    float32 noise truncates the tail (its uniforms have 24 bits), which silently lowers the
-    temperature; float64 resolves probabilities far below 1e-8. Returns [...] indices, or
-    [..., num_samples] when num_samples is given (all from the same rows).
-    """
+    """Draw from the categorical rows of probs [..., K] by inverse CDF in float64: float32 noise
+    truncates the tail (its uniforms have 24 bits), which silently lowers the temperature; float64
+    resolves probabilities far below 1e-8. Returns [...] indices, or [..., num_samples] when
+    num_samples is given (all from the same rows)."""
     cdf = probs.double().cumsum(-1)
     n = 1 if num_samples is None else num_samples
     u = torch.rand(*cdf.shape[:-1], n, dtype=torch.float64, generator=generator,
@@ -130,16 +128,27 @@ def sample_categorical(probs, generator=None, num_samples=None):
     return draws.squeeze(-1) if num_samples is None else draws
 
 
+def shaped_probs(logits, temperature=1.0, top_p=1.0):
+    """softmax(logits) at a temperature and nucleus, float64 [..., K]: p^(1/T) normalised, then only the
+    smallest set of the most probable entries whose mass reaches top_p, renormalised. Every sampler,
+    diffusion (samplers.Shaped) and AR, draws through it (SPEC.md §7.5)."""
+    probs = (logits.double() / temperature).softmax(-1)
+    if top_p >= 1.0:
+        return probs
+    ordered, order = probs.sort(-1, descending=True)
+    drop = ordered.cumsum(-1) - ordered >= top_p
+    kept = probs.scatter(-1, order, ordered.masked_fill(drop, 0.0))
+    return kept / kept.sum(-1, keepdim=True)
+
+
 # ----------------------------------------------------------------------------- the interface of a process
 
 class Process(Protocol):
     """What every diffusion process gives the rest of the code (SPEC.md §1.6). Training,
     distillation, the samplers, the likelihood and the checkpoints use nothing else; a new process
-    is one class with these members plus one line in processes/registry.py.
-
-    Tensors: x clean tokens [N, L]; z_t noisy states [N, L] (float latents [N, L, V] for Duo's
-    Gaussian view); t, s times (a number or [N]); x_probs a soft x [N, L, V]; u uniforms [N, L].
-    """
+    is one class with these members plus one line in processes/registry.py. Tensors: x clean tokens
+    [N, L]; z_t noisy states [N, L] (float latents [N, L, V] for Duo's Gaussian view); t, s times (a
+    number or [N]); x_probs a soft x [N, L, V]; u uniforms [N, L]."""
     # what it is
     name: str                 # its key in processes.registry.PROCESSES, recorded in a checkpoint
     family: str               # "absorbing" (MASK state) or "uniform": what --process names
@@ -154,8 +163,8 @@ class Process(Protocol):
     takes_prompt: bool        # given tokens stay fixed while the rest is sampled (prompts, infill, LAMBADA)
     has_scores: bool          # the network gives concrete scores (SEDD): the score samplers apply
     mask_id: Optional[int]    # V when has_mask, else None
-    loss_gap: Optional[Callable]  # soft_loss(teacher) - soft_loss(fake) as one sum, or None (idlm.py)
-                              # (soft_loss and loss_gap: with shares=True, each sequence's share [N])
+    loss_gap: Optional[Callable]  # soft_loss(teacher) - soft_loss(fake) as one sum, or None (idlm.py);
+                              # both with shares=True give each sequence's share [N]
 
     def config(self) -> dict: ...                              # what a checkpoint records to rebuild it
     def alpha(self, t): ...                                    # the chance a token is still clean at t
@@ -185,15 +194,13 @@ class Process(Protocol):
 
 def per_token(terms, shares=False):
     """A loss per token from its terms [N, L]: their sum over the N L positions; with shares, each
-    sequence's part of that sum [N] (the parts add up to the loss): what the score-function term of
-    IDLM's exact gradient weighs each sequence's latent by (idlm.relaxed_gap)."""
+    sequence's part of that sum [N] (they add up to the loss; idlm.relaxed_gap weighs by them)."""
     return (terms.sum(-1) if shares else terms.sum()) / terms.numel()
 
 
 def output_rows(model, z_t, sigma, rows):
-    """The network's logits at the (sequence, position) rows of z_t only. A network split into trunk
-    and head (the DiT) runs its output layer, V+1 wide (the largest matmul and activation), at
-    those rows alone; any other network runs whole."""
+    """The network's logits at the (sequence, position) rows of z_t only: a DiT runs its output layer
+    (V+1 wide: the largest matmul and activation) at those rows alone; any other network runs whole."""
     if not hasattr(model, "trunk"):
         return model(z_t, sigma)[rows]
     hidden, c = model.trunk(z_t, sigma)
@@ -433,9 +440,8 @@ class MaskingProcess:
         return per_token(self.loss_weight(t)[:, None] * cross, shares)
 
     def latent_log_prob(self, x_probs, z_t, t):
-        """log q(z_t | x) of each sequence [N] for a soft x [N, L, V], the law `forward_sample_soft`
-        draws: log(1 - alpha_t) at MASK, log(alpha_t x[z]) at a token. Differentiable in x: the
-        score-function term of IDLM's exact gradient (idlm.relaxed_gap)."""
+        """log q(z_t | x) of each sequence [N] for a soft x [N, L, V], the law of `forward_sample_soft`:
+        log(1 - alpha_t) at MASK, log(alpha_t x[z]) at a token; differentiable in x (idlm.relaxed_gap)."""
         alpha = per_row(torch.as_tensor(self.alpha(t), dtype=torch.float64), z_t)
         masked = z_t == self.mask_id
         x_z = x_probs.gather(-1, z_t.clamp(max=self.vocab_size - 1).unsqueeze(-1)).squeeze(-1).double()

@@ -22,7 +22,6 @@ from tqdm import tqdm
 import evaluate
 import idlm
 import sdtt
-from diffusion import sample_categorical
 from loading import checkpoint
 from processes import duo
 
@@ -163,7 +162,7 @@ class IDLM(Method):
         teacher's losses on the data (a fake that drifts from the data is worse there than the teacher)."""
         with evaluate.eval_mode(self.student), evaluate.eval_mode(self.fake):
             x0, _ = idlm.student_output(self.student, x, t, u, self.latents, self.choices)
-            tokens = sample_categorical(x0)
+            tokens = torch.distributions.Categorical(probs=x0.double()).sample()
             losses = {}
             for name, model in (("fake", self.fake), ("teacher", self.teacher)):
                 with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):

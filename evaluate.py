@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from data import source_from_meta, tokenizer_from_meta
 from loading.checkpoint import load_model
 from plumbing import devices
-from samplers import make_sampler
+from samplers import make_sampler, shaped
 
 DEFAULT_AR_JUDGE = "out/ar/ckpt.pt"
 
@@ -56,13 +56,32 @@ class ARJudge:
 
 
 class ExactJudge:
-    """The synthetic source itself: exact GenPPL from its likelihood, -log p(x) / L."""
+    """The synthetic source itself: exact GenPPL from its likelihood, -log p(x) / L, and the exact
+    divergence of the samples' n-gram statistics from the source's (`ngram_divergence`)."""
 
     def __init__(self, source):
         self.source = source
 
     def nll_per_token(self, tokens):
         return -self.source.log_prob(tokens) / tokens.shape[1]
+
+    def divergences(self, tokens):
+        """{"js1", "js2", "js3"}: the n-gram divergences of a set of samples, n = 1, 2, 3."""
+        return {f"js{n}": ngram_divergence(tokens, self.source.ngram_marginal(n, tokens.shape[1])) for n in (1, 2, 3)}
+
+
+def ngram_divergence(tokens, exact):
+    """Jensen-Shannon divergence (nats, at most log 2) between the n-gram statistics of samples
+    tokens [N, L], pooled over every start position, and the exact pooled n-gram law `exact` [V]^n.
+    Junk puts mass on n-grams the source rarely makes, collapse keeps mass off most of those it makes:
+    both raise it. Samples of the source itself score their sampling error, a small positive floor
+    (the plug-in estimate is biased upwards, about (K - 1) / (8 count) for K n-grams)."""
+    n, vocab = exact.dim(), exact.shape[0]
+    index = sum(tokens[:, k:tokens.shape[1] - n + 1 + k].long() * vocab ** (n - 1 - k) for k in range(n))
+    counts = torch.bincount(index.reshape(-1), minlength=vocab ** n).double()
+    p, q = counts / counts.sum(), exact.reshape(-1).double()
+    m = (p + q) / 2
+    return float((torch.xlogy(p, p / m).sum() + torch.xlogy(q, q / m).sum()) / 2)
 
 
 def judged_positions(ids, eos_id):
@@ -180,8 +199,10 @@ def generate(model, process, n, seq_len, steps, *, sampler=None, prompt=(), bos_
     A diffusion model (process given): `sampler` (samplers.py; default: the exact, cached one)
     from the process's prior after the prompt, in `steps` steps. An AR model (process None): the
     GPT continues [BOS] + prompt with its KV cache, one forward pass per new token (`steps`
-    unused). on_step(i, z) is called after each diffusion step. Returns (tokens [n, seq_len] on
-    the CPU, NFE: forward passes per sequence, averaged over the samples).
+    unused). Both draw from their categoricals at `temperature` and `top_p` (samplers.shaped; the
+    same `diffusion.shaped_probs` for both). on_step(i, z) is called after each diffusion step.
+    Returns (tokens [n, seq_len] on the CPU, NFE: forward passes per sequence, averaged over the
+    samples).
     """
     sampler = make_sampler(process=process) if sampler is None else sampler
     context = model.config.seq_len
@@ -214,35 +235,46 @@ def generate(model, process, n, seq_len, steps, *, sampler=None, prompt=(), bos_
             else:
                 z = process.prior(size, seq_len, device, generator)
                 z[:, fixed] = fixed_tokens
-                tokens, more = sampler(model, process, z, steps, generator=generator, on_step=on_step)
+                tokens, more = sampler(shaped(model, process, temperature, top_p), process, z, steps,
+                                       generator=generator, on_step=on_step)
                 forwards += more
             samples.append(tokens.cpu())
     return torch.cat(samples), forwards / n
 
 
 def quality_rows(entries, judge, num_samples, batch_size, seq_len, seed, device, bos_id=None, sampler=None,
-                 scored=None):
-    """GenPPL, entropy and forward passes (NFE per sequence) of unconditional samples, one row
-    per entry (label, model, process, steps), process None for an AR model. Every entry samples
-    with the same seed. bos_id: the AR models' start token (the tokenizer's EOS). scored: a
-    list that receives each row's samples, for `write_samples`."""
+                 scored=None, temperature=1.0, top_p=1.0):
+    """GenPPL with its 95% interval, entropy with its half-width, and forward passes (NFE per
+    sequence) of unconditional samples, one row per entry (label, model, process, steps), process
+    None for an AR model, each drawn at `temperature` and `top_p`; with the exact judge also the
+    n-gram divergences (ExactJudge.divergences). Every entry samples with the same seed. bos_id: the
+    AR models' start token (the tokenizer's EOS). scored: a list that receives each row's samples,
+    for `write_samples`."""
     rows = []
     for label, model, process, steps in entries:
         start = time.perf_counter()
         with devices.autocast(device):  # bf16 on a GPU, as in training
             tokens, nfe = generate(model.to(device), process, num_samples, seq_len, steps, bos_id=bos_id,
                                    batch_size=batch_size, generator=torch.Generator().manual_seed(seed),
-                                   sampler=sampler)
+                                   sampler=sampler, temperature=temperature, top_p=top_p)
         seconds = time.perf_counter() - start
-        nll = judge.nll_per_token(tokens).double()
+        shape = {"temperature": temperature, "top_p": top_p}
         if scored is not None:
-            scored.append({"label": label, "steps": steps, "seed": seed, "batch_size": batch_size, "tokens": tokens})
-        (mean, half), (_, entropy_half) = interval(nll), interval(token_entropy(tokens).double())
-        rows.append({"label": label, "steps": steps, "genppl": nll.mean().exp().item(),
-                     "entropy": token_entropy(tokens).mean().item(), "nfe": nfe,
-                     "seconds": seconds, "genppl_low": math.exp(mean - half), "genppl_high": math.exp(mean + half),
-                     "entropy_half": entropy_half})
+            scored.append({"label": label, "steps": steps, "seed": seed, "batch_size": batch_size, **shape,
+                           "tokens": tokens})
+        rows.append({"label": label, "steps": steps, **sample_metrics(tokens, judge), "nfe": nfe,
+                     "seconds": seconds, **shape})
     return rows
+
+
+def sample_metrics(tokens, judge):
+    """GenPPL (with its 95% interval), mean entropy (with its half-width) and, for the exact judge,
+    the n-gram divergences of samples tokens [N, L]."""
+    nll, entropy = judge.nll_per_token(tokens).double(), token_entropy(tokens).double()
+    (mean, half), (_, entropy_half) = interval(nll), interval(entropy)
+    return {"genppl": nll.mean().exp().item(), "entropy": entropy.mean().item(), "genppl_low": math.exp(mean - half),
+            "genppl_high": math.exp(mean + half), "entropy_half": entropy_half,
+            **(judge.divergences(tokens) if hasattr(judge, "divergences") else {})}
 
 
 def interval(values):

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from diffusion import sample_categorical
+from diffusion import sample_categorical, shaped_probs
 
 try:  # optional accelerator: never required, used only on CUDA in half precision
     from flash_attn import flash_attn_func
@@ -330,8 +330,7 @@ class GPT(nn.Module):
         logits = self(prompt, cache)[:, -1]
         for i in range(prompt.shape[1], length):
             all_logits.append(logits)
-            probs = top_p_filter(torch.softmax(logits.double() / temperature, -1), top_p)
-            tokens[:, i] = sample_categorical(probs, generator)
+            tokens[:, i] = sample_categorical(shaped_probs(logits, temperature, top_p), generator)
             if i + 1 < length:
                 logits = (self(tokens[:, i:i + 1], cache, start=i) if use_cache else self(tokens[:, :i + 1]))[:, -1]
         return (tokens, torch.stack(all_logits, 1)) if return_logits else tokens
@@ -342,15 +341,6 @@ def next_token_nll(model, x):
     training loss and validation figure."""
     logits = model(x[:, :-1])
     return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
-
-
-def top_p_filter(probs, top_p):
-    """Nucleus filtering: keep the smallest set of tokens whose mass reaches top_p."""
-    if top_p >= 1.0:
-        return probs
-    sorted_probs, order = probs.sort(-1, descending=True)
-    drop = sorted_probs.cumsum(-1) - sorted_probs >= top_p
-    return probs.scatter(-1, order, sorted_probs.masked_fill(drop, 0.0))
 
 
 def build_model(kind, cfg: ModelConfig):

@@ -60,8 +60,9 @@ class SampleConfig:
     compile: bool = flag(False, "torch.compile the network's blocks (compiles on the first step)")
     weights: str = flag("ema", "weights to load", choices=["ema", "raw"])
     jsonl: Optional[str] = flag(None, "also write one JSON object per sample to this file")
-    top_p: float = flag(1.0, "AR only: nucleus sampling threshold, in (0, 1]", above=0)
-    temperature: float = flag(1.0, "AR only: softmax temperature", above=0)
+    top_p: float = flag(1.0, "nucleus: draw only from the most probable tokens whose mass reaches this, in (0, 1] "
+                             "(every sampler, diffusion and AR)", above=0)
+    temperature: float = flag(1.0, "softmax temperature of every draw (every sampler, diffusion and AR)", above=0)
     device: str = flag("auto", "where to sample", choices=devices.DEVICES)
 
 

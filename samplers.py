@@ -20,7 +20,7 @@ The MASK-based ones ask `process.has_mask`, the score ones `process.has_scores`.
 """
 import torch
 
-from diffusion import T_MIN, LogLinear, draw_tokens, generator_device, sample_categorical, time_grid
+from diffusion import T_MIN, LogLinear, draw_tokens, generator_device, sample_categorical, shaped_probs, time_grid
 
 
 class UnsplitNetwork:
@@ -37,6 +37,42 @@ class UnsplitNetwork:
 
     def head(self, rows, c):
         return rows
+
+
+class Shaped:
+    """A denoiser whose categorical over the process's V states is taken at a temperature and nucleus
+    (`diffusion.shaped_probs`), at every output: so every sampler draws each reveal, each posterior
+    and each final fill from it. Each row keeps its total mass (logsumexp), so SEDD's scores keep
+    their move probability and only the choice of token is reshaped; for a softmax it is a constant.
+    Columns past the states (MASK) are left as they are: carry-over, SUBS and no re-masking do not
+    change. `shaped` gives the network itself at temperature 1 and top-p 1."""
+
+    def __init__(self, model, states, temperature, top_p):
+        self.model, self.states, self.temperature, self.top_p = model, states, temperature, top_p
+        self.config = model.config
+        if hasattr(model, "trunk"):  # a split network stays split: the cached samplers keep their savings
+            self.trunk = model.trunk
+            self.head = lambda hidden, c: self.shape(model.head(hidden, c))
+
+    def __call__(self, z, sigma):
+        return self.shape(self.model(z, sigma))
+
+    def parameters(self):
+        return self.model.parameters()
+
+    def shape(self, logits):
+        head = logits[..., :self.states].double()
+        shaped = shaped_probs(head, self.temperature, self.top_p).log() + head.logsumexp(-1, keepdim=True)
+        return torch.cat([shaped.to(logits.dtype), logits[..., self.states:]], -1)
+
+
+def shaped(model, process, temperature=1.0, top_p=1.0):
+    """The model, its categorical at `temperature` and `top_p` (`Shaped`; itself at 1 and 1)."""
+    if temperature <= 0 or not 0 < top_p <= 1:
+        raise ValueError(f"temperature must be above 0 and top-p in (0, 1], got {temperature} and {top_p}")
+    if temperature == 1.0 and top_p == 1.0:
+        return model
+    return Shaped(model, process.vocab_size, temperature, top_p)
 
 
 def trunk_and_head(model):

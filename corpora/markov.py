@@ -55,6 +55,20 @@ class MarkovSource:
             marginal = marginal @ self.transition
         return float(h) / self.seq_len
 
+    def ngram_marginal(self, n, length=None):
+        """The exact law of an n-gram drawn at a uniform start position of a sequence of `length`
+        (default L) tokens: sum over starts i of P(x_i, ..., x_{i+n-1}) / (length - n + 1), [V]^n,
+        float64. What the n-gram statistics of samples pooled over positions estimate."""
+        length = length or self.seq_len
+        marginal, pooled = self.initial.clone(), 0
+        for _ in range(length - n + 1):
+            joint = marginal
+            for _ in range(n - 1):
+                joint = joint.unsqueeze(-1) * self.transition[(None,) * (joint.dim() - 1)]
+            pooled = pooled + joint
+            marginal = marginal @ self.transition
+        return pooled / (length - n + 1)
+
     # the same interface as TokenStream
     def batch(self, split, n, seq_len, generator):
         if seq_len != self.seq_len:

@@ -11,14 +11,13 @@ protocol with evaluation/sweep.py. It writes results/<setting>/{sweep,lambada}.{
 and claims.md, which states which claims held (results/reproduce.md reads them). Finished runs
 are reused: a second call only re-evaluates, and a killed call resumes.
 """
-import csv
 import importlib.util
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from evaluation import sweep
+from evaluation import frontier, sweep
 from loading import checkpoint
 from plumbing import cli
 
@@ -68,37 +67,41 @@ def train(method, setting, cfg, extra=()):
     return out / "ckpt.pt"
 
 
-def rows_of(path):
-    with open(path) as f:
-        return list(csv.DictReader(f))
+TEMPERATURES = ["0.5", "0.6", "0.7", "0.8", "0.9", "1.0", "1.1"]  # the teacher's frontier (SPEC.md §7.5)
 
 
-def check_claims(setting, sweep_rows, lambada_rows, labels, seq_len):
+def check_claims(setting, sweep_rows, lambada_rows, labels, seq_len, teacher_frontier):
     """The issue's targets, checked on the sweep: lines of markdown. labels: sweep label of the
     teacher, "sdtt" (every round's student at its own steps, as the SDTT paper evaluates them),
-    "sdtt_final" (the last round's student: LAMBADA), "idlm" and, on the synthetic source, "exact"."""
+    "sdtt_final" (the last round's student: LAMBADA), "idlm" and, on the synthetic source, "exact".
+    A student against the teacher at L is judged at equal entropy, on the teacher's frontier over
+    temperatures (evaluation/frontier.py); the earlier rule (GenPPL <= and entropy >= 95%) beside it."""
     def row(label, steps):
         return next(r for r in sweep_rows if r["label"] == labels[label] and int(r["steps"]) == steps)
     L = seq_len
     teacher = row("teacher", L)
-    lines = [f"### {setting} (L = {L}; teacher at {L} steps: GenPPL {float(teacher['genppl']):.2f}, "
-             f"entropy {float(teacher['entropy']):.2f})", ""]
+    lines = [f"### {setting} (L = {L}; teacher at {L} steps: GenPPL {teacher['genppl']:.2f}, "
+             f"entropy {teacher['entropy']:.2f})", ""]
     for student in ("sdtt", "idlm"):
         s = row(student, L // 16)
-        ok = float(s["genppl"]) <= float(teacher["genppl"]) and float(s["entropy"]) >= 0.95 * float(teacher["entropy"])
-        lines.append(f"- {student.upper()} at L/16 = {L // 16} steps: GenPPL {float(s['genppl']):.2f}, entropy "
-                     f"{float(s['entropy']):.2f} ({100 * float(s['entropy']) / float(teacher['entropy']):.1f}% of the "
-                     f"teacher's) -> {'reproduced' if ok else 'NOT reproduced'} (target: GenPPL <= teacher at L, entropy >= 95%)")
+        ok = s["genppl"] <= teacher["genppl"] and s["entropy"] >= 0.95 * teacher["entropy"]
+        word, at = frontier.verdict(s, teacher_frontier)
+        lines.append(f"- {student.upper()} at L/16 = {L // 16} steps: GenPPL {s['genppl']:.2f} "
+                     f"({s['genppl_low']:.2f}-{s['genppl_high']:.2f}), entropy {s['entropy']:.2f} "
+                     f"({100 * s['entropy'] / teacher['entropy']:.1f}% of the teacher's) -> at equal entropy: **{word}**"
+                     + (f" (the teacher's frontier there: {at:.2f})" if at else "")
+                     + f"; by the earlier rule (GenPPL <= teacher at L, entropy >= 95%): "
+                       f"{'reproduced' if ok else 'NOT reproduced'}")
     for steps in (L // 16, L // 32):
-        i, s = float(row("idlm", steps)["genppl"]), float(row("sdtt", steps)["genppl"])
+        i, s = row("idlm", steps)["genppl"], row("sdtt", steps)["genppl"]
         lines.append(f"- IDLM vs SDTT at {steps} steps: GenPPL {i:.2f} vs {s:.2f} -> "
                      f"{'reproduced' if i <= s else 'NOT reproduced'} (target: IDLM at least as good)")
     if "exact" in labels:
-        exact_full, exact_few = (float(row("exact", steps)["genppl"]) for steps in (L, L // 16))
+        exact_full, exact_few = (row("exact", steps)["genppl"] for steps in (L, L // 16))
         lines.append(f"- Ceiling: the exact denoiser (the perfect MDLM teacher) reaches GenPPL {exact_few:.2f} at "
                      f"L/16 = {L // 16} steps and {exact_full:.2f} at L: a student at L/16 that matches the teacher "
-                     f"at L must beat the perfect MDLM's few-step sampler {exact_few / float(teacher['genppl']):.1f}x")
-    acc = {r["label"]: float(r["accuracy"]) for r in lambada_rows}
+                     f"at L must beat the perfect MDLM's few-step sampler {exact_few / teacher['genppl']:.1f}x")
+    acc = {r["label"]: r["accuracy"] for r in lambada_rows}
     names = {"teacher": "teacher", "sdtt_final": "SDTT (last round)", "idlm": "IDLM", "exact": "exact denoiser"}
     lines.append("- LAMBADA-style one-pass suffix accuracy: " + ", ".join(
         f"{names[name]} {acc[labels[name]]:.3f}" for name in names if name in labels))
@@ -128,8 +131,16 @@ def main():
         call("-m", "evaluation.sweep", "--ckpts", *ckpts, "--rounds", str(sdtt.parent), "--steps", *steps, *judge,
              "--num-samples", str(cfg.num_samples), "--data", setting, "--lambada", "--lambada-source", "local",
              "--self-bleu", "--out-dir", str(out))
-        lines = check_claims(setting, rows_of(out / "sweep.csv"), rows_of(out / "lambada.csv"), labels, seq_len)
+        call("-m", "evaluation.sweep", "--ckpts", labels["teacher"], *([] if synthetic else [judge[1]]), "--steps",
+             str(seq_len), "--temperatures", *TEMPERATURES, *judge, "--num-samples", str(cfg.num_samples), "--data",
+             setting, "--out-dir", str(out / "frontier"))
+        rows, curve = frontier.read_sweep(out / "sweep.csv"), frontier.read_sweep(out / "frontier" / "sweep.csv")
+        teacher_curve = [r for r in curve if r["label"] == labels["teacher"]]
+        lines = check_claims(setting, rows, frontier.read_sweep(out / "lambada.csv"), labels, seq_len, teacher_curve)
         (out / "claims.md").write_text("\n".join(lines))
+        students = [r for r in rows if r["label"] in (labels["sdtt"], labels["idlm"]) and r["steps"] in
+                    (seq_len // 16, seq_len // 32)]
+        frontier.plot_frontier(curve + students, {judge[1]} if not synthetic else set(), out / "frontier" / "frontier.png")
         print("\n".join(lines))
     print("each setting's claims: results/<setting>/claims.md; what they mean: results/reproduce.md")
 

@@ -3,6 +3,12 @@ a PNG plot of GenPPL against steps (log2 axis), like the papers' figures; option
 and self-BLEU. The metrics themselves live in evaluate.py.
 
     python -m evaluation.sweep --ckpts out/mdlm/ckpt.pt out/idlm/ckpt.pt --rounds out/sdtt --steps 4 8 16 32 64 128
+    python -m evaluation.sweep --ckpts out/mdlm/ckpt.pt --steps 128 --temperatures 0.8 0.9 1 1.1   # a frontier
+
+With several --temperatures or --top-p values (or --frontier) every row is sampled at each of them,
+and frontier.png plots GenPPL against entropy (SPEC.md §7.5): each checkpoint at each step count a
+curve over the temperatures, the data's own samples a point, 95% intervals as bars. frontier.py
+judges claims at equal entropy from such a sweep's CSV.
 
 On the synthetic source, `--ckpts exact ...` adds the exact denoiser (evaluation/exact.py): the best any
 MDLM teacher could sample at each number of steps. `--rounds out/sdtt` adds iterated SDTT as
@@ -15,11 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import torch
+
 from data import held_out_data, source_from_meta, tokenizer_from_meta
 from diffusion import MaskingProcess
-from evaluate import DEFAULT_AR_JUDGE, load_judge, markdown_table, quality_rows, write_samples
+from evaluate import DEFAULT_AR_JUDGE, load_judge, markdown_table, quality_rows, sample_metrics, write_samples
 from evaluation.exact import ExactDenoiser
+from evaluation.frontier import DATA, plot_frontier
 from evaluation.lambada import lambada, lambada_examples
+from evaluation.mauve import FeatureJudge
 from evaluation.self_bleu import CONTINUATIONS_PER_PROMPT, continuation_self_bleu
 from loading.checkpoint import KINDS, load_model, process_of
 from plumbing import cli, devices
@@ -42,10 +52,10 @@ def round_students(run_dir, weights, device):
     return sorted(students, key=lambda student: student[1]["sampling_steps"])
 
 
-def write_tables(rows, columns, out, name):
-    """Write rows as out/name.csv and out/name.md; return the markdown table."""
+def write_tables(rows, columns, out, name, csv_extra=()):
+    """Write rows as out/name.csv (with the columns csv_extra too) and out/name.md; return the markdown table."""
     with open(out / f"{name}.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer = csv.DictWriter(f, fieldnames=[*columns, *csv_extra], extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     table = markdown_table(rows, columns)
@@ -82,6 +92,44 @@ def plot_sweep(rows, ar_labels, path):
     plt.close(fig)
 
 
+def data_windows(cfg, data_meta, seq_len, vocab_size):
+    """num_samples sequences of the data itself: the synthetic source's own draws, or held-out windows."""
+    generator = torch.Generator().manual_seed(cfg.seed)
+    source = source_from_meta(data_meta)
+    if source is not None:
+        return source.sample(cfg.num_samples, generator)
+    return held_out_data(cfg.data, data_meta, vocab_size).batch("val", cfg.num_samples, seq_len, generator)
+
+
+def data_row(cfg, data_meta, judge, seq_len, vocab_size):
+    """The data's own point: its samples judged as a model's are (for the synthetic source, the
+    n-gram divergences' floor: the sampling error of as many samples)."""
+    tokens = data_windows(cfg, data_meta, seq_len, vocab_size)
+    return {"label": DATA, "steps": "-", **sample_metrics(tokens, judge), "nfe": 0, "seconds": 0.0,
+            "temperature": "-", "top_p": "-"}
+
+
+def add_frontier_rows(cfg, rows, scored, judge, data_meta, seq_len, vocab_size):
+    """With a frontier (--frontier, or several temperatures or top-p values) the data's own row; with
+    --mauve each row's MAUVE. Returns the columns added to the table."""
+    if cfg.frontier or len(cfg.temperatures) * len(cfg.top_p) > 1:
+        rows.append(data_row(cfg, data_meta, judge, seq_len, vocab_size))
+    if not cfg.mauve:
+        return []
+    references = data_windows(cfg, data_meta, seq_len, vocab_size)
+    for row, entry in zip(rows, scored):
+        row["mauve"] = mauve_row(judge, references, entry["tokens"])
+    return ["mauve"]
+
+
+def mauve_row(judge, references, tokens):
+    """MAUVE of samples against the data's windows on the AR judge's features (our checkpoint)."""
+    if not hasattr(judge, "model"):
+        raise ValueError("--mauve featurizes text with our AR judge: give --judge out/ar/ckpt.pt")
+    fits = judge.model.config.seq_len - 1  # with its BOS, the judge reads this many tokens
+    return FeatureJudge(judge.model, judge.bos_id).mauve(references[:, :fits], tokens[:, :fits])
+
+
 # ----------------------------------------------------------------------------- command line
 
 @dataclass
@@ -114,7 +162,13 @@ class EvalConfig:
                                   "held-out prompt")
     bleu_prompts: int = flag(8, "held-out prompts for --self-bleu", at_least=1)
     data: str = flag("shakespeare", "the corpus the checkpoints saw, for held-out text (LAMBADA local, self-BLEU "
-                                    "prompts); ignored for the synthetic source")
+                                    "prompts, the data's point and MAUVE's reference); ignored for the synthetic source")
+    temperatures: list[float] = flag([1.0], "sample every row at each of these softmax temperatures", above=0)
+    top_p: list[float] = flag([1.0], "... and at each of these nucleus thresholds, in (0, 1]", above=0)
+    frontier: bool = flag(False, "also the data's own point and frontier.png (on by itself with several "
+                                 "temperatures or top-p values)")
+    mauve: bool = flag(False, "text: also MAUVE of each row's samples against as many held-out windows, on the "
+                              "AR judge's features (needs mauve-text; mauve's clusters: a tenth of the samples)")
     device: str = flag("auto", "where to sample", choices=devices.DEVICES)
 
 
@@ -157,6 +211,10 @@ def main():
     cfg = cli.parse_config(EvalConfig, "GenPPL/entropy sweep over checkpoints x sampling steps.")
     if not cfg.ckpts and not cfg.rounds:
         raise ValueError("give the checkpoints to evaluate: --ckpts PATH [PATH ...] or --rounds DIR")
+    if any(p > 1 for p in cfg.top_p):
+        raise ValueError(f"--top-p takes values in (0, 1], got {max(cfg.top_p)}")
+    if cfg.self_bleu and len(cfg.temperatures) * len(cfg.top_p) > 1:
+        raise ValueError("--self-bleu samples at one temperature and top-p: give one of each")
     device = devices.pick(cfg.device)
     loaded, series, data_meta, series_paths = load_checkpoints(cfg, device)
     seq_len = cfg.seq_len or min(model.config.seq_len for _, model, _, _ in loaded + series)
@@ -166,32 +224,41 @@ def main():
     if cfg.lambada or cfg.self_bleu:
         data = held_out_data(cfg.data, data_meta, tokenizer.vocab_size)
 
-    if cfg.compile:
-        for _, model, _, _ in loaded + series:
-            devices.compile_blocks(model)
+    for _, model, _, _ in loaded + series if cfg.compile else []:
+        devices.compile_blocks(model)
     sampler = make_sampler(cfg.sampler) if cfg.sampler else None  # None: each checkpoint's process's default
     entries = [(label, model, process, steps) for label, model, process, _ in loaded
                for steps in ([seq_len] if process is None else cfg.steps)]
     entries += [(label, model, process, ckpt["sampling_steps"]) for label, model, process, ckpt in series]
-    scored = []
-    rows = quality_rows(entries, judge, cfg.num_samples, cfg.batch_size, seq_len, cfg.seed, device,
-                        bos_id=tokenizer.eos_id, sampler=sampler, scored=scored)
     sources = [{"checkpoint": label, "sampler": sampler_name(cfg.sampler, process) if process is not None else "ar"}
                for label, _, process, _ in entries[:len(entries) - len(series)]]
     sources += [{"checkpoint": path, "sampler": sampler_name(cfg.sampler, process)}
                 for path, (_, _, process, _) in zip(series_paths, series)]
-    columns = ["label", "steps", "genppl", "entropy", "nfe", "seconds"]
+    scored, rows, shapes = [], [], [(t, p) for p in cfg.top_p for t in cfg.temperatures]
+    for temperature, top_p in shapes:
+        rows += quality_rows(entries, judge, cfg.num_samples, cfg.batch_size, seq_len, cfg.seed, device,
+                             bos_id=tokenizer.eos_id, sampler=sampler, scored=scored, temperature=temperature,
+                             top_p=top_p)
+    sources *= len(shapes)
+    columns = ["label", "steps", "genppl", "entropy", "nfe", "seconds"] + (["temperature", "top_p"] if len(shapes) > 1
+                                                                          else [])
+    columns += [c for c in ("js1", "js2", "js3") if c in rows[0]]
     if cfg.self_bleu:
         for row, (_, model, process, steps) in zip(rows, entries):
             row["self_bleu"] = continuation_self_bleu(model, process, data, seq_len, steps, cfg.bleu_prompts,
                                                       cfg.seed, tokenizer.eos_id, cfg.batch_size, sampler)
         columns.append("self_bleu")
 
+    columns += add_frontier_rows(cfg, rows, scored, judge, data_meta, seq_len, tokenizer.vocab_size)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    table = write_tables(rows, columns, out, "sweep")
+    extra = ["genppl_low", "genppl_high", "entropy_half"] + ([] if len(shapes) > 1 else ["temperature", "top_p"])
+    table = write_tables(rows, columns, out, "sweep", extra)
     write_samples(out / "samples.jsonl", scored, data_meta, sources)
-    plot_sweep(rows, {label for label, _, process, _ in loaded if process is None}, out / "genppl.png")
+    ar_labels = {label for label, _, process, _ in loaded if process is None}
+    plot_sweep([row for row in rows if row["label"] != DATA], ar_labels, out / "genppl.png")
+    if any(row["label"] == DATA for row in rows):
+        plot_frontier(rows, ar_labels, out / "frontier.png")
     print(f"judge: {judge_spec}; {cfg.num_samples} samples of {seq_len} tokens per row\n\n{table}\n")
     if cfg.lambada:
         examples = lambada_examples(cfg.lambada_source, data, cfg.lambada_examples, cfg.seed)

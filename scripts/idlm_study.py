@@ -28,13 +28,16 @@ sys.path.insert(0, str(ROOT))
 from evaluate import load_judge, quality_rows, write_samples  # noqa: E402
 from loading import checkpoint  # noqa: E402
 from plumbing.cli import flag, parse_config, run_command  # noqa: E402
+from samplers import make_sampler  # noqa: E402
 
 # name -> the flags that change one choice from the base (SPEC.md §6.5)
 ROWS = {
     "base": [],
     "no score term": ["--idlm-gradient", "no-score"],
+    "4 latent draws": ["--latent-draws", "4"],
     "IDLM-code's noise window": ["--noise-window", "0.9455", "0.0493"],
     "lr 3e-5": ["--lr", "3e-5"],
+    "lr 3e-4": ["--lr", "3e-4"],
     "EMA 0.999": ["--ema", "0.999"],
     "2 fake steps per student step": ["--fake-steps", "2"],
     "the fake on a batch of its own": ["--fake-batch", "fresh"],
@@ -89,7 +92,7 @@ def evaluate_rows(cfg, entries, judge, sampler, seq_len, scored):
     process = checkpoint.process_of(checkpoint.read(entries[0][1]))
     return quality_rows([(label, models[path], process, steps) for label, path, steps in entries], judge,
                         cfg.num_samples, min(cfg.num_samples, 64), seq_len, cfg.seed, torch.device("cpu"),
-                        sampler=sampler, scored=scored)
+                        sampler=make_sampler(sampler), scored=scored)
 
 
 def cell(row):

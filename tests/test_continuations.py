@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from diffusion import MaskingProcess
-from evaluation import continuations
+from evaluation import continuations, mauve
 from loading import checkpoint
 from model import GPT, DiT, ModelConfig
 
@@ -46,11 +46,11 @@ class RandomText:
 def test_ar_features_are_the_hidden_states_the_judge_predicts_the_next_token_from():
     model, bos = model_of("ar"), 8
     tokens = torch.randint(0, 8, (3, 100), generator=torch.Generator().manual_seed(0))
-    features = torch.from_numpy(continuations.ar_features(model, tokens, bos, batch_size=2))
+    features = torch.from_numpy(mauve.ar_features(model, tokens, bos, batch_size=2))
     logits = model(torch.cat([torch.full((3, 1), bos), tokens], 1))[:, -1]
     torch.testing.assert_close(model.lm_head(features), logits)
     with pytest.raises(ValueError, match="do not fit"):
-        continuations.ar_features(model, torch.zeros(1, LENGTH, dtype=torch.long), bos)
+        mauve.ar_features(model, torch.zeros(1, LENGTH, dtype=torch.long), bos)
 
 
 @needs_mauve
@@ -58,8 +58,8 @@ def test_mauve_is_one_for_equal_texts_and_low_for_texts_far_apart():
     rng = np.random.default_rng(0)
     p = rng.normal(size=(200, 8)).astype(np.float32)
     far = rng.normal(size=(200, 8)).astype(np.float32) + 20 * np.eye(8, dtype=np.float32)[0]
-    assert continuations.mauve_of_features(p, p) == pytest.approx(1.0)
-    assert continuations.mauve_of_features(p, far) < 0.1
+    assert mauve.mauve_of_features(p, p) == pytest.approx(1.0)
+    assert mauve.mauve_of_features(p, far) < 0.1
 
 
 def test_continuations_are_seeded_and_as_long_as_the_protocol_says():
@@ -87,4 +87,4 @@ def test_command_writes_mauve_and_self_bleu_per_checkpoint_and_steps(tmp_path, m
 def test_without_mauve_text_the_score_names_the_requirements_file(monkeypatch):
     monkeypatch.setitem(sys.modules, "mauve", None)
     with pytest.raises(ValueError, match="requirements-eval.txt"):
-        continuations.mauve_of_features(np.zeros((4, 2)), np.zeros((4, 2)))
+        mauve.mauve_of_features(np.zeros((4, 2)), np.zeros((4, 2)))

@@ -40,7 +40,9 @@ def test_quality_rows_sample_with_the_same_seed_and_count_forward_passes():
     process = MaskingProcess(V)
     entries = [("a", model, process, 4), ("b", model, process, 4), ("c", model, process, 64)]
     rows = evaluate.quality_rows(entries, judge, num_samples=3, batch_size=1, seq_len=L, seed=0, device="cpu")
-    assert set(rows[0]) == {"label", "steps", "genppl", "entropy", "nfe", "seconds"}
+    assert set(rows[0]) == {"label", "steps", "genppl", "entropy", "nfe", "seconds", "genppl_low", "genppl_high",
+                            "entropy_half", "temperature", "top_p", "js1", "js2", "js3"}
+    assert rows[0]["genppl_low"] < rows[0]["genppl"] < rows[0]["genppl_high"]
     assert rows[0]["genppl"] == rows[1]["genppl"] and rows[0]["entropy"] == rows[1]["entropy"]
     # NFE per sequence: one forward per step that reveals one of its tokens, plus the final fill
     assert 1 <= rows[0]["nfe"] <= 4 + 1 and rows[2]["nfe"] <= L + 1
