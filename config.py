@@ -97,8 +97,9 @@ class TrainConfig:
                                               "paper's form for MDLM); default: exact for a uniform-state teacher "
                                               "with discrete latents, no-score otherwise",
                                         choices=["exact", "no-score"])
-    latent_draws: Optional[int] = flag(None, "IDLM: loss latents z_t per student output (default: 2 with the "
-                                             "exact gradient, each the other's control variate; else 1)", at_least=1)
+    latent_draws: Optional[int] = flag(None, "IDLM: loss latents z_t per student output (default: 8 with the "
+                                             "exact gradient, each one's control variate the mean of the others; "
+                                             "else 1)", at_least=1)
     noise_window: Optional[list[float]] = flag(None, "IDLM: draw the student's input noise and the loss's where "
                                                      "alpha_t lies between these two values (default: 1 0, all of "
                                                      "it; IDLM-code: 0.945 0.049, its gamma window [-3.55, -1.85])",
@@ -185,7 +186,7 @@ def resolve(cfg, width):
 
 
 def idlm_defaults(cfg):
-    """IDLM's flags left unset: the exact gradient (with 2 latent draws) where the loss latent is
+    """IDLM's flags left unset: the exact gradient (with 8 latent draws) where the loss latent is
     discrete and uniform-state, no score term elsewhere (MDLM's and SEDD's form, and Gaussian latents,
     whose gradient flows through w_t); the whole noise range; one fake step on the student's batch."""
     uniform_discrete = cfg.process == "uniform" and not cfg.tau
@@ -198,7 +199,7 @@ def idlm_defaults(cfg):
         raise ValueError(f"--noise-window takes two different alphas in [0, 1], got {' '.join(map(str, window))}")
     filled = {k: v for k, v in IDLM_DEFAULTS.items() if getattr(cfg, k) is None}
     return dataclasses.replace(cfg, **filled, idlm_gradient=gradient,
-                               latent_draws=cfg.latent_draws or (2 if gradient == "exact" else 1))
+                               latent_draws=cfg.latent_draws or (8 if gradient == "exact" else 1))
 
 
 def check_config(cfg, world):

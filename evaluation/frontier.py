@@ -7,10 +7,10 @@ teacher" holds when the student's GenPPL is no worse than the frontier's at the 
 entropy, interpolated between the two nearest temperatures (log GenPPL linear in entropy, its 95%
 interval likewise). Outside the frontier's range of entropies there is no verdict.
 
-    python -m evaluation.frontier --sweep results/frontier/synthetic/sweep.csv --reference teacher.pt@64 \
-        --rows "sdtt round*.pt@4" idlm.pt@4
+    python -m evaluation.frontier --sweep results/synthetic/frontier/sweep.csv results/synthetic/sweep.csv \
+        --reference teacher.pt@64 --rows "sdtt/round*.pt@4" idlm.pt@4
 
-reads a sweep's CSV (evaluation/sweep.py, with --temperatures) and prints each row's verdict.
+reads sweeps' CSVs (evaluation/sweep.py; the reference's with --temperatures) and prints each row's verdict.
 """
 import csv
 import math
@@ -98,14 +98,15 @@ def pick(rows, spec):
 
 @dataclass
 class FrontierConfig:
-    sweep: str = cli.flag("results/sweep/sweep.csv", "a sweep's CSV with the reference at several temperatures")
+    sweep: list[str] = cli.flag(["results/sweep/sweep.csv"], "sweeps' CSVs: the reference's (at several "
+                                                              "temperatures) and the rows'")
     reference: str = cli.flag("", "the frontier's rows, LABEL@STEPS (e.g. the teacher at L)")
     rows: list[str] = cli.flag([], "the rows to judge, LABEL@STEPS (each at temperature 1 and top-p 1)")
 
 
 def main():
     cfg = cli.parse_config(FrontierConfig, __doc__.split("\n\n")[0])
-    rows = read_sweep(cfg.sweep)
+    rows = [row for path in cfg.sweep for row in read_sweep(path)]
     frontier = pick(rows, cfg.reference)
     print("| row | GenPPL (95%) | entropy | frontier's GenPPL at that entropy | verdict |\n|---|---|---|---|---|")
     for spec in cfg.rows:

@@ -67,7 +67,7 @@ def train(method, setting, cfg, extra=()):
     return out / "ckpt.pt"
 
 
-TEMPERATURES = ["0.5", "0.6", "0.7", "0.8", "0.9", "1.0", "1.1"]  # the teacher's frontier (SPEC.md §7.5)
+TEMPERATURES = ["0.4", "0.5", "0.6", "0.7", "0.8", "0.9", "1.0", "1.1"]  # the teacher's frontier (SPEC.md §7.5)
 
 
 def check_claims(setting, sweep_rows, lambada_rows, labels, seq_len, teacher_frontier):

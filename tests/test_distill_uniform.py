@@ -118,7 +118,7 @@ def test_the_idlm_code_recipe_sets_every_choice_and_leaves_given_flags():
         [0.9455, 0.0493], abs=2e-3)  # the window's ends keep their alphas at V = 20
     ours = config.resolve(config.TrainConfig(distill="idlm", process="uniform", seq_len=SEQ_LEN), 64)
     assert (ours.tau, ours.idlm_gradient, ours.latent_draws, ours.grad_clip, ours.fake_batch) == (
-        None, "exact", 2, 1.0, "same")
+        None, "exact", 8, 1.0, "same")
     windowed = config.resolve(config.TrainConfig(distill="idlm", process="uniform", noise_window=[0.05, 0.95]), 64)
     _, choices = distill_py.idlm_latents(windowed, UniformProcess(20))
     assert choices.times == pytest.approx([0.05 / 0.999, 0.95 / 0.999])  # alpha = 1 - 0.999 t
