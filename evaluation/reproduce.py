@@ -67,6 +67,7 @@ def train(method, setting, cfg, extra=()):
     return out / "ckpt.pt"
 
 
+MAUVE_SAMPLES = 512  # mauve-text quantizes into a tenth as many clusters: 51
 TEMPERATURES = ["0.4", "0.5", "0.6", "0.7", "0.8", "0.9", "1.0", "1.1"]  # the teacher's frontier (SPEC.md §7.5)
 
 
@@ -110,8 +111,9 @@ def check_claims(setting, sweep_rows, lambada_rows, labels, seq_len, teacher_fro
 
 def main():
     cfg = cli.parse_config(ReproduceConfig, __doc__.split("\n\n")[0])
-    if importlib.util.find_spec("sacrebleu") is None:  # say so now, not after hours of training
-        raise ValueError("evaluation.reproduce reports self-BLEU, which needs sacrebleu: pip install -r requirements-eval.txt")
+    if any(importlib.util.find_spec(name) is None for name in ("sacrebleu", "mauve")):  # now, not after hours
+        raise ValueError("evaluation.reproduce reports self-BLEU and MAUVE, which need sacrebleu and mauve-text: "
+                         "pip install -r requirements-eval.txt")
     results = Path(cfg.results_dir)
     for setting in cfg.settings:
         seq_len = int(SETTINGS[setting]["common"][-1])
@@ -138,6 +140,10 @@ def main():
         teacher_curve = [r for r in curve if r["label"] == labels["teacher"]]
         lines = check_claims(setting, rows, frontier.read_sweep(out / "lambada.csv"), labels, seq_len, teacher_curve)
         (out / "claims.md").write_text("\n".join(lines))
+        if not synthetic:  # MAUVE against held-out text, with enough samples for 51 clusters (SPEC.md §7.4)
+            call("-m", "evaluation.sweep", "--ckpts", labels["teacher"], labels["idlm"], "--rounds", str(sdtt.parent),
+                 "--steps", str(seq_len // 16), str(seq_len), *judge, "--num-samples", str(MAUVE_SAMPLES), "--mauve",
+                 "--data", setting, "--out-dir", str(out / "mauve"))
         students = [r for r in rows if r["label"] in (labels["sdtt"], labels["idlm"]) and r["steps"] in
                     (seq_len // 16, seq_len // 32)]
         frontier.plot_frontier(curve + students, {judge[1]} if not synthetic else set(), out / "frontier" / "frontier.png")
