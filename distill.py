@@ -173,7 +173,7 @@ class IDLM(Method):
         self.first_entropy = self.first_entropy or found["student_sample_entropy"]
         if found["student_sample_entropy"] < 0.5 * self.first_entropy:
             tqdm.write(f"warning: the student's sample entropy fell from {self.first_entropy:.2f} to "
-                       f"{found['student_sample_entropy']:.2f} nats: IDLM is collapsing (see SPEC.md §6.5)")
+                       f"{found['student_sample_entropy']:.2f} nats: IDLM is collapsing (see SPEC.md §6.6)")
         return found
 
     def fields(self, j):

@@ -23,15 +23,19 @@ from plumbing import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Per setting: the flags every train.py call shares, then per-method steps (quick, full).
+# Per setting: the flags every train.py call shares, per-method steps (quick, full), and the temperatures of the
+# teacher's frontier (SPEC.md §7.5), low enough on the synthetic source to reach its students' entropy.
 SETTINGS = {
     "synthetic": dict(common=["--data", "synthetic", "--size", "tiny", "--seq-len", "64"],
-                      iters={"mdlm": (1500, 6000), "sdtt": (60, 400), "idlm": (300, 2000)}),
+                      iters={"mdlm": (1500, 6000), "sdtt": (60, 400), "idlm": (300, 2000)},
+                      temperatures=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1]),
     # the papers' regime, where the 16 tokens of an L/16-step step are rarely neighbours (README)
     "synthetic256": dict(common=["--data", "synthetic", "--size", "tiny", "--batch-size", "8", "--seq-len", "256"],
-                         iters={"mdlm": (1500, 6000), "sdtt": (60, 400), "idlm": (300, 2000)}),
+                         iters={"mdlm": (1500, 6000), "sdtt": (60, 400), "idlm": (300, 2000)},
+                         temperatures=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1]),
     "shakespeare": dict(common=["--data", "shakespeare", "--size", "tiny", "--seq-len", "128"],
-                        iters={"mdlm": (800, 5000), "ar": (300, 2000), "sdtt": (80, 500), "idlm": (250, 2000)}),
+                        iters={"mdlm": (800, 5000), "ar": (300, 2000), "sdtt": (80, 500), "idlm": (250, 2000)},
+                        temperatures=[0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1]),
 }
 
 
@@ -68,7 +72,6 @@ def train(method, setting, cfg, extra=()):
 
 
 MAUVE_SAMPLES = 512  # mauve-text quantizes into a tenth as many clusters: 51
-TEMPERATURES = ["0.4", "0.5", "0.6", "0.7", "0.8", "0.9", "1.0", "1.1"]  # the teacher's frontier (SPEC.md §7.5)
 
 
 def check_claims(setting, sweep_rows, lambada_rows, labels, seq_len, teacher_frontier):
@@ -133,8 +136,9 @@ def main():
         call("-m", "evaluation.sweep", "--ckpts", *ckpts, "--rounds", str(sdtt.parent), "--steps", *steps, *judge,
              "--num-samples", str(cfg.num_samples), "--data", setting, "--lambada", "--lambada-source", "local",
              "--self-bleu", "--out-dir", str(out))
+        temperatures = [str(T) for T in SETTINGS[setting]["temperatures"]]
         call("-m", "evaluation.sweep", "--ckpts", labels["teacher"], *([] if synthetic else [judge[1]]), "--steps",
-             str(seq_len), "--temperatures", *TEMPERATURES, *judge, "--num-samples", str(cfg.num_samples), "--data",
+             str(seq_len), "--temperatures", *temperatures, *judge, "--num-samples", str(cfg.num_samples), "--data",
              setting, "--out-dir", str(out / "frontier"))
         rows, curve = frontier.read_sweep(out / "sweep.csv"), frontier.read_sweep(out / "frontier" / "sweep.csv")
         teacher_curve = [r for r in curve if r["label"] == labels["teacher"]]

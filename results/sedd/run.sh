@@ -10,7 +10,8 @@ for sampler in analytic cached; do
       --judge exact --num-samples 128 --seed 0 --out-dir results/sedd/$sampler
 done
 # the teacher's frontier at L over temperatures, and IDLM-SEDD judged on it at its own entropy (SPEC.md §7.5)
-python -m evaluation.sweep --ckpts out/r19/sedd/ckpt.pt --steps 64 --temperatures 0.4 0.5 0.6 0.7 0.8 0.9 1.0 \
+python -m evaluation.sweep --ckpts out/r19/sedd/ckpt.pt --steps 64 --temperatures 0.1 0.2 0.3 0.4 0.5 0.6 0.7 0.8 0.9 1.0 \
     --sampler analytic --judge exact --num-samples 128 --seed 0 --out-dir results/sedd/analytic/frontier
 python -m evaluation.frontier --sweep results/sedd/analytic/frontier/sweep.csv results/sedd/analytic/sweep.csv \
-    --reference out/r19/sedd/ckpt.pt@64 --rows out/r19/idlm-sedd/ckpt.pt@16 out/r19/idlm-sedd/ckpt.pt@8
+    --reference out/r19/sedd/ckpt.pt@64 --rows out/r19/idlm-sedd/ckpt.pt@16 out/r19/idlm-sedd/ckpt.pt@8 \
+    > results/sedd/analytic/frontier/verdicts.md

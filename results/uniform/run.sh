@@ -17,9 +17,10 @@ for S in ancestral greedy-tail; do
   python -m evaluation.sweep --ckpts $O/uniform/ckpt.pt $O/dcd/ckpt.pt $O/idlm-duo/8-latent-draws/ckpt.pt \
       $O/idlm-dcd/8-latent-draws/ckpt.pt --steps 1 2 4 8 16 64 --sampler $S --judge exact --num-samples 128 --seed 0 \
       --out-dir results/uniform/$S
-  python -m evaluation.sweep --ckpts $O/uniform/ckpt.pt --steps 64 --temperatures 0.6 0.7 0.8 0.9 1.0 1.1 --sampler $S \
+  python -m evaluation.sweep --ckpts $O/uniform/ckpt.pt --steps 64 --temperatures 0.3 0.4 0.5 0.6 0.7 0.8 0.9 1.0 1.1 --sampler $S \
       --judge exact --num-samples 128 --seed 0 --out-dir results/uniform/$S/frontier
   python -m evaluation.frontier --sweep results/uniform/$S/frontier/sweep.csv results/uniform/$S/sweep.csv \
       --reference $O/uniform/ckpt.pt@64 --rows $O/idlm-duo/8-latent-draws/ckpt.pt@4 $O/dcd/ckpt.pt@4 \
-      $O/idlm-dcd/8-latent-draws/ckpt.pt@4 $O/idlm-dcd/8-latent-draws/ckpt.pt@2
+      $O/idlm-dcd/8-latent-draws/ckpt.pt@4 $O/idlm-dcd/8-latent-draws/ckpt.pt@2 \
+      > results/uniform/$S/frontier/verdicts.md
 done
