@@ -3,7 +3,6 @@
 The DiT follows MDLM's published layout fact for fact (SPEC.md §8), and its modules carry
 MDLM's parameter names, so MDLM's checkpoints load by stripping the `backbone.` prefix.
 """
-import copy
 import math
 from dataclasses import dataclass
 

@@ -8,7 +8,6 @@ import shlex
 from pathlib import Path
 
 import pytest
-import torch
 
 from helpers import L, SYNTHETIC, V, assert_one_error_line, random_dit, run_script, save_tiny_checkpoint
 from loading import checkpoint

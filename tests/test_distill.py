@@ -130,7 +130,6 @@ def test_without_a_final_table_no_judge_is_loaded_or_trained(tmp_path):
 
 def test_l_follows_the_teacher_unless_a_shorter_one_is_given(tmp_path):
     import distill as distill_py
-    import train
     synthetic_teacher(tmp_path / "teacher.pt")
     teacher = str(tmp_path / "teacher.pt")
     assert distill_py.load_teacher(teacher, config.TrainConfig(distill="sdtt"), "cpu")[-1].seq_len == SEQ_LEN
@@ -147,7 +146,6 @@ def test_distill_without_a_method_is_one_error_line():
 
 def test_a_teacher_with_gpt2s_full_vocabulary_implies_openwebtext_and_gpt2_large_unless_told(capsys):
     import distill as distill_py
-    import train
     owt_teacher = {"data_meta": {"kind": "gpt2", "gpt2_ids": None}}
     cfg = distill_py.teacher_defaults(config.TrainConfig(distill="sdtt", seq_len=1024), owt_teacher, main=True)
     assert (cfg.data, cfg.judge, cfg.seq_len) == ("openwebtext", "gpt2-large", 1024)

@@ -18,7 +18,6 @@ from evaluation.exact import ExactDenoiser, ExactUniformDenoiser
 from evaluation.self_bleu import continuation_self_bleu
 from helpers import L, SYNTHETIC, V, random_dit
 from loading import checkpoint
-from model import config_for
 from plumbing.prompts import template
 from processes.registry import PROCESSES
 from samplers import make_sampler

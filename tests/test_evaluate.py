@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 
 import evaluate
 from data import GPT2_EOS, MarkovSource, Tokenizer
-from diffusion import Cosine, LogLinear, MaskingProcess, antithetic_times
-from helpers import SYNTHETIC, L, V, random_dit, save_tiny_checkpoint, tiny_gpt2_folder, tiny_model
+from diffusion import MaskingProcess
+from helpers import SYNTHETIC, L, V, save_tiny_checkpoint, tiny_gpt2_folder, tiny_model
 
 token_rows = st.lists(st.integers(0, 50), min_size=1, max_size=40)
 

@@ -154,6 +154,16 @@ def with_field(config, dotted, value):
     return config
 
 
+def lightning_file(duo_weights, tmp_path, base, field, value):
+    """A Lightning checkpoint of MDLM weights whose Hydra config (a real omegaconf DictConfig in the
+    layout `base`) has `field` set to `value`."""
+    omegaconf = pytest.importorskip("omegaconf")
+    path = tmp_path / "mdlm.ckpt"
+    torch.save({"state_dict": duo_weights[0], "hyper_parameters": {
+        "config": omegaconf.OmegaConf.create(with_field(base, field, value))}}, path)
+    return path
+
+
 @pytest.mark.parametrize("base", [MDLM_CODE, DUO_CODE_MDLM], ids=["mdlm-code", "duo-code"])
 @pytest.mark.parametrize("field, value, expected", [
     ("model.length", 128, {"seq_len": 128}),
@@ -163,13 +173,9 @@ def with_field(config, dotted, value):
 ])
 def test_mdlm_lightning_checkpoints_honour_their_recorded_config(duo_weights, tmp_path, base, field, value, expected):
     """A real omegaconf DictConfig in each layout, one field changed: the loaded teacher follows it."""
-    omegaconf = pytest.importorskip("omegaconf")
     if base is DUO_CODE_MDLM and field == "time_conditioning":
         field = "algo.time_conditioning"
-    path = tmp_path / "mdlm.ckpt"
-    torch.save({"state_dict": duo_weights[0], "hyper_parameters": {
-        "config": omegaconf.OmegaConf.create(with_field(base, field, value))}}, path)
-    ckpt = checkpoint.load(path)
+    ckpt = checkpoint.load(lightning_file(duo_weights, tmp_path, base, field, value))
     found = {**ckpt["model_config"], **ckpt["process"]}
     assert {k: found[k] for k in expected} == expected and ckpt["process"]["kind"] == "absorbing"
     assert checkpoint.process_of(ckpt).time_conditioned == ckpt["model_config"]["time_conditioning"]
@@ -180,12 +186,9 @@ def test_mdlm_lightning_checkpoints_honour_their_recorded_config(duo_weights, tm
                                           ("noise.type", "cosine"), ("noise.type", "geometric")])
 def test_what_an_mdlm_lightning_config_says_we_cannot_load_is_one_line_naming_it(duo_weights, tmp_path, base, field,
                                                                                 value):
-    omegaconf = pytest.importorskip("omegaconf")
     if base is DUO_CODE_MDLM and field == "parameterization":
         field = "algo.parameterization"
-    path = tmp_path / "mdlm.ckpt"
-    torch.save({"state_dict": duo_weights[0], "hyper_parameters": {
-        "config": omegaconf.OmegaConf.create(with_field(base, field, value))}}, path)
+    path = lightning_file(duo_weights, tmp_path, base, field, value)
     with pytest.raises(ValueError, match=f"{field.split('.')[-1] if 'parameter' in field else field}.*'{value}'"):
         checkpoint.load(path)
 
@@ -259,7 +262,6 @@ def test_at_the_command_line_a_contradiction_or_a_damaged_ckpt_is_one_line(duo_w
 
 def test_distill_loads_a_bare_state_dict_as_duo_when_told_and_records_the_teachers_process(duo_weights, tmp_path):
     import distill as distill_py
-    import train
     torch.save(duo_weights[0], tmp_path / "bare.pt")
     teacher = str(tmp_path / "bare.pt")
     told = config.TrainConfig(distill="idlm", process="uniform")
