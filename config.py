@@ -19,7 +19,7 @@ from processes.registry import FAMILIES
 
 
 # IDLM's public code, read from its training scripts (SPEC.md §6.5). Its noise window is Duo's gamma in
-# [-3.55, -1.85]; given here as the alphas of its ends at GPT-2's V = 50258 (tests/test_config.py), so that
+# [-3.55, -1.85]; given here as the alphas of its ends at GPT-2's V = 50258 (tests/test_distill_uniform.py), so that
 # at another vocabulary the window keeps its noise levels (processes.duo.gamma_of_alpha maps them back).
 IDLM_CODE_WINDOW = [0.9455, 0.0493]
 RECIPES = {"idlm-code": dict(tau=1e-3, noise_window=IDLM_CODE_WINDOW, lr=1e-6, warmup=2500, ema=0.9999,  # fake: --lr
