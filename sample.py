@@ -61,7 +61,7 @@ class SampleConfig:
     weights: str = flag("ema", "weights to load", choices=["ema", "raw"])
     jsonl: Optional[str] = flag(None, "also write one JSON object per sample to this file")
     top_p: float = flag(1.0, "nucleus: draw only from the most probable tokens whose mass reaches this, in (0, 1] "
-                             "(every sampler, diffusion and AR)", above=0)
+                             "(every sampler, diffusion and AR)", above=0, at_most=1)
     temperature: float = flag(1.0, "softmax temperature of every draw (every sampler, diffusion and AR)", above=0)
     device: str = flag("auto", "where to sample", choices=devices.DEVICES)
 
@@ -69,8 +69,6 @@ class SampleConfig:
 def check(cfg):
     if not cfg.ckpt:
         raise ValueError("give the checkpoint to sample from: --ckpt PATH")
-    if cfg.top_p > 1:
-        raise ValueError(f"--top-p must be in (0, 1], got {cfg.top_p}")
     if cfg.steps is not None and len(cfg.steps) not in (1, len(cfg.ckpt)):
         raise ValueError(f"--steps takes one value, or one per checkpoint ({len(cfg.ckpt)}); got {len(cfg.steps)}")
     if cfg.trace:

