@@ -27,10 +27,18 @@ from model import GPT, PRESETS, DiT, config_for
 from plumbing import devices
 from plumbing.cli import check_bounds, flag, parse_config, run_command
 from plumbing.devices import autocast, peak_memory, sync
-from plumbing.flops import GPUS, count_params, forward_flops, matmul_params, matmul_peak_flops, sampling_flops
+from plumbing.flops import GPUS, count_params, forward_flops, lower_bounds, matmul_peak_flops, sampling_flops
 from processes.registry import PROCESSES
 from samplers import Ancestral, CachedAncestral, expected_forwards, make_sampler
-from train import Env, method_step
+import config
+import dcd
+import idlm
+import sdtt
+from train import training_step as pretraining_step
+from diffusion import antithetic_times, step_size
+from model import size_of
+from processes import duo
+from training.step import Env, frozen, make_ema, trainable_copy, trained
 
 SECTIONS = ["latency", "overhead", "work", "compile", "kv", "roofline", "train"]
 SDTT_SETTING = dict(sizes=["small", "medium", "large", "1.3B"], vocab_size=50257, seq_len=1024)
@@ -299,28 +307,6 @@ def kv(cfg, device, results):
 
 # ----------------------------------------------------------------------------- roofline
 
-def lower_bounds(dit, gpt, batch, seq_len, steps, gpu):
-    """Roofline lower bounds in seconds, in bf16 (2 bytes a value): a forward pass takes at
-    least max(FLOPs / peak FLOP/s, bytes moved / memory bandwidth).
-
-    Diffusion, k passes over B x L positions: 2 P B L matmul FLOPs plus 4 B L^2 d n for QK^T
-    and AV (width d, n layers); bytes: the weights, plus activations guessed at 16 values of
-    width d per position and layer and the logits (diffusion is compute-bound either way).
-    AR with a KV cache, L decode steps, the one at position p: 2 P B + 4 B p d n FLOPs; bytes:
-    the weights plus the cache, 2 n B p d values. Every token re-reads all weights: memory-bound.
-    P = matmul_params; weight bytes count every parameter but the embedding (only gathered).
-    """
-    peak, bandwidth = GPUS[gpu]
-    d, n, L, B = dit.config.n_embd, dit.config.n_layer, seq_len, batch
-    activation_bytes = 2 * B * L * (16 * d * n + dit.config.vocab_size + 1)
-    one_pass = max(forward_flops(dit, B, L) / peak,
-                   (2 * count_params(dit, non_embedding=True) + activation_bytes) / bandwidth)
-    ar = sum(max((2 * matmul_params(gpt) * B + 4 * B * p * d * n) / peak,
-                 2 * (count_params(gpt, non_embedding=True) + 2 * n * B * p * d) / bandwidth)
-             for p in range(1, L + 1))
-    return {"ar_s": ar, "diffusion_s": {k: k * one_pass for k in steps}}
-
-
 def roofline(cfg, device, results):
     """The lower bounds alone, for --sizes and at SDTT's setting (L=1024, GPT-2 vocabulary):
     what the methods should give on a GPU, whatever this machine is."""
@@ -342,11 +328,31 @@ def roofline(cfg, device, results):
 
 # ----------------------------------------------------------------------------- training cost
 
+def method_step(method, model, process, env, x, **flags):
+    """The step `method` ("mdlm": pretraining under `process`, or a distillation) trains `model` with
+    in its loop, on the batch x with one draw of its noise, built as the loop builds it (round 0).
+    Returns (the step, the number of optimizers); a method that does not apply is one ValueError."""
+    cfg = config.resolve(config.TrainConfig(distill=None if method == "mdlm" else method, **flags), size_of(model.config))
+    config.check_method(cfg.distill, process)
+    chunks = [(x, antithetic_times(torch.rand(()).item(), x.shape[0]).to(x.device), torch.rand(x.shape, device=x.device))]
+    student = trained(model if method == "mdlm" else trainable_copy(model), cfg.lr, cfg, env)
+    ema = make_ema(student.module, cfg.ema)
+    if method == "mdlm":
+        return (lambda: pretraining_step(student, ema, chunks, process, cfg, env)), 1
+    teacher = frozen(model)
+    if method == "sdtt":
+        delta = step_size(cfg.start_steps)
+        return (lambda: sdtt.training_step(student, teacher, ema, chunks, delta, process, cfg, env)), 1
+    if method == "dcd":
+        schedule, dt = duo.GaussianSchedule(process.vocab_size, *duo.DCD_GAMMA_RANGE), duo.round_gap(0, cfg.start_steps)
+        return (lambda: dcd.training_step(student, teacher, ema, chunks, dt, process, schedule, cfg, env)), 1
+    fake, (latents, choices) = trained(trainable_copy(model), cfg.fake_lr, cfg, env), idlm.latents_and_choices(cfg, process)
+    return (lambda: idlm.training_step(student, fake, teacher, ema, chunks, [chunks] * cfg.fake_steps, latents, choices,
+                                       cfg, env)), 2
+
+
 def training_step(method, size, vocab_size, seq_len, batch, device, process="absorbing"):
-    """One training step of `method` under the named process on a fixed batch, built by train.py as
-    it runs the method (pretraining's loss; SDTT's and DCD's first round, SDTT's teacher at L steps;
-    IDLM's fake step then student step), run by train.py's own `train_step` with the EMA update.
-    Returns (step function, number of optimizers)."""
+    """`method_step` of an untrained model of `size` under the named process on a random batch."""
     process = PROCESSES[process](vocab_size)
     model = untrained("mdlm", size, vocab_size, seq_len, device, process.time_conditioned).train()
     x = torch.randint(vocab_size, (batch, seq_len), device=device)

@@ -1,9 +1,10 @@
-"""Every flag of train.py (`TrainConfig`), and the defaults a flag left unset takes: the papers'
-settings for full-size models, CPU settings scaled down to minutes on two cores (DEFAULTS).
+"""Every flag of train.py (`TrainConfig`), and the defaults a flag left unset takes: two tables,
+the papers' settings (PAPER: full-size models on a GPU) and the CPU's (CPU: the embedded default,
+minutes on two cores), one row per method.
 
-One convention for "not given": a flag whose default is None is filled by `resolve` from DEFAULTS,
-by method (pretraining a model kind, or a distillation method) and scale; its help says what it
-becomes. `check_config` checks what the flags' own bounds cannot.
+One convention for "not given": a flag whose default is None is filled by `resolve` from the
+recipe, then the preset's row for the method; its help says what it becomes. `check_config` and
+`check_method` check what the flags' own bounds cannot. `describe` is the block a run prints first.
 """
 import dataclasses
 import math
@@ -12,10 +13,12 @@ from typing import Optional
 
 import sdtt
 from diffusion import SCHEDULES
-from distill import METHODS
+from model import CPU_SIZES
 from plumbing import devices
 from plumbing.cli import flag
 from processes.registry import FAMILIES
+
+METHODS = ["sdtt", "idlm", "dcd"]  # --distill: sdtt.py, idlm.py, dcd.py (train.py's DISTILL maps each to its loop)
 
 
 # IDLM's public code, read from its training scripts (SPEC.md §6.5). Its noise window is Duo's gamma in
@@ -34,8 +37,8 @@ IDLM_ONLY = ("recipe", "idlm_gradient", "latent_draws", "noise_window", "fake_st
 class TrainConfig:
     model: str = flag("mdlm", "what to pretrain: a masked diffusion LM (MDLM), a SEDD score model (absorbing, "
                               "time-conditioned) or an AR model", choices=["mdlm", "sedd", "ar"])
-    distill: Optional[str] = flag(None, "distill a diffusion teacher instead of pretraining (distill.py)",
-                                  choices=list(METHODS))
+    distill: Optional[str] = flag(None, "distill a diffusion teacher instead of pretraining (sdtt.py, idlm.py, dcd.py)",
+                                  choices=METHODS)
     process: Optional[str] = flag(None, "diffusion process: absorbing (MDLM; the default) or uniform (Duo); "
                                         "--model sedd is absorbing with SEDD's score parameterization. With "
                                         "--teacher: what a bare state dict is (default absorbing); a checkpoint "
@@ -43,7 +46,7 @@ class TrainConfig:
                                   choices=list(FAMILIES))
     tau: Optional[float] = flag(None, "uniform process: train with Duo's curriculum, soft inputs softmax(w/tau) "
                                       "(Duo: 1e-3); with --distill idlm: IDLM-code's Gaussian-argmax variant "
-                                      "(inexact; IDLM-code: 0.1); default: the discrete UDLM loss", above=0)
+                                      "(inexact; IDLM-code: 1e-3); default: the discrete UDLM loss", above=0)
     teacher: Optional[str] = flag(None, "teacher: our checkpoint, MDLM's or Duo's weights as a Hugging Face folder "
                                         "or hub name (kuleshov-group/mdlm-owt, s-sahoo/duo), a Lightning .ckpt or a "
                                         "state dict (Duo's: with --process uniform); "
@@ -51,6 +54,9 @@ class TrainConfig:
     data: Optional[str] = flag(None, "shakespeare | synthetic | openwebtext | path(s) to text files, comma-separated "
                                      "(default: shakespeare; openwebtext for a teacher with GPT-2's full vocabulary)")
     size: str = flag("tiny", "model size preset: micro, tiny, mini (CPU) or small ... 8B (SDTT Table 2)")
+    preset: Optional[str] = flag(None, "the defaults of unset flags: the papers' (paper) or the CPU's (cpu); "
+                                       "default: cpu for the CPU sizes (micro, tiny, mini), paper for the others "
+                                       "(a distillation: the teacher's size)", choices=["paper", "cpu"])
     schedule: str = flag("loglinear", "noise schedule of a pretrained diffusion model", choices=list(SCHEDULES))
     vocab_size: int = flag(4096, "compacted vocabulary for small corpora (most frequent GPT-2 tokens + <unk>)",
                            at_least=3)
@@ -119,59 +125,66 @@ class TrainConfig:
     eval_samples: int = flag(64, "samples per row of the final GenPPL/entropy table (0: no table)", at_least=0)
 
 
-# Paper settings for full-size models; the CPU presets scale them down to minutes on two cores.
-DEFAULTS = {
-    ("mdlm", "paper"): dict(batch_size=512, iters=1_000_000, lr=3e-4, warmup=2500, ema=0.9999, dropout=0.1),
-    ("ar", "paper"): dict(batch_size=512, iters=1_000_000, lr=3e-4, warmup=2500, ema=0.9999, dropout=0.1),
-    ("sdtt", "paper"): dict(batch_size=128, iters=10_000, lr=6e-5, warmup=500, ema=0.9999, rounds=7, start_steps=1024,
-                            divergence="reverse_kl"),
-    ("idlm", "paper"): dict(batch_size=512, iters=10_000, lr=1e-6, warmup=2500, ema=0.9999),
-    ("mdlm", "cpu"): dict(batch_size=32, iters=800, lr=1e-3, warmup=50, ema=0.99, dropout=0.0),
-    ("sedd", "paper"): dict(batch_size=512, iters=1_000_000, lr=3e-4, warmup=2500, ema=0.9999, dropout=0.1),  # as MDLM
-    ("sedd", "cpu"): dict(batch_size=32, iters=800, lr=1e-3, warmup=50, ema=0.99, dropout=0.0),
-    ("ar", "cpu"): dict(batch_size=32, iters=300, lr=1e-3, warmup=30, ema=0.99, dropout=0.0),
-    # SDTT on CPU: the MSE of log-probs (B.3). The reverse KL's optimum over the 7-minute teacher's targets is
-    # *flatter* than the teacher (results/embedded.md); the MSE sharpens, as in the paper's Figure 6.
-    ("sdtt", "cpu"): dict(batch_size=32, iters=80, lr=3e-4, warmup=10, ema=0.9, divergence="mse"),
-    ("idlm", "cpu"): dict(batch_size=32, iters=250, lr=1e-4, warmup=20, ema=0.99),
-    # DCD (Duo's consistency distillation, processes/duo.py): iters per round, the teacher copied each round
-    ("dcd", "paper"): dict(batch_size=128, iters=10_000, lr=6e-5, warmup=500, ema=0.999, rounds=5),
-    ("dcd", "cpu"): dict(batch_size=32, iters=60, lr=3e-4, warmup=10, ema=0.9, rounds=3),
+# The defaults of unset flags, per method: the papers' settings (full-size models) ...
+PAPER = {
+    "mdlm": dict(batch_size=512, iters=1_000_000, lr=3e-4, warmup=2500, ema=0.9999, dropout=0.1),
+    "sedd": dict(batch_size=512, iters=1_000_000, lr=3e-4, warmup=2500, ema=0.9999, dropout=0.1),  # as MDLM
+    "ar": dict(batch_size=512, iters=1_000_000, lr=3e-4, warmup=2500, ema=0.9999, dropout=0.1),
+    "sdtt": dict(batch_size=128, iters=10_000, lr=6e-5, warmup=500, ema=0.9999, rounds=7, start_steps=1024,
+                 divergence="reverse_kl"),
+    "idlm": dict(batch_size=512, iters=10_000, lr=1e-6, warmup=2500, ema=0.9999),
+    "dcd": dict(batch_size=128, iters=10_000, lr=6e-5, warmup=500, ema=0.999, rounds=5, start_steps=512),
 }
-
-
+# ... and the CPU's, scaled down to minutes on two cores. SDTT, round count and first teacher steps: down
+# from L to L/32 steps (`resolve`). Its divergence is the MSE of log-probs (B.3): the reverse KL's optimum
+# over the 7-minute teacher's targets is *flatter* than the teacher, the MSE sharpens (the paper's Figure 6).
+# DCD's T_d: L/2 (`resolve`).
+CPU = {
+    "mdlm": dict(batch_size=32, iters=800, lr=1e-3, warmup=50, ema=0.99, dropout=0.0),
+    "sedd": dict(batch_size=32, iters=800, lr=1e-3, warmup=50, ema=0.99, dropout=0.0),
+    "ar": dict(batch_size=32, iters=300, lr=1e-3, warmup=30, ema=0.99, dropout=0.0),
+    "sdtt": dict(batch_size=32, iters=80, lr=3e-4, warmup=10, ema=0.9, divergence="mse"),
+    "idlm": dict(batch_size=32, iters=250, lr=1e-4, warmup=20, ema=0.99),
+    "dcd": dict(batch_size=32, iters=60, lr=3e-4, warmup=10, ema=0.9, rounds=3),
+}
+PRESETS = {"paper": PAPER, "cpu": CPU}
 SEQ_LEN = 128  # L of the embedded default
 
 
+def preset_of(cfg, size):
+    """--preset, or the one of the model's size: cpu for micro, tiny and mini, paper for the others."""
+    return cfg.preset or ("cpu" if size in CPU_SIZES else "paper")
 
-def resolve(cfg, width):
-    """Fill the flags left at None: from the --recipe, then from DEFAULTS by method and by scale (full
-    size from 768 wide), then IDLM's own defaults (`idlm_defaults`)."""
+
+def resolve(cfg, size=None):
+    """Fill the flags left at None: from the --recipe, then the preset's row for the method (size:
+    the model's size, for the preset; default --size), then IDLM's own defaults (`idlm_defaults`)."""
     method = cfg.distill or cfg.model
     given = [name for name in IDLM_ONLY if getattr(cfg, name) is not None]
     if method != "idlm" and given:
         raise ValueError(f"--{given[0].replace('_', '-')} applies to --distill idlm only")
     if cfg.teacher_weights is not None and not cfg.distill:
         raise ValueError("--teacher-weights applies to a distillation (--distill) only")
-    cfg = dataclasses.replace(cfg, process=cfg.process or "absorbing")
+    cfg = dataclasses.replace(cfg, process=cfg.process or "absorbing", preset=preset_of(cfg, size or cfg.size))
     if cfg.recipe:
         if cfg.process != "uniform":
             raise ValueError(f"--recipe {cfg.recipe} is IDLM's public recipe for uniform-state (Duo) teachers; this "
                              f"teacher's process is {cfg.process}")
         cfg = dataclasses.replace(cfg, **{k: v for k, v in RECIPES[cfg.recipe].items() if getattr(cfg, k) is None})
-    table = DEFAULTS[(method, "paper" if width >= 768 else "cpu")]
-    filled = {k: v for k, v in table.items() if getattr(cfg, k) is None}
+    filled = {k: v for k, v in PRESETS[cfg.preset][method].items() if getattr(cfg, k) is None}
     if cfg.seq_len is None:
         cfg = dataclasses.replace(cfg, seq_len=SEQ_LEN)
     if cfg.data is None:
         filled["data"] = "shakespeare"
     if method == "sdtt" and cfg.ema_teacher and cfg.ema is None:
         filled["ema"] = 0.999
-    if method == "sdtt" and width < 768:
+    if method == "sdtt" and cfg.preset == "cpu":
         start = filled.setdefault("start_steps", cfg.start_steps or cfg.seq_len)
         if cfg.rounds is None:  # down to L/32 steps, or to 1 step for L < 32
             down_to_one = int(math.log(start, cfg.teacher_steps) + 1e-9)
             filled["rounds"] = max(1, min(round(math.log(32, cfg.teacher_steps)), down_to_one))
+    if method == "dcd" and cfg.start_steps is None:
+        filled.setdefault("start_steps", max(1, cfg.seq_len // 2))
     cfg = dataclasses.replace(cfg, **filled)
     if cfg.fake_lr is None:
         cfg = dataclasses.replace(cfg, fake_lr=cfg.lr)
@@ -213,3 +226,57 @@ def check_config(cfg, world):
         raise ValueError("--ema must lie in [0, 1)")
     if cfg.model == "sedd" and cfg.process == "uniform":
         raise ValueError("--model sedd is SEDD on the absorbing graph: drop --process uniform")
+
+
+def check_method(method, process, tau=None):
+    """One clear line where a method (or --tau) does not apply to the teacher's process: the one
+    place these are checked. method None: pretraining; process None: the AR model."""
+    if tau and (method not in (None, "idlm") or process is None or process.family != "uniform"):
+        here = f"--distill {method}" if method else "pretraining"
+        what = "an AR model" if process is None else f"the {process.name} process"
+        raise ValueError(f"--tau (Duo's Gaussian soft inputs) applies to pretraining with --process uniform and to "
+                         f"--distill idlm of a uniform-state teacher (here: {here}, {what})")
+    if method == "sdtt" and not process.has_mask:
+        raise ValueError("SDTT distills an absorbing teacher, with a MASK state (MDLM or SEDD); this teacher is "
+                         f"{process.name}: use --distill idlm or dcd")
+    if method == "dcd" and process.family != "uniform":
+        raise ValueError(f"DCD distills a uniform-state (Duo) teacher; this teacher's process is {process.name} "
+                         "(use --distill sdtt or idlm)")
+
+
+FULL_GPT2 = {"kind": "gpt2", "gpt2_ids": None}  # the data_meta of MDLM's OpenWebText models
+PAPER_JUDGE = "gpt2-large"
+
+
+def from_teacher(cfg, teacher_ckpt, process, main):
+    """cfg with what the teacher fixes: its vocabulary, its process family and L (or the shorter L
+    given). A teacher with GPT-2's full vocabulary is MDLM's OpenWebText setting: unless given,
+    --data is openwebtext and --judge gpt2-large, said in one line."""
+    L, meta = teacher_ckpt["model_config"]["seq_len"], teacher_ckpt["data_meta"]
+    if (cfg.seq_len or 0) > L:
+        raise ValueError(f"--seq-len {cfg.seq_len} is longer than the teacher's L = {L}")
+    vocab = meta.get("gpt2_ids")
+    cfg = dataclasses.replace(cfg, seq_len=cfg.seq_len or L, process=process.family,
+                              vocab_size=len(vocab) + 1 if vocab else teacher_ckpt["model_config"]["vocab_size"])
+    if meta != FULL_GPT2:
+        return cfg
+    filled = {name: value for name, value in (("data", "openwebtext"), ("judge", PAPER_JUDGE))
+              if getattr(cfg, name) is None}
+    if main:
+        chosen = ", ".join(f"--{name} {value}" for name, value in filled.items())
+        print(f"the teacher has GPT-2's full vocabulary (MDLM's OpenWebText setting): L = {cfg.seq_len}"
+              + (f", {chosen} (give the flags to change them)" if chosen else ""))
+    return dataclasses.replace(cfg, **filled)
+
+
+def describe(cfg, width=110):
+    """The resolved configuration as one compact block: every flag that has a value, as --flag value."""
+    words = [f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+             for k, v in dataclasses.asdict(cfg).items() if v is not None and v is not False]
+    lines, line = [], "config:"
+    for word in words:
+        if len(line) + len(word) + 2 > width:
+            lines.append(line)
+            line = "       "
+        line += "  " + word
+    return "\n".join(lines + [line])

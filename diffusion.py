@@ -47,8 +47,8 @@ class Schedule:
         return -torch.log(self.alpha(as_time(t)))
 
     def loss_weight(self, t):
-        """w(t) = -alpha'_t / (1 - alpha_t), the NELBO weight of SDTT eq. 3. (Written as a product
-        with the reciprocal: the rounding of the first release's 1/t weights, bit for bit.)"""
+        """w(t) = -alpha'_t / (1 - alpha_t), the NELBO weight of SDTT eq. 3 (a product with the
+        reciprocal, whose rounding SPEC.md §1.1 pins)."""
         return -self.alpha_prime(t) * (1 / (1 - self.alpha(t)))
 
     def time_of(self, alpha):

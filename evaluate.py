@@ -1,5 +1,5 @@
-"""The final table's metrics: generative perplexity (GenPPL), entropy and forward passes (NFE)
-of unconditional samples, with the judges that score them (SPEC.md §7.1-7.2).
+"""The final table: generative perplexity (GenPPL), entropy and forward passes (NFE) of
+unconditional samples, with the judges that score them (SPEC.md §7.1-7.2).
 
 GenPPL is the exponential of the mean over samples of each sample's NLL per token under a judge:
 the synthetic source itself (exact), our AR model (offline), or a Hugging Face causal LM (GPT-2
@@ -14,7 +14,6 @@ else the first padding); rows longer than the judge's context are scored in cont
 on a GPU the judge runs in bf16, and log-softmax in float32. MDLM pools the counted tokens of all
 samples instead of averaging per sample (the two agree when the samples' judge lengths do).
 """
-import contextlib
 import json
 import math
 import time
@@ -26,6 +25,7 @@ import torch.nn.functional as F
 from data import source_from_meta, tokenizer_from_meta
 from loading.checkpoint import load_model
 from plumbing import devices
+from plumbing.devices import eval_mode
 from samplers import make_sampler, shaped
 
 DEFAULT_AR_JUDGE = "out/ar/ckpt.pt"
@@ -179,17 +179,6 @@ def token_entropy(tokens):
 
 # ----------------------------------------------------------------------------- sampling
 
-@contextlib.contextmanager
-def eval_mode(model):
-    """Dropout off while evaluating; the mode is restored after (train.py evaluates mid-run)."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
-
-
 @torch.no_grad()
 def generate(model, process, n, seq_len, steps, *, sampler=None, prompt=(), bos_id=None, batch_size=64,
              generator=None, top_p=1.0, temperature=1.0, on_step=None):
@@ -304,3 +293,23 @@ def markdown_table(rows, columns):
         return f"{value:.2f}" if isinstance(value, float) else str(value)
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     return "\n".join(lines + ["| " + " | ".join(cell(row[c]) for c in columns) + " |" for row in rows])
+
+
+def final_table(cfg, device, judge_spec, judge, teacher, process, students, teacher_path, data_meta):
+    """The table a distillation ends with: GenPPL and entropy of the teacher at L, L/4, L/16, L/32
+    steps and of each student (label, checkpoint, steps) at its steps; printed, and written to
+    <out_dir>/table.md, with every sample scored in <out_dir>/samples.jsonl (`write_samples`)."""
+    L = cfg.seq_len
+    entries = [("teacher", teacher, process, s) for s in (L, L // 4, L // 16, L // 32) if s >= 1]
+    paths = [teacher_path] * len(entries)
+    for label, path, steps in students:
+        model, _ = load_model(path, device=device)
+        entries.append((label, model, process, steps))
+        paths.append(str(path))
+    scored = []
+    rows = quality_rows(entries, judge, cfg.eval_samples, min(cfg.eval_samples, 32), L, cfg.seed, device, scored=scored)
+    table = markdown_table(rows, ["label", "steps", "genppl", "entropy", "nfe"])
+    print(f"\nGenPPL (judge: {judge_spec}) and entropy, {cfg.eval_samples} samples of {L} tokens:\n{table}")
+    (Path(cfg.out_dir) / "table.md").write_text(table + "\n")
+    write_samples(Path(cfg.out_dir) / "samples.jsonl", scored, data_meta,
+                  [{"checkpoint": path, "sampler": process.default_sampler} for path in paths])

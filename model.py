@@ -44,6 +44,18 @@ PRESETS = {
 }
 
 
+CPU_SIZES = ("micro", "tiny", "mini")  # the sizes the CPU presets of config.py are for
+
+
+def size_of(config):
+    """The preset a model config is, or else the widest preset narrower than it (micro if none is)."""
+    for name, preset in PRESETS.items():
+        if (preset["n_layer"], preset["n_embd"]) == (config.n_layer, config.n_embd):
+            return name
+    narrower = [name for name, preset in PRESETS.items() if preset["n_embd"] <= config.n_embd]
+    return narrower[-1] if narrower else "micro"
+
+
 def config_for(preset, **overrides):
     if preset not in PRESETS:
         raise ValueError(f"unknown model size {preset!r}; choose from {', '.join(PRESETS)}")

@@ -2,13 +2,15 @@
 
 A student learns to do in one sampling step what the teacher does in n. Targets come from
 running n ancestral teacher steps (Algorithm 1); the student matches them under a divergence
-(appendix B) on the positions masked in x_t (Algorithm 2). Iterating rounds, each distilling
-the previous student, halves the number of steps per round (section 3.1): the rounds are
-orchestrated in distill.py, the loop is train.py's, the math is here (SPEC.md §3).
+(appendix B) on the positions masked in x_t (Algorithm 2). Rounds, each distilling the previous
+round's student, divide the number of steps by n each time (section 3.1). All of it is here:
+the divergences, the targets, the loss, one training step and the loop (`distill`); SPEC.md §3.
 """
 import torch
 
 from diffusion import T_MIN, reveal, step_size
+from training.run import distilled_for
+from training.step import frozen, make_ema, optimizer_step, seed_step, trainable_copy, trained
 
 
 # ----------------------------------------------------------------------------- divergences
@@ -102,24 +104,6 @@ def distillation_loss(student, teacher, x, t_start, u, process, n_steps, delta, 
     return per_position.mean()                                               # line 11
 
 
-class SDTTLoss:
-    """The loss of an SDTT round as the training loop calls it, loss(x, t, u) -> (loss, logs).
-    Between rounds the method (distill.SDTT) sets the round's teacher and the number of steps it
-    samples with, whose spacing is the step size delta, with `set_teacher` (section 3.1)."""
-
-    def __init__(self, student, process, teacher_steps, divergence, sampler):
-        self.student, self.process = student, process
-        self.teacher_steps, self.divergence, self.sampler = teacher_steps, divergence, sampler
-        self.teacher, self.delta = None, None
-
-    def set_teacher(self, teacher, sampling_steps):
-        self.teacher, self.delta = teacher, step_size(sampling_steps)
-
-    def __call__(self, x, t, u):
-        return distillation_loss(self.student, self.teacher, x, t, u, self.process, self.teacher_steps,
-                                 self.delta, self.divergence, self.sampler), {}
-
-
 def step_schedule(start_steps, teacher_steps_per_target, rounds):
     """Sampling steps of the teacher of each round: start, start/n, start/n^2, ...
     (section 3.1: m = 1024, n = 2, 7 rounds). Round j's student samples with entry j+1."""
@@ -129,3 +113,46 @@ def step_schedule(start_steps, teacher_steps_per_target, rounds):
             raise ValueError(f"{schedule[-1]} steps do not split into {teacher_steps_per_target} teacher steps")
         schedule.append(schedule[-1] // teacher_steps_per_target)
     return schedule
+
+
+# ----------------------------------------------------------------------------- the loop
+
+def training_step(student, teacher, ema, chunks, delta, process, cfg, env):
+    """Algorithm 2, lines 8-12, on one batch (micro-batches `chunks` of (x, t_start, u)): the
+    student's step against targets of --teacher-steps teacher steps of size delta; then its EMA."""
+    def loss(x, t, u):
+        return distillation_loss(student.run, teacher, x, t, u, process, cfg.teacher_steps, delta, cfg.divergence,
+                                 cfg.teacher_sampler)
+    value, _ = optimizer_step(student, chunks, loss, env, cfg.grad_clip)
+    ema.update_parameters(student.module)
+    return {cfg.divergence: value}
+
+
+def distill(teacher, process, run):
+    """Iterated SDTT: Algorithm 2 once per round (section 3.1). Round j's teacher samples with
+    schedule[j] steps; its student learns to take n = --teacher-steps of them in one, so it samples
+    with schedule[j + 1], and then teaches round j + 1. Returns the final table's rows: (label,
+    checkpoint, sampling steps) of each round's student."""
+    cfg, env = run.cfg, run.env
+    schedule = step_schedule(cfg.start_steps, cfg.teacher_steps, cfg.rounds)
+    student = trained(trainable_copy(teacher), cfg.lr, cfg, env)          # line 4: the student starts as the teacher
+    teacher, ema = frozen(teacher), make_ema(student.module, cfg.ema)
+    first_round, first_step = run.start([student], ema, model=student.module)
+    if first_round > 0:  # a resumed run: round j's teacher is round j - 1's student, as it was saved
+        teacher.load_state_dict(run.read(f"round{first_round - 1}.pt")["ema" if cfg.ema_teacher else "model"])
+    for j in range(first_round, cfg.rounds):
+        first = first_step if j == first_round else 0
+        if cfg.reset_optimizer and first == 0:
+            student.optimizer.state.clear()
+        delta = step_size(schedule[j])                                     # the teacher's step: 1 / schedule[j]
+        recorded = distilled_for(schedule[j + 1], j, schedule[j])
+        run.begin(f"sdtt round {j} ({schedule[j]}->{schedule[j + 1]} steps)", first, passes=(1, cfg.teacher_steps))
+        for step in range(first, cfg.iters):                               # line 5
+            chunks = run.batch(step)                                       # lines 6-7: x_0 ~ D, t_start ~ U[0, 1]
+            seed_step(cfg, env, step)
+            logs = training_step(student, teacher, ema, chunks, delta, process, cfg, env)  # lines 8-12
+            run.after_step(step + 1, logs, **recorded)                     # log, checkpoint, validate
+        run.end_round(j, cfg.rounds, keep=True, **recorded)                # line 14: round{j}.pt
+        taught = ema.module if cfg.ema_teacher else student.module         # the student (or its EMA, --ema-teacher)
+        teacher.load_state_dict(taught.state_dict())                       # teaches round j + 1
+    return [(f"SDTT round {j}", run.out / f"round{j}.pt", schedule[j + 1]) for j in range(cfg.rounds)]

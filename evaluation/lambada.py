@@ -7,7 +7,6 @@ import math
 import torch
 
 from data import MarkovSource
-from evaluate import eval_mode
 from evaluation.likelihood import diffusion_continuation
 from plumbing import devices
 
@@ -31,7 +30,7 @@ def lambada(model, process, examples, tokenizer, device, nelbo_samples=16, seed=
     generator = torch.Generator().manual_seed(seed)
     correct = n = word_tokens = 0
     nelbo_nats = 0.0
-    with eval_mode(model), devices.autocast(device):  # bf16 on a GPU, as in training
+    with devices.eval_mode(model), devices.autocast(device):  # bf16 on a GPU, as in training
         for text in examples:
             context, word = lambada_split(text, tokenizer)
             if not context or not word or len(word) >= seq_len:

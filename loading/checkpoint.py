@@ -45,41 +45,28 @@ def read(path):
         raise ValueError(f"checkpoint {path} is truncated or corrupt ({type(e).__name__})") from None
 
 
-def record(*, kind, model_config, process, data_meta, train_config, model, ema, phases, step, finished, **extra):
+def record(*, kind, model_config, process, data_meta, train_config, model, ema, optimized, step, finished, **extra):
     """The one checkpoint layout: what rebuilds the model (kind, configs, process, vocabulary),
-    its raw and EMA weights, and what resumes training (each phase's optimizer and scheduler,
-    the EMA's state, the step). extra: method-specific entries (round, fake, sampling_steps...)."""
+    its raw weights (`model`, a state dict) and EMA weights, and what resumes training (the
+    optimizer and schedule of each network in `optimized`, `training.step.Trained`s; the EMA's
+    state; the step). extra: method-specific entries (round, fake, sampling_steps...)."""
     return {"kind": kind, "model_config": model_config, "process": None if process is None else process.config(),
             "data_meta": data_meta, "train_config": train_config,
-            "model": model.state_dict(), "ema": ema.module.state_dict(),
-            "optimizers": [p.optimizer.state_dict() for p in phases],
-            "schedulers": [p.scheduler.state_dict() for p in phases],
+            "model": model, "ema": ema.module.state_dict(),
+            "optimizers": [net.optimizer.state_dict() for net in optimized],
+            "schedulers": [net.scheduler.state_dict() for net in optimized],
             "ema_state": ema.state_dict(), "step": step, "finished": finished, **extra}
-
-
-def distilled_for(sampling_steps, round, teacher_sampling_steps):
-    """What a student checkpoint says of its distillation (`record`'s extra entries): the steps
-    it was distilled to sample with, its round (0 for a one-round method), its teacher's steps."""
-    return {"sampling_steps": sampling_steps, "round": round, "teacher_sampling_steps": teacher_sampling_steps}
 
 
 def default_steps(ckpt):
     """(the steps a student was distilled for, a sentence saying so), or None for a checkpoint
-    that does not record them (a teacher)."""
+    that does not record them (a teacher). training.run.distilled_for writes them."""
     steps = ckpt.get("sampling_steps")
     if steps is None:
         return None
     teacher = ckpt.get("teacher_sampling_steps")
     history = f"{ckpt['kind']} round {ckpt.get('round', 0)}" + (f", its teacher sampled with {teacher}" if teacher else "")
     return steps, f"{steps} steps, as it was distilled for ({history})"
-
-
-def restore(state, phases, ema):
-    """Load what `record` saved for resuming into the phases' optimizers and schedulers and the EMA."""
-    for phase, optimizer, scheduler in zip(phases, state["optimizers"], state["schedulers"]):
-        phase.optimizer.load_state_dict(optimizer)
-        phase.scheduler.load_state_dict(scheduler)
-    ema.load_state_dict(state["ema_state"])
 
 
 def load(spec, process=None):

@@ -82,3 +82,14 @@ def peak_memory(device, reset=False):
         return int(re.search(r"VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text())[1]) * 1024
     except OSError:  # not Linux: no figure
         return 0
+
+
+@contextlib.contextmanager
+def eval_mode(model):
+    """Dropout off while evaluating; the mode is restored after (train.py evaluates mid-run)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)

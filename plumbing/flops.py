@@ -81,3 +81,25 @@ def sampling_flops(model, seq_len, sequence_forwards, head_rows=None):
     trunk = forward_flops(model, 1, seq_len) - head * seq_len
     rows = sequence_forwards * seq_len if head_rows is None else head_rows
     return sequence_forwards * trunk + rows * head
+
+
+def lower_bounds(dit, gpt, batch, seq_len, steps, gpu):
+    """Roofline lower bounds in seconds, in bf16 (2 bytes a value): a forward pass takes at
+    least max(FLOPs / peak FLOP/s, bytes moved / memory bandwidth).
+
+    Diffusion, k passes over B x L positions: 2 P B L matmul FLOPs plus 4 B L^2 d n for QK^T
+    and AV (width d, n layers); bytes: the weights, plus activations guessed at 16 values of
+    width d per position and layer and the logits (diffusion is compute-bound either way).
+    AR with a KV cache, L decode steps, the one at position p: 2 P B + 4 B p d n FLOPs; bytes:
+    the weights plus the cache, 2 n B p d values. Every token re-reads all weights: memory-bound.
+    P = matmul_params; weight bytes count every parameter but the embedding (only gathered).
+    """
+    peak, bandwidth = GPUS[gpu]
+    d, n, L, B = dit.config.n_embd, dit.config.n_layer, seq_len, batch
+    activation_bytes = 2 * B * L * (16 * d * n + dit.config.vocab_size + 1)
+    one_pass = max(forward_flops(dit, B, L) / peak,
+                   (2 * count_params(dit, non_embedding=True) + activation_bytes) / bandwidth)
+    ar = sum(max((2 * matmul_params(gpt) * B + 4 * B * p * d * n) / peak,
+                 2 * (count_params(gpt, non_embedding=True) + 2 * n * B * p * d) / bandwidth)
+             for p in range(1, L + 1))
+    return {"ar_s": ar, "diffusion_s": {k: k * one_pass for k in steps}}

@@ -167,7 +167,7 @@ class Curriculum:
 # sees argmax(w_t) at sigma_t, a frozen copy of it (the teacher of the round) sees argmax(w_s) at sigma_s,
 # both with discrete inputs, and the student minimises KL(student || teacher) per position ("kl-bwd").
 # Each round the student is copied into the teacher and dt doubles: dt = 2^round / T_d (Duo: T_d = 512,
-# 5 rounds of 10k steps, gamma in [-4, -1]). The loop, rounds and checkpoints live in distill.py.
+# 5 rounds of 10k steps, gamma in [-4, -1]). The loop and its rounds live in dcd.py.
 
 DCD_GAMMA_RANGE = (-4.0, -1.0)
 
@@ -195,19 +195,3 @@ def dcd_loss(student, teacher, process, schedule, x, t, dt):
     with torch.no_grad():
         log_teacher = process.log_probs(teacher(w_s.argmax(-1), sigma_input(alpha_s).to(x.device)))
     return (log_student.exp() * (log_student - log_teacher)).sum(-1).mean()
-
-
-class DCDLoss:
-    """The loss of a DCD round as the training loop calls it, (x, t, u) -> (loss, logs); between
-    rounds the method (distill.DCD) sets its teacher and gap dt with `set_teacher`."""
-
-    def __init__(self, student, process, gamma_range=DCD_GAMMA_RANGE):
-        self.student, self.process = student, process
-        self.schedule = GaussianSchedule(process.vocab_size, *gamma_range)
-        self.teacher, self.dt = None, None
-
-    def set_teacher(self, teacher, dt):
-        self.teacher, self.dt = teacher, dt
-
-    def __call__(self, x, t, u):
-        return dcd_loss(self.student, self.teacher, self.process, self.schedule, x, t, self.dt), {}

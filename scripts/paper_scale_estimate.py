@@ -47,8 +47,8 @@ def main():
 
     rows.append(("OpenWebText preparation (CPU)", "-",
                  args.owt_tokens / (args.tokenize_rate * args.processes) / 3600, (args.processes + 1) * args.worker_rss_gb))
-    training("SDTT, 7 rounds x 10k steps, batch 128", (1, 2), 128, 70_000, 3, 1, 16)  # distill.SDTT.passes, n = 2
-    training("IDLM, 10k steps, batch 512", (2, 3), 512, 10_000, 4, 2, 16)  # distill.IDLM.passes
+    training("SDTT, 7 rounds x 10k steps, batch 128", (1, 2), 128, 70_000, 3, 1, 16)  # sdtt.distill's passes, n = 2
+    training("IDLM, 10k steps, batch 512", (2, 3), 512, 10_000, 4, 2, 16)  # idlm.distill's passes
     sampling = forward * L * L * 1024  # 1024 samples at 1024 steps, no caching
     rows.append(("teacher samples, 1024 x 1024 steps, batch 64", f"{sampling:.2e}", sampling / (peak * args.sampling_mfu) / 3600,
                  (weights + 64 * L * (V + 1) * 4 * 3) / GB))

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import bench
+from plumbing.flops import lower_bounds
 
 CPU = torch.device("cpu")
 
@@ -78,7 +79,7 @@ def test_compile_section_reports_gain_and_compile_time(monkeypatch):
 def test_roofline_puts_ar_on_the_memory_bound_and_scales_diffusion_with_steps():
     with torch.device("meta"):
         gpt, dit = (bench.untrained(kind, "small", 50257, 1024, "meta") for kind in ("ar", "mdlm"))
-    bound = bench.lower_bounds(dit, gpt, 8, 1024, [16, 32], "a100")
+    bound = lower_bounds(dit, gpt, 8, 1024, [16, 32], "a100")
     peak, bandwidth = bench.GPUS["a100"]
     weights_per_token = 2 * bench.count_params(gpt, non_embedding=True) / bandwidth
     assert bound["ar_s"] >= 1024 * weights_per_token

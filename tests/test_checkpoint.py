@@ -7,15 +7,14 @@ import os
 import pytest
 import torch
 
-import train
 from config import TrainConfig
+from corpora.markov import MarkovSource
 from diffusion import Cosine, MaskingProcess
 from helpers import SYNTHETIC, save_tiny_checkpoint, tiny_model
 from loading import checkpoint
-
-
-def pretraining_phases(cfg, env, model, process):
-    return [train.make_phase(*spec, cfg, env) for spec in train.Pretraining(cfg, model, process).phases]
+from training.run import Run, distilled_for
+from train import training_step as pretraining_step
+from training.step import Env, make_ema, trained
 
 
 def test_save_is_atomic_a_failed_write_leaves_the_previous_file_and_no_temporary(tmp_path, monkeypatch):
@@ -47,19 +46,18 @@ def test_read_refuses_a_missing_or_damaged_file_and_pickled_code(tmp_path):
         checkpoint.read(tmp_path / "pickle.pt")
 
 
-def test_record_rebuilds_the_model_and_its_process_and_restores_the_training_state(tmp_path):
+def test_record_rebuilds_the_model_and_its_process_and_a_resumed_run_takes_the_same_next_step(tmp_path):
     model = tiny_model()
-    cfg = TrainConfig(lr=1e-3, warmup=2, batch_size=2)
-    env = train.Env(torch.device("cpu"))
+    cfg = TrainConfig(lr=1e-3, warmup=2, batch_size=2, grad_clip=1.0, out_dir=str(tmp_path), resume=True)
+    env = Env(torch.device("cpu"))
     process = MaskingProcess(model.config.vocab_size, Cosine(0.01))
-    phases = pretraining_phases(cfg, env, model, process)
-    ema = train.make_ema(model, 0.5)
+    net, ema = trained(model, cfg.lr, cfg, env), make_ema(model, 0.5)
     x = torch.randint(0, model.config.vocab_size, (2, model.config.seq_len))
-    batch = {0: [(x, torch.tensor([0.3, 0.8]), torch.rand(x.shape))]}  # stream 0: the step's micro-batches
-    train.train_step(phases, batch, env, 1.0, ema)
+    batch = [(x, torch.tensor([0.3, 0.8]), torch.rand(x.shape))]  # one micro-batch
+    pretraining_step(net, ema, batch, process, cfg, env)
     point = checkpoint.record(kind="mdlm", model_config=dataclasses.asdict(model.config), process=process,
-                              data_meta=SYNTHETIC, train_config={}, model=model, ema=ema, phases=phases, step=1,
-                              finished=False, round=3)
+                              data_meta=SYNTHETIC, train_config={}, model=model.state_dict(), ema=ema, optimized=[net],
+                              step=1, finished=False, round=3)
     checkpoint.save(point, tmp_path / "ckpt.pt")
 
     loaded, ckpt = checkpoint.load_model(tmp_path / "ckpt.pt", weights="raw")
@@ -68,15 +66,15 @@ def test_record_rebuilds_the_model_and_its_process_and_restores_the_training_sta
     rebuilt = checkpoint.process_of(ckpt)
     assert rebuilt.config() == process.config() and rebuilt.schedule == Cosine(0.01)
 
-    # a copy restored from the record takes the same next step as the original
+    # a copy resumed from the record (as every loop resumes: Run.start) takes the same next step as the original
     copy = tiny_model()
-    copy.load_state_dict(ckpt["model"])
-    copy_phases, copy_ema = pretraining_phases(cfg, env, copy, process), train.make_ema(copy, 0.5)
-    checkpoint.restore(ckpt, copy_phases, copy_ema)
+    copy_net, copy_ema = trained(copy, cfg.lr, cfg, env), make_ema(copy, 0.5)
+    run = Run(cfg, env, MarkovSource(), process, "mdlm", {})
+    assert run.start([copy_net], copy_ema, model=copy) == (3, 1)
     torch.manual_seed(0)
-    train.train_step(phases, batch, env, 1.0, ema)
+    pretraining_step(net, ema, batch, process, cfg, env)
     torch.manual_seed(0)
-    train.train_step(copy_phases, batch, env, 1.0, copy_ema)
+    pretraining_step(copy_net, copy_ema, batch, process, cfg, env)
     for a, b in zip(model.state_dict().values(), copy.state_dict().values()):
         assert torch.equal(a, b)
     for a, b in zip(ema.module.state_dict().values(), copy_ema.module.state_dict().values()):
@@ -108,7 +106,7 @@ def test_a_bare_mdlm_state_dict_loads_as_an_mdlm_checkpoint(tmp_path):
 
 
 def test_a_student_records_what_it_was_distilled_for_and_a_teacher_nothing():
-    student = {"kind": "sdtt", **checkpoint.distilled_for(8, 3, 16)}
+    student = {"kind": "sdtt", **distilled_for(8, 3, 16)}
     assert checkpoint.default_steps(student) == (8, "8 steps, as it was distilled for (sdtt round 3, its teacher sampled with 16)")
     assert checkpoint.default_steps({"kind": "idlm", "sampling_steps": 4}) == (
         4, "4 steps, as it was distilled for (idlm round 0)")  # a checkpoint from before the teacher's steps

@@ -1,10 +1,10 @@
-"""DCD (processes/duo.py, SPEC.md §4.6): the coupled times, the round gaps, and the loss's fixed point."""
+"""DCD (dcd.py, processes/duo.py, SPEC.md §4.6): the coupled times, the round gaps, and the loss's fixed point."""
 import copy
 
 import pytest
 import torch
 
-import distill
+import config
 import helpers
 from diffusion import MaskingProcess
 from processes import duo as dcd
@@ -24,14 +24,12 @@ def test_loss_is_zero_for_one_network_at_zero_gap_and_positive_otherwise():
     process = UniformProcess(6)
     student = helpers.random_dit(0, 6, 5)
     teacher = copy.deepcopy(student).requires_grad_(False)
-    loss = dcd.DCDLoss(student, process)
+    schedule = dcd.GaussianSchedule(6, *dcd.DCD_GAMMA_RANGE)
     x, t = torch.randint(6, (4, 5)), torch.rand(4)
     torch.manual_seed(0)
-    loss.set_teacher(teacher, 0.0)
-    assert abs(loss(x, t, None)[0].item()) < 1e-6
-    loss.set_teacher(teacher, dcd.round_gap(1, 4))
+    assert abs(dcd.dcd_loss(student, teacher, process, schedule, x, t, 0.0).item()) < 1e-6
     torch.manual_seed(0)
-    value, _ = loss(x, t, None)
+    value = dcd.dcd_loss(student, teacher, process, schedule, x, t, dcd.round_gap(1, 4))
     value.backward()
     assert value.item() > 0
     assert any(p.grad is not None for p in student.parameters())
@@ -40,4 +38,4 @@ def test_loss_is_zero_for_one_network_at_zero_gap_and_positive_otherwise():
 
 def test_dcd_refuses_an_absorbing_teacher_in_one_line():
     with pytest.raises(ValueError, match="uniform-state"):
-        distill.check_method("dcd", MaskingProcess(6))
+        config.check_method("dcd", MaskingProcess(6))

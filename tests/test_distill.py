@@ -1,4 +1,4 @@
-"""distill.py, through `python train.py --distill ...`: SDTT rounds that chain (each teacher is
+"""The distillations, through `python train.py --distill ...`: SDTT rounds that chain (each teacher is
 the previous round's student), a run resumed at a round boundary, IDLM end to end, and the
 entry point's errors."""
 import dataclasses
@@ -129,12 +129,14 @@ def test_without_a_final_table_no_judge_is_loaded_or_trained(tmp_path):
 
 
 def test_l_follows_the_teacher_unless_a_shorter_one_is_given(tmp_path):
-    import distill as distill_py
     synthetic_teacher(tmp_path / "teacher.pt")
     teacher = str(tmp_path / "teacher.pt")
-    assert distill_py.load_teacher(teacher, config.TrainConfig(distill="sdtt"), "cpu")[-1].seq_len == SEQ_LEN
-    shorter = config.TrainConfig(distill="sdtt", seq_len=SEQ_LEN // 2)
-    assert distill_py.load_teacher(teacher, shorter, "cpu")[-1].seq_len == SEQ_LEN // 2
+    _, ckpt = checkpoint.load_model(teacher)
+
+    def resolved(cfg):
+        return config.from_teacher(cfg, ckpt, checkpoint.process_of(ckpt), main=False)
+    assert resolved(config.TrainConfig(distill="sdtt")).seq_len == SEQ_LEN
+    assert resolved(config.TrainConfig(distill="sdtt", seq_len=SEQ_LEN // 2)).seq_len == SEQ_LEN // 2
     longer = run_script("train.py", "--distill", "sdtt", "--data", "synthetic", "--teacher", teacher,
                         "--seq-len", str(2 * SEQ_LEN), "--out-dir", str(tmp_path / "sdtt"))
     assert f"longer than the teacher's L = {SEQ_LEN}" in assert_one_error_line(longer)
@@ -145,17 +147,25 @@ def test_distill_without_a_method_is_one_error_line():
 
 
 def test_a_teacher_with_gpt2s_full_vocabulary_implies_openwebtext_and_gpt2_large_unless_told(capsys):
-    import distill as distill_py
-    owt_teacher = {"data_meta": {"kind": "gpt2", "gpt2_ids": None}}
-    cfg = distill_py.teacher_defaults(config.TrainConfig(distill="sdtt", seq_len=1024), owt_teacher, main=True)
-    assert (cfg.data, cfg.judge, cfg.seq_len) == ("openwebtext", "gpt2-large", 1024)
+    from diffusion import MaskingProcess
+    owt_teacher = {"data_meta": {"kind": "gpt2", "gpt2_ids": None}, "model_config": {"seq_len": 1024,
+                                                                                      "vocab_size": 50257}}
+    process = MaskingProcess(50257)
+
+    def from_teacher(cfg, teacher):
+        return config.from_teacher(cfg, teacher, process, main=True)
+    cfg = from_teacher(config.TrainConfig(distill="sdtt"), owt_teacher)
+    assert (cfg.data, cfg.judge, cfg.seq_len, cfg.vocab_size) == ("openwebtext", "gpt2-large", 1024, 50257)
     told = config.TrainConfig(distill="sdtt", seq_len=1024, data="corpus.txt", judge="out/ar/ckpt.pt")
-    assert distill_py.teacher_defaults(told, owt_teacher, main=True) == told
+    assert from_teacher(told, owt_teacher) == dataclasses.replace(told, process="absorbing", vocab_size=50257)
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2 and "--data openwebtext, --judge gpt2-large" in lines[0]
     assert "--data" not in lines[1]
-    compact = config.TrainConfig(distill="sdtt")
-    assert distill_py.teacher_defaults(compact, {"data_meta": data.load_data("synthetic").meta()}, main=True) == compact
+    synthetic = data.load_data("synthetic")
+    compact = config.TrainConfig(distill="sdtt", seq_len=1024)
+    small = {"data_meta": synthetic.meta(), "model_config": {"seq_len": 1024, "vocab_size": synthetic.vocab_size}}
+    assert from_teacher(compact, small) == dataclasses.replace(compact, process="absorbing",
+                                                               vocab_size=synthetic.vocab_size)
     assert capsys.readouterr().out == ""
 
 

@@ -10,8 +10,8 @@ import torch
 
 import config
 import data
-import distill as distill_py
 import helpers
+import idlm
 from helpers import assert_one_error_line, run_script
 from loading import checkpoint
 from processes import duo
@@ -108,21 +108,21 @@ def test_sample_py_picks_the_uniform_processs_own_sampler_when_none_is_given(tmp
 
 def test_the_idlm_code_recipe_sets_every_choice_and_leaves_given_flags():
     cfg = config.resolve(config.TrainConfig(distill="idlm", process="uniform", seq_len=SEQ_LEN, recipe="idlm-code",
-                                            lr=3e-5), 64)
+                                            lr=3e-5), "micro")
     assert (cfg.tau, cfg.noise_window, cfg.warmup, cfg.ema, cfg.grad_clip) == (1e-3, [0.9455, 0.0493], 2500, 0.9999, 0)
     assert (cfg.lr, cfg.fake_lr) == (3e-5, 3e-5)  # the given --lr wins, and the fake follows it
     assert (cfg.loss_per, cfg.fake_batch, cfg.fake_steps, cfg.idlm_gradient) == ("sequence", "fresh", 1, "no-score")
-    latents, choices = distill_py.idlm_latents(cfg, UniformProcess(20))
+    latents, choices = idlm.latents_and_choices(cfg, UniformProcess(20))
     assert isinstance(latents, duo.Curriculum) and latents.tau == 1e-3 and choices.scale == SEQ_LEN
     assert [float(latents.schedule.alpha_and_slope(t)[0]) for t in (0.0, 1.0)] == pytest.approx(
         [0.9455, 0.0493], abs=2e-3)  # the window's ends keep their alphas at V = 20
-    ours = config.resolve(config.TrainConfig(distill="idlm", process="uniform", seq_len=SEQ_LEN), 64)
+    ours = config.resolve(config.TrainConfig(distill="idlm", process="uniform", seq_len=SEQ_LEN), "micro")
     assert (ours.tau, ours.idlm_gradient, ours.latent_draws, ours.grad_clip, ours.fake_batch) == (
         None, "exact", 8, 1.0, "same")
-    windowed = config.resolve(config.TrainConfig(distill="idlm", process="uniform", noise_window=[0.05, 0.95]), 64)
-    _, choices = distill_py.idlm_latents(windowed, UniformProcess(20))
+    windowed = config.resolve(config.TrainConfig(distill="idlm", process="uniform", noise_window=[0.05, 0.95]), "micro")
+    _, choices = idlm.latents_and_choices(windowed, UniformProcess(20))
     assert choices.times == pytest.approx([0.05 / 0.999, 0.95 / 0.999])  # alpha = 1 - 0.999 t
-    mdlm = config.resolve(config.TrainConfig(distill="idlm", process="absorbing"), 64)
+    mdlm = config.resolve(config.TrainConfig(distill="idlm", process="absorbing"), "micro")
     assert (mdlm.idlm_gradient, mdlm.latent_draws) == ("no-score", 1)  # MDLM's and SEDD's paths as they were
 
 
@@ -148,15 +148,19 @@ def test_an_idlm_run_logs_what_shows_a_collapse_coming(tmp_path):
 
 def test_a_collapsing_student_prints_one_warning(capsys):
     synthetic = data.load_data("synthetic", seq_len=SEQ_LEN)
-    cfg = config.resolve(config.TrainConfig(distill="idlm", process="uniform", seq_len=SEQ_LEN), 64)
-    method = distill_py.IDLM(cfg, helpers.random_dit(0, synthetic.vocab_size, SEQ_LEN), UniformProcess(synthetic.vocab_size))
+    cfg = config.resolve(config.TrainConfig(distill="idlm", process="uniform", seq_len=SEQ_LEN), "micro")
+    process = UniformProcess(synthetic.vocab_size)
+    latents, choices = idlm.latents_and_choices(cfg, process)
+    student, teacher = helpers.random_dit(0, synthetic.vocab_size, SEQ_LEN), helpers.random_dit(1, synthetic.vocab_size, SEQ_LEN)
     x = synthetic.batch("train", 4, SEQ_LEN, torch.Generator().manual_seed(0))
     t, u = torch.full((4,), 0.5), torch.rand(x.shape)
-    first = method.diagnostics(x, t, u)
+    first = idlm.diagnostics(student, teacher, teacher, x, t, u, latents, choices)
+    first_entropy = idlm.warn_if_collapsing(first, None)
     assert "warning" not in capsys.readouterr().out
     with torch.no_grad():  # the student now says one token everywhere
-        method.student.output_layer.linear.bias[0] = 1e4
-    collapsed = method.diagnostics(x, t, u)
+        student.output_layer.linear.bias[0] = 1e4
+    collapsed = idlm.diagnostics(student, teacher, teacher, x, t, u, latents, choices)
+    idlm.warn_if_collapsing(collapsed, first_entropy)
     assert collapsed["student_sample_entropy"] < 0.1 < first["student_sample_entropy"]
     assert "IDLM is collapsing" in capsys.readouterr().out
 

@@ -11,7 +11,6 @@ import torch
 
 import bench
 import evaluate
-import train
 from data import MarkovSource, tokenizer_from_meta
 from evaluation import continuations, lambada, likelihood, zeroshot
 from evaluation.exact import ExactDenoiser, ExactUniformDenoiser
@@ -21,6 +20,7 @@ from loading import checkpoint
 from plumbing.prompts import template
 from processes.registry import PROCESSES
 from samplers import make_sampler
+from training.step import Env
 from watching import page, show, tracing
 
 SOURCE = MarkovSource(SYNTHETIC["vocab_size"], SYNTHETIC["seq_len"], SYNTHETIC["branching"], SYNTHETIC["seed"])
@@ -199,7 +199,7 @@ def door_harness_generate(name, path):
 
 def door_method(method, name, path):
     model, ckpt = checkpoint.load_model(path)
-    step, phases = train.method_step(method, model.train(), checkpoint.process_of(ckpt), train.Env(torch.device("cpu")),
+    step, phases = bench.method_step(method, model.train(), checkpoint.process_of(ckpt), Env(torch.device("cpu")),
                                      SOURCE.sample(4, torch.Generator().manual_seed(SEED)), seq_len=L, batch_size=4)
     logs = step()
     assert len(logs) >= phases and all(math.isfinite(v) for v in logs.values())

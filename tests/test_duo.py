@@ -73,10 +73,10 @@ def test_curriculum_loss_is_finite_and_trains_only_through_the_network():
 
 
 def test_curriculum_refuses_the_absorbing_process():
-    import distill
+    import config
     from diffusion import MaskingProcess
     with pytest.raises(ValueError, match="uniform"):
-        distill.check_method(None, MaskingProcess(6), tau=0.1)
+        config.check_method(None, MaskingProcess(6), tau=0.1)
 
 
 # ----------------------------------------------------------------------------- IDLM-code's Gaussian IDLM-Duo (SPEC.md §6.4)

@@ -7,7 +7,6 @@ import json
 import pytest
 import torch
 
-import config
 import helpers
 from loading import checkpoint
 from model import DiT, ModelConfig, load_mdlm_state_dict
@@ -261,9 +260,8 @@ def test_at_the_command_line_a_contradiction_or_a_damaged_ckpt_is_one_line(duo_w
 
 
 def test_distill_loads_a_bare_state_dict_as_duo_when_told_and_records_the_teachers_process(duo_weights, tmp_path):
-    import distill as distill_py
+    from loading import checkpoint
     torch.save(duo_weights[0], tmp_path / "bare.pt")
     teacher = str(tmp_path / "bare.pt")
-    told = config.TrainConfig(distill="idlm", process="uniform")
-    assert distill_py.load_teacher(teacher, told, "cpu")[1].name == "uniform"
-    assert distill_py.load_teacher(teacher, config.TrainConfig(distill="idlm"), "cpu")[1].name == "absorbing"
+    assert checkpoint.process_of(checkpoint.load_model(teacher, process="uniform")[1]).name == "uniform"
+    assert checkpoint.process_of(checkpoint.load_model(teacher)[1]).name == "absorbing"

@@ -15,12 +15,13 @@ LAYERS = [
     ["corpora"],                           # tokenizers, corpora on disk, the synthetic source, prompts
     ["data"],                              # what a batch is made of
     ["processes"],                         # the uniform-state process (Duo, DCD), SEDD, the registry
-    ["sdtt", "idlm", "samplers"],          # methods and samplers
     ["loading"],                           # checkpoints, ours and the hub's
-    ["evaluate"],                          # the final table's metrics
-    ["distill"],                           # the methods as plans for the loop
+    ["samplers"],                          # the samplers
+    ["evaluate"],                          # the final table: judges, GenPPL, entropy
+    ["training"],                          # what every loop calls: a step, checkpoints, the log, validation
+    ["sdtt", "idlm", "dcd"],               # the methods, each with its loop
     ["config"],                            # train.py's flags and defaults
-    ["train"],                             # the loop
+    ["train"],                             # the spine: pretraining and the hand-off to a method
     ["watching"],                          # the denoising, traced and shown
     ["evaluation"],                        # evaluation commands
     ["sample", "bench"],                   # entry points

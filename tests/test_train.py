@@ -13,7 +13,8 @@ import torch
 
 import config
 import helpers
-import train as train_py
+from training import run as training_run
+from training.step import Env, fit_micro_batch
 from data import MarkovSource
 from diffusion import LogLinear, MaskingProcess
 from loading import checkpoint
@@ -133,11 +134,19 @@ def test_wrong_checkpoint_kind_is_refused(tmp_path):
 
 
 def test_sdtt_divergence_is_the_papers_at_full_size_the_mse_on_cpu_presets_and_a_flag_overrides_both():
-    cpu, full = 128, 768
+    cpu, full = "tiny", "small"
     assert config.resolve(config.TrainConfig(distill="sdtt"), full).divergence == "reverse_kl"
     assert config.resolve(config.TrainConfig(distill="sdtt"), cpu).divergence == "mse"
     chosen = config.TrainConfig(distill="sdtt", divergence="reverse_kl")
     assert config.resolve(chosen, cpu).divergence == "reverse_kl"
+    assert config.resolve(config.TrainConfig(distill="sdtt", preset="paper"), cpu).divergence == "reverse_kl"
+
+
+def test_the_presets_are_two_tables_with_a_row_for_every_method_and_the_run_prints_its_config(tmp_path):
+    assert set(config.PAPER) == set(config.CPU) == {"mdlm", "sedd", "ar", *config.METHODS}
+    result = train(*TINY, "--iters", "1", "--out-dir", str(tmp_path))
+    block = result.stdout.split("\nmdlm:")[0]
+    assert block.startswith("config:") and "--preset cpu" in block and "--lr 0.001" in block and "--iters 1" in block
 
 
 def test_log_jsonl_gets_tokens_per_second_mfu_and_peak_memory_every_interval(tmp_path):
@@ -149,52 +158,51 @@ def test_log_jsonl_gets_tokens_per_second_mfu_and_peak_memory_every_interval(tmp
         assert r["tokens_per_s"] > 0 and 0 < r["mfu"] < 1 and r["peak_memory_gb"] > 0 and "loss" in r
 
 
-def test_the_checkpoint_is_written_before_validation_runs(tmp_path):
-    import train as train_py
+def test_the_checkpoint_is_written_before_validation_runs(tmp_path, monkeypatch):
     from diffusion import LogLinear, MaskingProcess
     from helpers import tiny_model
+    from training.step import make_ema, trained
     model = tiny_model()
     cfg = config.TrainConfig(lr=1e-3, warmup=1, batch_size=2, seq_len=model.config.seq_len, micro_batch_size=0,
-                             grad_clip=1.0, eval_every=1, ckpt_every=1, out_dir=str(tmp_path))
-    env = train_py.Env(torch.device("cpu"))
+                             grad_clip=1.0, iters=3, eval_every=1, ckpt_every=1, log_every=1, out_dir=str(tmp_path))
+    env = Env(torch.device("cpu"))
     process = MaskingProcess(model.config.vocab_size, LogLinear())
-    phases = [train_py.make_phase(*spec, cfg, env) for spec in train_py.Pretraining(cfg, model, process).phases]
-    ema, written = train_py.make_ema(model, 0.5), []
+    data = MarkovSource(vocab_size=model.config.vocab_size, seq_len=model.config.seq_len)
+    run = training_run.Run(cfg, env, data, process, "mdlm", {})
+    run.start([trained(model, cfg.lr, cfg, env)], make_ema(model, 0.5), model=model)
+    run.begin("test", 0, passes=(1, 0))
 
-    class Source:
-        def batch(self, split, n, seq_len, generator):
-            return torch.randint(0, model.config.vocab_size, (n, seq_len), generator=generator)
-
-    def validate():
-        assert written == [1], "validation ran before the checkpoint"
+    def validation(*args):
+        assert (tmp_path / "ckpt.pt").exists(), "validation ran before the checkpoint"
         raise MemoryError("validation ran out of memory")
+    monkeypatch.setattr(training_run, "validation", validation)
     with pytest.raises(MemoryError):
-        train_py.train_steps(phases, ema, Source(), cfg, env, 0, 1, written.append, "test", validate)
+        run.after_step(1, {"loss": 1.0})
+    assert checkpoint.read(tmp_path / "ckpt.pt")["step"] == 1
 
 
 @pytest.mark.parametrize("sequences_that_fit, expected", [(100, 0), (8.5, 8), (5.5, 4), (0.3, 1)])
 def test_the_default_micro_batch_is_the_largest_divisor_of_the_batch_that_fits(monkeypatch, sequences_that_fit,
                                                                                 expected):
-    import train as train_py
     from model import config_for
     from plumbing import devices
     model_cfg = config_for("small", vocab_size=50257, seq_len=1024)
     each = devices.training_bytes_per_sequence(50258, 768, 12, 1024)
     monkeypatch.setattr(devices, "free_memory", lambda device: sequences_that_fit * each / 0.6)  # 60% is used
     cfg = config.TrainConfig(batch_size=24, seq_len=1024)
-    fitted = train_py.fit_micro_batch(cfg, train_py.Env(torch.device("cpu")), model_cfg)
+    fitted = fit_micro_batch(cfg, Env(torch.device("cpu")), model_cfg)
     assert fitted.micro_batch_size == expected
     chosen = config.TrainConfig(batch_size=24, micro_batch_size=3)
-    assert train_py.fit_micro_batch(chosen, train_py.Env(torch.device("cpu")), model_cfg) == chosen
+    assert fit_micro_batch(chosen, Env(torch.device("cpu")), model_cfg) == chosen
 
 
 def test_micro_batched_validation_equals_one_pass():
     model, process = helpers.random_dit(0, helpers.V, helpers.L), MaskingProcess(helpers.V, LogLinear())
-    source, env = MarkovSource(vocab_size=helpers.V, seq_len=helpers.L), train_py.Env(torch.device("cpu"))
+    source, env = MarkovSource(vocab_size=helpers.V, seq_len=helpers.L), Env(torch.device("cpu"))
 
     def value(micro_batch):
         cfg = config.TrainConfig(batch_size=6, seq_len=helpers.L, eval_batches=2, micro_batch_size=micro_batch)
-        return train_py.validation(model, process, source, cfg, env)
+        return training_run.validation(model, process, source, cfg, env)
     whole = value(0)
     assert value(4) == pytest.approx(whole, rel=1e-6)
     assert value(1) == pytest.approx(whole, rel=1e-6)
