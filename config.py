@@ -58,8 +58,9 @@ class TrainConfig:
                                        "default: cpu for the CPU sizes (micro, tiny, mini), paper for the others "
                                        "(a distillation: the teacher's size)", choices=["paper", "cpu"])
     schedule: str = flag("loglinear", "noise schedule of a pretrained diffusion model", choices=list(SCHEDULES))
-    vocab_size: int = flag(4096, "compacted vocabulary for small corpora (most frequent GPT-2 tokens + <unk>)",
-                           at_least=3)
+    vocab_size: int = flag(4096, "vocabulary of a small corpus: GPT-2's BPE cut after its first N - 1 tokens, and "
+                                 "EOS (lossless: no <unk>; about 1.25x GPT-2's tokens at 4096)",
+                           at_least=257)
     seq_len: Optional[int] = flag(None, "sequence length L (default: 128; a distillation: the teacher's L, "
                                         "or shorter when given)", at_least=2)
     batch_size: Optional[int] = flag(None, "global batch (all processes, all accumulation steps)", at_least=1)
@@ -123,6 +124,10 @@ class TrainConfig:
                                       "missing; gpt2-large for a teacher with GPT-2's full vocabulary), 'exact' "
                                       "for synthetic data, or a Hugging Face model (folder or hub name)")
     eval_samples: int = flag(64, "samples per row of the final GenPPL/entropy table (0: no table)", at_least=0)
+    table_temperatures: list[float] = flag([0.7, 0.8, 0.9, 1.1], "the final table also samples the teacher at L "
+                                                                  "steps at these temperatures: the frontier every "
+                                                                  "row is judged against at its own entropy",
+                                           above=0)
 
 
 # The defaults of unset flags, per method: the papers' settings (full-size models) ...
@@ -255,9 +260,9 @@ def from_teacher(cfg, teacher_ckpt, process, main):
     L, meta = teacher_ckpt["model_config"]["seq_len"], teacher_ckpt["data_meta"]
     if (cfg.seq_len or 0) > L:
         raise ValueError(f"--seq-len {cfg.seq_len} is longer than the teacher's L = {L}")
-    vocab = meta.get("gpt2_ids")
+    vocab = len(meta["gpt2_ids"]) + 1 if meta.get("gpt2_ids") else meta["merges"] + 1 if meta.get("merges") else None
     cfg = dataclasses.replace(cfg, seq_len=cfg.seq_len or L, process=process.family,
-                              vocab_size=len(vocab) + 1 if vocab else teacher_ckpt["model_config"]["vocab_size"])
+                              vocab_size=vocab or teacher_ckpt["model_config"]["vocab_size"])
     if meta != FULL_GPT2:
         return cfg
     filled = {name: value for name, value in (("data", "openwebtext"), ("judge", PAPER_JUDGE))

@@ -24,7 +24,7 @@ class TokenStream:
 
     def __init__(self, folder):
         meta, self.splits = corpus.open_stream(folder)
-        self.tokenizer = Tokenizer(meta["gpt2_ids"])
+        self.tokenizer = Tokenizer.from_meta(meta)
         self.vocab_size = self.tokenizer.vocab_size
         self.windows = meta.get("split") == "tails"
 
@@ -82,7 +82,7 @@ def tokenizer_from_meta(meta):
         return SymbolTokenizer(meta["vocab_size"])
     if meta["kind"] != "gpt2":
         raise ValueError(f"this model's vocabulary of {meta.get('vocab_size')} tokens is not GPT-2's: no tokenizer for it")
-    return Tokenizer(meta["gpt2_ids"])
+    return Tokenizer.from_meta(meta)
 
 
 def source_from_meta(meta):

@@ -295,21 +295,100 @@ def markdown_table(rows, columns):
     return "\n".join(lines + ["| " + " | ".join(cell(row[c]) for c in columns) + " |" for row in rows])
 
 
+# ----------------------------------------------------------------------------- at equal entropy (SPEC.md §7.5)
+
+def at_entropy(frontier, entropy):
+    """(GenPPL, low, high) of the frontier (rows with entropy and genppl, genppl_low, genppl_high)
+    at `entropy`, log-linear between the two nearest points; None outside its range of entropies."""
+    points = sorted(frontier, key=lambda row: row["entropy"])
+    for left, right in zip(points, points[1:]):
+        if left["entropy"] <= entropy <= right["entropy"]:
+            w = (entropy - left["entropy"]) / (right["entropy"] - left["entropy"] or 1.0)
+            return tuple(math.exp((1 - w) * math.log(left[k]) + w * math.log(right[k]))
+                         for k in ("genppl", "genppl_low", "genppl_high"))
+    if len(points) == 1 and points[0]["entropy"] == entropy:
+        return tuple(points[0][k] for k in ("genppl", "genppl_low", "genppl_high"))
+    return None
+
+
+def entropy_interval(row):
+    """The row's 95% entropy interval (its half-width is 0 where the row records none)."""
+    half = row.get("entropy_half") or 0.0
+    half = 0.0 if isinstance(half, str) or math.isnan(half) else half
+    return row["entropy"] - half, row["entropy"] + half
+
+
+def frontier_span(frontier, low, high):
+    """(least low bound, greatest high bound, least and greatest GenPPL) of the frontier over the
+    entropies [low, high], or None where they leave its range. Log-linear between its points, so
+    the extremes lie at the ends of the interval or at points inside it."""
+    ends = [at_entropy(frontier, e) for e in (low, high)]
+    if None in ends:
+        return None
+    inside = [(r["genppl"], r["genppl_low"], r["genppl_high"]) for r in frontier if low < r["entropy"] < high]
+    values = ends + inside
+    return (min(v[1] for v in values), max(v[2] for v in values), min(v[0] for v in values),
+            max(v[0] for v in values))
+
+
+def verdict(row, frontier):
+    """A row against the reference's frontier at equal entropy: 'better' only if its GenPPL interval
+    lies below the frontier's at every entropy of its own 95% entropy interval, 'worse' only if
+    above at every one, else 'equal'; 'no verdict' where that interval leaves the frontier's range.
+    Returns (the word, the frontier's GenPPL at the row's entropy or None)."""
+    low, high = entropy_interval(row)
+    span = frontier_span(frontier, low, high)
+    if span is None:
+        ends = sorted(r["entropy"] for r in frontier)
+        return (f"no verdict: entropy {low:.3f}-{high:.3f} leaves the frontier's {ends[0]:.3f}-{ends[-1]:.3f}",
+                None)
+    word = "better" if row["genppl_high"] < span[0] else "worse" if row["genppl_low"] > span[1] else "equal"
+    return word, at_entropy(frontier, row["entropy"])[0]
+
+
+def compare(a, b, frontier):
+    """Row a against row b at equal entropy, the reference's frontier giving the exchange rate between
+    GenPPL and entropy: each row's excess log GenPPL over the frontier, an interval over its GenPPL
+    interval and its entropy interval; 'better' if a's lies wholly below b's, 'worse' if wholly
+    above, else 'equal'; 'no verdict' where either row's entropies leave the frontier's range."""
+    excess = []
+    for row in (a, b):
+        span = frontier_span(frontier, *entropy_interval(row))
+        if span is None:
+            return "no verdict: an entropy interval leaves the frontier's range"
+        excess.append((math.log(row["genppl_low"] / span[3]), math.log(row["genppl_high"] / span[2])))
+    (a_low, a_high), (b_low, b_high) = excess
+    return "better" if a_high < b_low else "worse" if a_low > b_high else "equal"
+
+
 def final_table(cfg, device, judge_spec, judge, teacher, process, students, teacher_path, data_meta):
-    """The table a distillation ends with: GenPPL and entropy of the teacher at L, L/4, L/16, L/32
-    steps and of each student (label, checkpoint, steps) at its steps; printed, and written to
-    <out_dir>/table.md, with every sample scored in <out_dir>/samples.jsonl (`write_samples`)."""
-    L = cfg.seq_len
+    """The table a distillation ends with: GenPPL and entropy of the teacher at L steps over
+    --table-temperatures (its frontier) and at L/4, L/16, L/32, and of each student (label,
+    checkpoint, steps) at its steps, each row beside its verdict at its own entropy against that
+    frontier (`verdict`); printed, and written to <out_dir>/table.md, with every sample scored in
+    <out_dir>/samples.jsonl (`write_samples`)."""
+    L, batch = cfg.seq_len, min(cfg.eval_samples, 32)
     entries = [("teacher", teacher, process, s) for s in (L, L // 4, L // 16, L // 32) if s >= 1]
     paths = [teacher_path] * len(entries)
     for label, path, steps in students:
         model, _ = load_model(path, device=device)
         entries.append((label, model, process, steps))
         paths.append(str(path))
-    scored = []
-    rows = quality_rows(entries, judge, cfg.eval_samples, min(cfg.eval_samples, 32), L, cfg.seed, device, scored=scored)
-    table = markdown_table(rows, ["label", "steps", "genppl", "entropy", "nfe"])
-    print(f"\nGenPPL (judge: {judge_spec}) and entropy, {cfg.eval_samples} samples of {L} tokens:\n{table}")
+    scored, frontier = [], []
+    for T in sorted(set(cfg.table_temperatures) | {1.0}):  # the teacher at L steps over temperatures
+        frontier += quality_rows(entries[:1], judge, cfg.eval_samples, batch, L, cfg.seed, device, scored=scored,
+                                 temperature=T)
+    paths = [teacher_path] * len(frontier) + paths[1:]
+    rows = frontier + quality_rows(entries[1:], judge, cfg.eval_samples, batch, L, cfg.seed, device, scored=scored)
+    for row in rows:
+        on_frontier = row["label"] == "teacher" and row["steps"] == L
+        row.update(T=f"{row['temperature']:g}", verdict="(the frontier)" if on_frontier else verdict(row, frontier)[0],
+                   genppl_95=f"{row['genppl']:.2f} ({row['genppl_low']:.2f}-{row['genppl_high']:.2f})",
+                   entropy_95=f"{row['entropy']:.3f} ({2 * row['entropy_half']:.3f} wide)")
+    table = markdown_table(rows, ["label", "steps", "T", "genppl_95", "entropy_95", "nfe", "verdict"])
+    print(f"\nGenPPL (judge: {judge_spec}; 95% intervals) and entropy (nats), {cfg.eval_samples} samples of {L} "
+          f"tokens; each row judged at its own entropy against the teacher at {L} steps over temperatures "
+          f"(SPEC.md §7.5):\n{table}")
     (Path(cfg.out_dir) / "table.md").write_text(table + "\n")
     write_samples(Path(cfg.out_dir) / "samples.jsonl", scored, data_meta,
                   [{"checkpoint": path, "sampler": process.default_sampler} for path in paths])

@@ -148,7 +148,8 @@ def distill(cfg, env):
     cfg = fit_micro_batch(cfg, env, teacher.config)
     data = load_data(cfg.data, cfg.vocab_size, cfg.seq_len)
     if data.meta() != teacher_ckpt["data_meta"]:
-        raise ValueError(f"--data {cfg.data} does not use the vocabulary the teacher {path} was trained with")
+        older = " (the older vocabulary with <unk>: train the teacher again)" if teacher_ckpt["data_meta"].get("gpt2_ids") else ""
+        raise ValueError(f"--data {cfg.data} does not use the vocabulary the teacher {path} was trained with{older}")
     judge, judge_model = judge_for(cfg, teacher_ckpt, env)
     if env.main:
         Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)

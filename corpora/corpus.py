@@ -12,6 +12,7 @@ The embedded default (Shakespeare, 37 plays) keeps the first release's split ins
 its validation text comes from every play and its figures stay comparable with earlier ones.
 """
 import collections
+import functools
 import hashlib
 import json
 import multiprocessing
@@ -25,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from corpora import gpt2
-from corpora.gpt2 import GPT2_EOS, Tokenizer, compact_vocabulary, fetched, gpt2_encoding, locked
+from corpora.gpt2 import GPT2_EOS, Tokenizer, fetched, gpt2_encoding, locked, merges_encoding
 
 VAL_DOCUMENTS = 100_000   # MDLM's OpenWebText validation split
 VAL_FRACTION = 0.05       # the share held out of a smaller corpus
@@ -126,28 +127,6 @@ def split_corpus(path, doc_lengths, dtype, split):
     return hold_out_tails(path, doc_lengths, dtype) if split == "tails" else validation_start(doc_lengths)
 
 
-def remap_in_place(path, dtype, table, chunk=1 << 24):
-    """Replace every id i of the raw file by table[i], a chunk at a time."""
-    stream = np.memmap(path, dtype=dtype, mode="r+")
-    for start in range(0, len(stream), chunk):
-        stream[start:start + chunk] = table[stream[start:start + chunk]]
-    stream.flush()
-    del stream
-
-
-def token_counts(path, dtype, end, minlength, chunk=1 << 24):
-    """How often each id occurs in the first `end` tokens of the raw file, and where it first
-    occurs (`end` for an id that never does)."""
-    stream, counts = np.memmap(path, dtype=dtype, mode="r"), np.zeros(minlength, dtype=np.int64)
-    first = np.full(minlength, end, dtype=np.int64)
-    for start in range(0, end, chunk):
-        part = stream[start:min(start + chunk, end)]
-        counts += np.bincount(part, minlength=minlength)
-        ids, index = np.unique(part, return_index=True)
-        first[ids] = np.minimum(first[ids], start + index)
-    return counts, first
-
-
 def write_meta(folder, meta, dtype, total, val_start, split, sources=None):
     (Path(folder) / "meta.json").write_text(json.dumps({**meta, "dtype": dtype.name, "tokens": total,
                                                         "val_start": val_start, "split": split, "sources": sources}))
@@ -209,11 +188,12 @@ def openwebtext_texts(num_proc):
 def prepare_corpus(name, documents, vocab_size, num_proc=None, split="documents", sources=None):
     """Tokenize documents (an iterable of texts, read lazily) into DATA_DIR/<name>: in parallel,
     streamed to disk, split with MDLM's protocol or the first release's (`split`); a vocabulary under
-    GPT-2's is compacted to the most frequent training tokens. Built in a folder beside the
+    GPT-2's is GPT-2's BPE cut after its first vocab_size - 1 tokens, and EOS (`gpt2.merges_encoding`). Built in a folder beside the
     destination, then renamed (atomic, on the destination's own filesystem), under a lock, so that two
     runs starting together prepare it once. sources: what it is made from (`fingerprint`); a corpus
     prepared from other sources is prepared again, and one line says so."""
-    folder = gpt2.DATA_DIR / name / (f"v{vocab_size}-stream" if split == "documents" else f"v{vocab_size}-{split}")
+    cut = "v" if vocab_size > GPT2_EOS else "first"  # GPT-2's own vocabulary, or its BPE cut
+    folder = gpt2.DATA_DIR / name / f"{cut}{vocab_size}-{'stream' if split == 'documents' else split}"
     folder.parent.mkdir(parents=True, exist_ok=True)
     with locked(f"corpus-{name}-{folder.name}"):
         if (folder / "meta.json").exists():
@@ -229,17 +209,14 @@ def build(folder, documents, vocab_size, num_proc, split, sources):
     """`prepare_corpus`'s work, in a folder beside `folder` that replaces it at the end."""
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".partial-"))
     try:
-        tokens, dtype = tmp / "tokens.bin", dtype_for(GPT2_EOS + 1)
-        lengths = tokenize_to_file(tokens, documents, gpt2_encoding, GPT2_EOS, dtype, num_proc or default_num_proc())
+        tokenizer = Tokenizer(merges=vocab_size - 1 if vocab_size <= GPT2_EOS else None)
+        encoding = gpt2_encoding if tokenizer.merges is None else functools.partial(merges_encoding, tokenizer.merges)
+        tokens, dtype = tmp / "tokens.bin", dtype_for(tokenizer.vocab_size)
+        lengths = tokenize_to_file(tokens, documents, encoding, tokenizer.eos_id, dtype, num_proc or default_num_proc())
         if lengths.sum() <= len(lengths):  # nothing but the EOS after each document
             raise ValueError(f"corpus {folder.parent.name!r} is empty: its documents hold no text")
         val_start = split_corpus(tokens, lengths, dtype, split)
-        gpt2_ids = None
-        if vocab_size < GPT2_EOS + 1:
-            counts, first = token_counts(tokens, dtype, val_start, GPT2_EOS + 1)
-            gpt2_ids = compact_vocabulary(counts, vocab_size, first)
-            remap_in_place(tokens, dtype, Tokenizer(gpt2_ids).to_model.astype(dtype))
-        write_meta(tmp, Tokenizer(gpt2_ids).meta(), dtype, int(lengths.sum()), val_start, split, sources)
+        write_meta(tmp, tokenizer.meta(), dtype, int(lengths.sum()), val_start, split, sources)
         if folder.exists():  # an outdated preparation: out of the way first, then removed
             os.replace(folder, tmp.with_name(tmp.name + "-old"))
         os.replace(tmp, folder)

@@ -1,9 +1,10 @@
 """GPT-2's tokenizer, offline: tiktoken's GPT-2 encoding, built from the BPE ranks that the
-`openai-whisper` source distribution ships when tiktoken cannot download them, and the compacted
-vocabulary (the most frequent GPT-2 tokens plus <unk>) that keeps CPU models small.
+`openai-whisper` source distribution ships when tiktoken cannot download them, and the small
+vocabularies that keep CPU models small: GPT-2's BPE cut after its first merges (`merges_encoding`).
 """
 import contextlib
 import fcntl
+import functools
 import os
 import shutil
 import subprocess
@@ -92,16 +93,37 @@ def gpt2_encoding():
                              special_tokens={"<|endoftext|>": GPT2_EOS}, explicit_n_vocab=50257)
 
 
+@functools.lru_cache(maxsize=4)
+def merges_encoding(merges):
+    """GPT-2's BPE cut after its first `merges` tokens by rank: the 256 bytes and the first merges -
+    256 merges. A token's parts always rank below it (BPE merges two existing tokens), so the cut is
+    a BPE in its own right: it encodes every text, losslessly, into ids that are GPT-2's own, only
+    into more tokens (the longer merges are spelled with shorter ones). EOS is id `merges`."""
+    if not 256 <= merges < GPT2_EOS:
+        raise ValueError(f"a cut of GPT-2's BPE keeps 256 to {GPT2_EOS - 1} tokens, not {merges}")
+    ranks = {token: rank for token, rank in gpt2_encoding()._mergeable_ranks.items() if rank < merges}
+    return tiktoken.Encoding(name=f"gpt2-first-{merges}", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
+                             special_tokens={"<|endoftext|>": merges})
+
+
 class Tokenizer:
-    """Text <-> model ids. With `gpt2_ids`, model id i is GPT-2 token gpt2_ids[i], and every
-    other GPT-2 token maps to the last id, <unk>; without it, ids are GPT-2's own."""
+    """Text <-> model ids, in one of three vocabularies, which `meta()` records:
+
+    merges    GPT-2's BPE cut after its first `merges` tokens (`merges_encoding`), EOS as id
+              `merges`: every text encodes losslessly; the small corpora's vocabulary
+    gpt2_ids  model id i is GPT-2 token gpt2_ids[i] and every other token the last id, <unk>: the
+              compacted vocabulary of checkpoints made before the cut (read, never made, now)
+    neither   GPT-2's own 50257 tokens (MDLM's OpenWebText models)
+    """
 
     UNK_TEXT = "<unk>"
 
-    def __init__(self, gpt2_ids=None):
-        self.enc = gpt2_encoding()
-        self.gpt2_ids = gpt2_ids
-        if gpt2_ids is None:
+    def __init__(self, gpt2_ids=None, merges=None):
+        self.gpt2_ids, self.merges, self.unk_id = gpt2_ids, merges, None
+        self.enc = gpt2_encoding() if merges is None else merges_encoding(merges)
+        if merges is not None:
+            self.vocab_size, self.eos_id = merges + 1, merges
+        elif gpt2_ids is None:
             self.vocab_size, self.eos_id = self.enc.n_vocab, GPT2_EOS
         else:
             self.vocab_size = len(gpt2_ids) + 1
@@ -110,7 +132,13 @@ class Tokenizer:
             self.to_model[np.asarray(gpt2_ids)] = np.arange(len(gpt2_ids))
             self.eos_id = int(self.to_model[GPT2_EOS])
 
+    @classmethod
+    def from_meta(cls, meta):
+        return cls(meta.get("gpt2_ids"), meta.get("merges"))
+
     def meta(self):
+        if self.merges is not None:
+            return {"kind": "gpt2", "merges": self.merges}
         return {"kind": "gpt2", "gpt2_ids": self.gpt2_ids}
 
     def encode(self, text):
@@ -129,15 +157,3 @@ class Tokenizer:
             else:
                 run.append(self.gpt2_ids[i])
         return "".join(pieces + [self.enc.decode(run)])
-
-
-def compact_vocabulary(counts, size, first=None):
-    """The size-1 most frequent GPT-2 tokens of the counts per token id (EOS always among them,
-    ties to the token that occurs first, given `first`, each id's first position); the last id
-    is <unk>."""
-    counts = np.asarray(counts).copy()
-    counts[GPT2_EOS] = 0
-    first = np.arange(len(counts)) if first is None else np.asarray(first)
-    order = np.lexsort((first, -counts))  # by count, then by first occurrence
-    frequent = [int(tok) for tok in order[:size - 2] if counts[tok] > 0]
-    return sorted([GPT2_EOS] + frequent)

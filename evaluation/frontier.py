@@ -16,6 +16,7 @@ import csv
 import math
 from dataclasses import dataclass
 
+from evaluate import at_entropy, compare, entropy_interval, verdict  # noqa: F401 (SPEC.md §7.5's rule)
 from plumbing import cli
 
 DATA = "data"  # the sweep's row of the data's own samples
@@ -49,33 +50,6 @@ def plot_frontier(rows, ar_labels, path):
     plt.close(fig)
 
 
-def at_entropy(frontier, entropy):
-    """(GenPPL, low, high) of the frontier (rows with entropy and genppl, genppl_low, genppl_high)
-    at `entropy`, log-linear between the two nearest points; None outside its range of entropies."""
-    points = sorted(frontier, key=lambda row: row["entropy"])
-    for left, right in zip(points, points[1:]):
-        if left["entropy"] <= entropy <= right["entropy"]:
-            w = (entropy - left["entropy"]) / (right["entropy"] - left["entropy"] or 1.0)
-            return tuple(math.exp((1 - w) * math.log(left[k]) + w * math.log(right[k]))
-                         for k in ("genppl", "genppl_low", "genppl_high"))
-    if len(points) == 1 and points[0]["entropy"] == entropy:
-        return tuple(points[0][k] for k in ("genppl", "genppl_low", "genppl_high"))
-    return None
-
-
-def verdict(row, frontier):
-    """The claim "row is no worse than the frontier at its entropy", judged with both intervals:
-    'better' (its interval wholly below the frontier's), 'worse' (wholly above), 'equal' (they
-    overlap) or 'no verdict' (its entropy lies outside the frontier's range)."""
-    found = at_entropy(frontier, row["entropy"])
-    if found is None:
-        low, high = min(r["entropy"] for r in frontier), max(r["entropy"] for r in frontier)
-        return f"no verdict: entropy {row['entropy']:.3f} outside the frontier's {low:.3f}-{high:.3f}", None
-    genppl, low, high = found
-    word = "better" if row["genppl_high"] < low else "worse" if row["genppl_low"] > high else "equal"
-    return word, genppl
-
-
 def read_sweep(path):
     """A sweep's CSV rows, numbers as floats."""
     def number(value):
@@ -88,11 +62,13 @@ def read_sweep(path):
 
 
 def pick(rows, spec):
-    """The rows of `LABEL@STEPS` (every temperature and top-p of it)."""
+    """The rows of `LABEL@STEPS` (every temperature and top-p of it); one error line listing the
+    rows that exist otherwise."""
     label, _, steps = spec.rpartition("@")
     found = [row for row in rows if row["label"] == label and str(row["steps"]).rstrip("0").rstrip(".") == steps]
     if not found:
-        raise ValueError(f"{spec}: no such row (LABEL@STEPS) in the sweep")
+        there = sorted({f"{row['label']}@{str(row['steps']).rstrip('0').rstrip('.')}" for row in rows})
+        raise ValueError(f"{spec}: no such row (LABEL@STEPS) in the sweep; it has {', '.join(there)}")
     return found
 
 
@@ -101,20 +77,22 @@ class FrontierConfig:
     sweep: list[str] = cli.flag(["results/sweep/sweep.csv"], "sweeps' CSVs: the reference's (at several "
                                                               "temperatures) and the rows'")
     reference: str = cli.flag("", "the frontier's rows, LABEL@STEPS (e.g. the teacher at L)")
-    rows: list[str] = cli.flag([], "the rows to judge, LABEL@STEPS (each at temperature 1 and top-p 1)")
+    rows: list[str] = cli.flag([], "the rows to judge, LABEL@STEPS (each of its temperatures and top-p values)")
 
 
-def main():
-    cfg = cli.parse_config(FrontierConfig, __doc__.split("\n\n")[0])
+def main(argv=None):
+    cfg = cli.parse_config(FrontierConfig, __doc__.split("\n\n")[0], argv)
     rows = [row for path in cfg.sweep for row in read_sweep(path)]
     frontier = pick(rows, cfg.reference)
-    print("| row | GenPPL (95%) | entropy | frontier's GenPPL at that entropy | verdict |\n|---|---|---|---|---|")
+    print("| row | temperature | top-p | GenPPL (95%) | entropy (95%) | frontier's GenPPL at that entropy | verdict |\n"
+          "|---|---|---|---|---|---|---|")
     for spec in cfg.rows:
-        row = next(r for r in pick(rows, spec) if r.get("temperature", 1.0) in (1.0, "") and r.get("top_p", 1.0)
-                   in (1.0, ""))
-        word, genppl = verdict(row, frontier)
-        print(f"| {spec} | {row['genppl']:.2f} ({row['genppl_low']:.2f}-{row['genppl_high']:.2f}) | "
-              f"{row['entropy']:.3f} | {'-' if genppl is None else f'{genppl:.2f}'} | {word} |")
+        for row in pick(rows, spec):
+            word, genppl = verdict(row, frontier)
+            low, high = entropy_interval(row)
+            print(f"| {spec} | {row.get('temperature', 1.0)} | {row.get('top_p', 1.0)} | {row['genppl']:.2f} "
+                  f"({row['genppl_low']:.2f}-{row['genppl_high']:.2f}) | {row['entropy']:.3f} ({low:.3f}-{high:.3f}) "
+                  f"| {'-' if genppl is None else f'{genppl:.2f}'} | {word} |")
 
 
 if __name__ == "__main__":

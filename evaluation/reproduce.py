@@ -78,8 +78,8 @@ def check_claims(setting, sweep_rows, lambada_rows, labels, seq_len, teacher_fro
     """The issue's targets, checked on the sweep: lines of markdown. labels: sweep label of the
     teacher, "sdtt" (every round's student at its own steps, as the SDTT paper evaluates them),
     "sdtt_final" (the last round's student: LAMBADA), "idlm" and, on the synthetic source, "exact".
-    A student against the teacher at L is judged at equal entropy, on the teacher's frontier over
-    temperatures (evaluation/frontier.py); the earlier rule (GenPPL <= and entropy >= 95%) beside it."""
+    Every comparison is at equal entropy, on the teacher's frontier over temperatures (SPEC.md §7.5):
+    a student against the frontier (`frontier.verdict`), IDLM against SDTT (`frontier.compare`)."""
     def row(label, steps):
         return next(r for r in sweep_rows if r["label"] == labels[label] and int(r["steps"]) == steps)
     L = seq_len
@@ -88,18 +88,18 @@ def check_claims(setting, sweep_rows, lambada_rows, labels, seq_len, teacher_fro
              f"entropy {teacher['entropy']:.2f})", ""]
     for student in ("sdtt", "idlm"):
         s = row(student, L // 16)
-        ok = s["genppl"] <= teacher["genppl"] and s["entropy"] >= 0.95 * teacher["entropy"]
         word, at = frontier.verdict(s, teacher_frontier)
+        low, high = frontier.entropy_interval(s)
         lines.append(f"- {student.upper()} at L/16 = {L // 16} steps: GenPPL {s['genppl']:.2f} "
-                     f"({s['genppl_low']:.2f}-{s['genppl_high']:.2f}), entropy {s['entropy']:.2f} "
-                     f"({100 * s['entropy'] / teacher['entropy']:.1f}% of the teacher's) -> at equal entropy: **{word}**"
-                     + (f" (the teacher's frontier there: {at:.2f})" if at else "")
-                     + f"; by the earlier rule (GenPPL <= teacher at L, entropy >= 95%): "
-                       f"{'reproduced' if ok else 'NOT reproduced'}")
+                     f"({s['genppl_low']:.2f}-{s['genppl_high']:.2f}), entropy {s['entropy']:.2f} ({low:.2f}-{high:.2f}; "
+                     f"{100 * s['entropy'] / teacher['entropy']:.1f}% of the teacher's) -> at equal entropy: **{word}**"
+                     + (f" (the teacher's frontier there: {at:.2f})" if at else ""))
     for steps in (L // 16, L // 32):
-        i, s = row("idlm", steps)["genppl"], row("sdtt", steps)["genppl"]
-        lines.append(f"- IDLM vs SDTT at {steps} steps: GenPPL {i:.2f} vs {s:.2f} -> "
-                     f"{'reproduced' if i <= s else 'NOT reproduced'} (target: IDLM at least as good)")
+        i, s = row("idlm", steps), row("sdtt", steps)
+        word = frontier.compare(i, s, teacher_frontier)
+        lines.append(f"- IDLM vs SDTT at {steps} steps: GenPPL {i['genppl']:.2f} vs {s['genppl']:.2f} at entropy "
+                     f"{i['entropy']:.2f} vs {s['entropy']:.2f} -> IDLM at equal entropy: **{word}** (target: better "
+                     f"or equal)")
     if "exact" in labels:
         exact_full, exact_few = (row("exact", steps)["genppl"] for steps in (L, L // 16))
         lines.append(f"- Ceiling: the exact denoiser (the perfect MDLM teacher) reaches GenPPL {exact_few:.2f} at "

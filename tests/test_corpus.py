@@ -48,13 +48,15 @@ def test_ids_take_the_narrowest_unsigned_type():
     assert corpus.dtype_for(65537) == np.uint32 and corpus.dtype_for(151_936) == np.uint32
 
 
-def test_a_compacted_vocabulary_counts_only_the_training_tokens(data_dir, monkeypatch):
-    monkeypatch.setattr(corpus, "VAL_DOCUMENTS", 1)
-    docs = [" alpha beta" * 50] * 30 + [" zebra" * 100]  # the held-out document's word is never kept
-    stream = data.TokenStream(corpus.prepare_corpus("compact", docs, 8, num_proc=1))
-    tokenizer = stream.tokenizer
-    assert gpt2.gpt2_encoding().encode_ordinary(" zebra")[0] not in tokenizer.gpt2_ids
-    assert set(np.asarray(stream.splits["val"]).tolist()) == {tokenizer.unk_id, tokenizer.eos_id}
+def test_a_small_vocabulary_is_gpt2s_bpe_cut_after_its_first_tokens_and_eos_follows_them(data_dir):
+    docs = [" alpha beta" * 50] * 30 + [" zebra" * 100]
+    stream = data.TokenStream(corpus.prepare_corpus("cut", docs, 300, num_proc=1))
+    tokenizer, cut = stream.tokenizer, gpt2.merges_encoding(299)
+    assert stream.meta() == {"kind": "gpt2", "merges": 299} and (tokenizer.vocab_size, tokenizer.eos_id) == (300, 299)
+    everything = np.concatenate([stream.splits["train"], stream.splits["val"]])
+    expected = [i for d in docs for i in cut.encode_ordinary(d) + [299]]
+    assert np.array_equal(everything, expected) and everything.max() == 299
+    assert tokenizer.decode(stream.splits["val"]).replace("<|endoftext|>", "") == " zebra" * 100
 
 
 def test_a_failed_build_leaves_neither_the_corpus_nor_a_partial_folder(data_dir):
@@ -110,13 +112,3 @@ def test_the_first_release_split_draws_windows_at_any_offset(data_dir):
 def test_an_unknown_split_is_one_error(data_dir):
     with pytest.raises(ValueError, match="unknown corpus split"):
         corpus.prepare_corpus("x", documents(3), 50257, num_proc=1, split="middle")
-
-
-def test_a_compacted_vocabulary_breaks_count_ties_by_first_occurrence(data_dir):
-    enc = gpt2.gpt2_encoding()
-    late, early = sorted(enc.encode_ordinary(w)[0] for w in (" apple", " zebra"))[::-1]
-    assert late > early  # so that "the lower id" and "the first seen" disagree
-    text = enc.decode([late, early] * 3 + [early + 1] * 9)  # a tie of 3 and 3 for the one free slot
-    stream = data.TokenStream(corpus.prepare_corpus("ties", [text] * 20, 4, num_proc=1))
-    kept = set(stream.tokenizer.gpt2_ids)
-    assert early + 1 in kept and late in kept and early not in kept

@@ -24,6 +24,32 @@ def test_exact_genppl_of_source_samples_matches_entropy_rate():
     assert abs(nll.mean().item() - source.entropy_rate_bound()) < 5 * standard_error
 
 
+class ChosenNLLJudge:
+    """A judge stand-in whose per-token NLL of each sample is chosen by the test."""
+
+    def __init__(self, nll):
+        self.nll = torch.tensor(nll, dtype=torch.float64)
+
+    def nll_per_token(self, tokens):
+        return self.nll
+
+
+def test_genppl_is_exp_of_the_mean_nll_per_token_not_the_mean_of_per_sample_perplexities():
+    """SPEC.md §7.1 through sample_metrics: NLLs 0.5, 1, 3 give exp(1.5) = 4.48, where the mean of the
+    samples' perplexities would be 8.15; the interval is exp(mean +- 1.96 s / sqrt(3)); the entropies of
+    the histograms below are log 2, 0 and log 4, mean log 2."""
+    tokens = torch.tensor([[0, 0, 1, 1], [0, 0, 0, 0], [0, 1, 2, 3]])
+    nll = [0.5, 1.0, 3.0]
+    metrics = evaluate.sample_metrics(tokens, ChosenNLLJudge(nll))
+    mean = sum(nll) / 3
+    half = 1.96 * math.sqrt(sum((v - mean) ** 2 for v in nll) / 2) / math.sqrt(3)   # unbiased s
+    assert metrics["genppl"] == pytest.approx(math.exp(mean), rel=1e-12)
+    assert abs(sum(math.exp(v) for v in nll) / 3 - math.exp(mean)) > 3   # the wrong mean is far off
+    assert metrics["genppl_low"] == pytest.approx(math.exp(mean - half), rel=1e-12)
+    assert metrics["genppl_high"] == pytest.approx(math.exp(mean + half), rel=1e-12)
+    assert metrics["entropy"] == pytest.approx(math.log(2), rel=1e-12)
+
+
 def test_ar_judge_scores_tokens_after_bos_and_batching_does_not_matter():
     model = tiny_model("ar")
     tokens = torch.randint(0, V, (5, L), generator=torch.Generator().manual_seed(0))
@@ -137,3 +163,50 @@ def test_entropy_is_between_zero_and_log_length_and_permutation_invariant(row, r
     rng.shuffle(shuffled)
     assert -1e-12 <= entropy <= math.log(len(row)) + 1e-12
     assert evaluate.token_entropy(torch.tensor([shuffled])).item() == pytest.approx(entropy)
+
+
+# ----------------------------------------------------------------------------- at equal entropy (SPEC.md §7.5)
+
+def shakespeare_row(temperature, genppl, low, high, entropy, half):
+    return {"temperature": temperature, "genppl": genppl, "genppl_low": low, "genppl_high": high, "entropy": entropy,
+            "entropy_half": half}
+
+
+# The embedded default's teacher at L = 128 over temperatures 0.9-1.1, and IDLM at L/16 = 8 steps, as
+# evaluation.reproduce --quick measured them (64 samples a row, 95% intervals; results/shakespeare at e1b9f05).
+TEACHER_FRONTIER = [shakespeare_row(0.9, 193.28, 179.15, 208.53, 3.7635, 0.0320),
+                    shakespeare_row(1.0, 398.59, 370.98, 428.27, 4.0413, 0.0309),
+                    shakespeare_row(1.1, 717.80, 674.23, 764.19, 4.2417, 0.0254)]
+IDLM_AT_L16 = shakespeare_row(1.0, 309.35, 291.58, 328.21, 4.0119, 0.0279)
+
+
+def test_idlm_at_l16_is_equal_not_better_across_its_own_entropy_interval():
+    """At its central entropy 4.012 the frontier's lower bound is 343.5, above IDLM's upper bound 328.2
+    (the old rule's "better"); at 3.984, the low end of its entropy interval, the frontier's lower bound
+    is 319.3, below 328.2: the claim does not hold across the interval, so the verdict is "equal"."""
+    low_end = evaluate.at_entropy(TEACHER_FRONTIER, 4.0119 - 0.0279)
+    assert low_end[1] == pytest.approx(319.3, abs=0.1) and low_end[1] < IDLM_AT_L16["genppl_high"]
+    assert evaluate.at_entropy(TEACHER_FRONTIER, 4.0119)[1] > IDLM_AT_L16["genppl_high"]
+    assert evaluate.verdict({**IDLM_AT_L16, "entropy_half": 0.0}, TEACHER_FRONTIER)[0] == "better"
+    assert evaluate.verdict(IDLM_AT_L16, TEACHER_FRONTIER)[0] == "equal"
+
+
+def test_a_verdict_holds_across_the_whole_entropy_interval_and_both_genppl_intervals():
+    curve = [shakespeare_row(1.0, 10.0, 9.0, 11.0, 2.0, 0.0), shakespeare_row(1.0, 40.0, 36.0, 44.0, 3.0, 0.0)]
+    # at 2.5 the frontier is 20 (18-22); over 2.4-2.6 its low bound runs 15.7-20.7 and its high bound 19.1-25.3
+    assert evaluate.verdict(shakespeare_row(1.0, 14.0, 13.0, 15.0, 2.5, 0.1), curve)[0] == "better"
+    assert evaluate.verdict(shakespeare_row(1.0, 16.0, 15.0, 17.0, 2.5, 0.1), curve)[0] == "equal"  # 17 > 15.7
+    assert evaluate.verdict(shakespeare_row(1.0, 16.0, 15.0, 17.0, 2.5, 0.0), curve)[0] == "better"  # 17 < 18
+    assert evaluate.verdict(shakespeare_row(1.0, 30.0, 26.0, 34.0, 2.5, 0.1), curve)[0] == "worse"
+    assert evaluate.verdict(shakespeare_row(1.0, 30.0, 24.0, 34.0, 2.5, 0.1), curve)[0] == "equal"  # 24 < 25.3
+    assert evaluate.verdict(shakespeare_row(1.0, 5.0, 4.0, 6.0, 2.05, 0.1), curve)[0].startswith("no verdict")
+
+
+def test_two_rows_compare_by_their_excess_over_the_frontier_not_by_raw_genppl():
+    curve = [shakespeare_row(1.0, 10.0, 10.0, 10.0, 2.0, 0.0), shakespeare_row(1.0, 40.0, 40.0, 40.0, 3.0, 0.0)]
+    on_curve_low = shakespeare_row(1.0, 10.0, 9.9, 10.1, 2.0, 0.0)    # lower GenPPL, bought with entropy
+    on_curve_high = shakespeare_row(1.0, 40.0, 39.6, 40.4, 3.0, 0.0)
+    below = shakespeare_row(1.0, 30.0, 29.7, 30.3, 3.0, 0.0)
+    assert evaluate.compare(on_curve_low, on_curve_high, curve) == "equal"
+    assert evaluate.compare(below, on_curve_low, curve) == "better"     # though its GenPPL is 3x higher
+    assert evaluate.compare(on_curve_low, below, curve) == "worse"
