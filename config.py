@@ -30,7 +30,8 @@ RECIPES = {"idlm-code": dict(tau=1e-3, noise_window=IDLM_CODE_WINDOW, lr=1e-6, w
                              teacher_weights="ema", idlm_gradient="no-score")}
 # what the IDLM flags become when neither the command line nor a recipe gives them
 IDLM_DEFAULTS = dict(fake_steps=1, fake_batch="same", loss_per="token")
-IDLM_ONLY = ("recipe", "idlm_gradient", "latent_draws", "noise_window", "fake_steps", "fake_batch", "loss_per")
+IDLM_ONLY = ("recipe", "idlm_gradient", "latent_draws", "noise_window", "fake_steps", "fake_batch", "loss_per",
+             "fake_lr")
 
 
 @dataclass
@@ -90,7 +91,7 @@ class TrainConfig:
                                             "presets, 1024)", at_least=1)
     teacher_steps: int = flag(2, "SDTT: teacher steps distilled into one student step (2, 4, 8)", at_least=1)
     divergence: Optional[str] = flag(None, "SDTT divergence (default: reverse_kl, the paper's, for full size; "
-                                           "mse on the CPU presets, see README)", choices=list(sdtt.DIVERGENCES))
+                                           "mse on the CPU presets, see results/embedded.md)", choices=list(sdtt.DIVERGENCES))
     teacher_sampler: str = flag("ancestral", "SDTT: sampler that makes the targets", choices=list(sdtt.TEACHER_SAMPLERS))
     reset_optimizer: bool = flag(False, "SDTT ablation: a fresh optimizer each round")
     ema_teacher: bool = flag(False, "SDTT ablation: the EMA weights teach the next round (EMA decay 0.999)")
@@ -191,10 +192,10 @@ def resolve(cfg, size=None):
     if method == "dcd" and cfg.start_steps is None:
         filled.setdefault("start_steps", max(1, cfg.seq_len // 2))
     cfg = dataclasses.replace(cfg, **filled)
-    if cfg.fake_lr is None:
+    if method == "idlm" and cfg.fake_lr is None:
         cfg = dataclasses.replace(cfg, fake_lr=cfg.lr)
     cfg = dataclasses.replace(cfg, grad_clip=1.0 if cfg.grad_clip is None else cfg.grad_clip,
-                              teacher_weights=cfg.teacher_weights or "ema")
+                              teacher_weights=cfg.teacher_weights or ("ema" if cfg.distill else None))
     if method == "idlm":
         cfg = idlm_defaults(cfg)
     if cfg.out_dir is None:

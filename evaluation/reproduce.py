@@ -29,7 +29,7 @@ SETTINGS = {
     "synthetic": dict(common=["--data", "synthetic", "--size", "tiny", "--seq-len", "64"],
                       iters={"mdlm": (1500, 6000), "sdtt": (60, 400), "idlm": (300, 2000)},
                       temperatures=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1]),
-    # the papers' regime, where the 16 tokens of an L/16-step step are rarely neighbours (README)
+    # the papers' regime, where the 16 tokens of an L/16-step step are rarely neighbours (results/reproduce.md)
     "synthetic256": dict(common=["--data", "synthetic", "--size", "tiny", "--batch-size", "8", "--seq-len", "256"],
                          iters={"mdlm": (1500, 6000), "sdtt": (60, 400), "idlm": (300, 2000)},
                          temperatures=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1]),

@@ -1,4 +1,4 @@
-"""What the perfect teacher reaches in few steps on the synthetic source (README, "Results").
+"""What the perfect teacher reaches in few steps on the synthetic source (results/reproduce.md).
 
     python scripts/exact_ceiling.py --seq-lens 64 128 256 [--process uniform]
 

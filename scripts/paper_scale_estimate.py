@@ -1,4 +1,4 @@
-"""The README's "Paper scale" table: time and memory per stage of the paper's runs on one 80 GB
+"""results/paper_scale.md's table: time and memory per stage of the paper's runs on one 80 GB
 GPU, estimated from FLOP counts (plumbing/flops.py) and an assumed utilisation, not measured.
 
     python scripts/paper_scale_estimate.py --mfu 0.35 --gpu h100

@@ -1,4 +1,4 @@
-"""Why the reverse KL did not help SDTT on the small embedded teacher (README, "Where this differs").
+"""Why the reverse KL did not help SDTT on the small embedded teacher (results/embedded.md, "Where the embedded default differs from the papers").
 
     python scripts/sdtt_target_entropy.py --ckpt out/mdlm/ckpt.pt --steps 8
 

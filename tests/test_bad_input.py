@@ -1,16 +1,22 @@
 """Mistakes a new user makes, tried at the command line as they would: each ends in one `error:` line
 naming what is wrong, with no traceback, and no file that was there is lost, changed or left
-half-written (a temporary file of a failed write included)."""
+half-written (a temporary file of a failed write included). The table runs each command's main in
+this process, as its command line would (`plumbing.cli.run_command`); a few of its cases also run
+as true subprocesses, for the contract that stderr holds that line and nothing else."""
 import dataclasses
 import hashlib
+import importlib
+import importlib.util
 import os
 import shlex
+import sys
 from pathlib import Path
 
 import pytest
 
-from helpers import L, SYNTHETIC, V, assert_one_error_line, random_dit, run_script, save_tiny_checkpoint
+from helpers import ROOT, L, SYNTHETIC, V, assert_one_error_line, random_dit, run_script, save_tiny_checkpoint
 from loading import checkpoint
+from plumbing.cli import run_command
 from processes.registry import PROCESSES
 
 MICRO = ["--data", "synthetic", "--size", "micro", "--seq-len", str(L), "--batch-size", "4", "--eval-every", "0"]
@@ -138,12 +144,39 @@ CASES = [
 ]
 
 
+def entry_point(args):
+    """(the main function, the program's name, its arguments) of a command line: a script of the
+    project, `-m package.module`, or a file under scripts/."""
+    if args[0] == "-m":
+        return importlib.import_module(args[1]).main, args[1], args[2:]
+    if args[0].startswith("scripts/"):
+        spec = importlib.util.spec_from_file_location(Path(args[0]).stem, ROOT / args[0])
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module.main, args[0], args[1:]
+    return importlib.import_module(args[0].removesuffix(".py")).main, args[0], args[1:]
+
+
+def error_line_in_process(args, monkeypatch, capsys):
+    """Run a command's main here, from the repository's root, as `run_command` runs it at the command
+    line; return its one error line (no exception but the exit escapes it, no traceback printed)."""
+    main, program, argv = entry_point(args)
+    monkeypatch.setattr(sys, "argv", [program, *argv])
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(SystemExit) as exit_:
+        run_command(main)
+    line = str(exit_.value.code)
+    assert "Traceback" not in capsys.readouterr().err
+    assert line.startswith("error:") and "\n" not in line, line
+    return line
+
+
 @pytest.mark.parametrize("name, command, words", CASES, ids=[c[0] for c in CASES])
-def test_a_mistake_is_one_error_line_and_loses_no_file(name, command, words, world, tmp_path):
+def test_a_mistake_is_one_error_line_and_loses_no_file(name, command, words, world, tmp_path, monkeypatch, capsys):
     folder, files = world
     paths = {**{k: str(v) for k, v in files.items()}, "tmp": str(tmp_path), "read_only": str(read_only_folder(tmp_path))}
     before = snapshot(folder)
-    line = assert_one_error_line(run_script(*shlex.split(command.format(**paths)), timeout=300))
+    line = error_line_in_process(shlex.split(command.format(**paths)), monkeypatch, capsys)
     assert any(alternative in line for alternative in words.split("|")), line
     print(f"{name}: {line}")  # pytest -rP lists every mistake with the line it prints
     assert snapshot(folder) == before, "a file that was there changed"
@@ -152,3 +185,16 @@ def test_a_mistake_is_one_error_line_and_loses_no_file(name, command, words, wor
 
 def test_there_are_at_least_thirty_mistakes():
     assert len(CASES) >= 30
+
+
+SUBPROCESS_CASES = ["unknown size", "a truncated checkpoint", "a prompt for a uniform-state model",
+                    "a sweep of nothing but the exact denoiser"]
+
+
+@pytest.mark.parametrize("name", SUBPROCESS_CASES)
+def test_at_the_command_line_stderr_holds_the_one_error_line_and_nothing_else(name, world, tmp_path):
+    folder, files = world
+    _, command, words = next(case for case in CASES if case[0] == name)
+    paths = {**{k: str(v) for k, v in files.items()}, "tmp": str(tmp_path)}
+    line = assert_one_error_line(run_script(*shlex.split(command.format(**paths)), timeout=300))
+    assert any(alternative in line for alternative in words.split("|")), line
