@@ -33,6 +33,7 @@ from samplers import Ancestral, CachedAncestral, expected_forwards, make_sampler
 import config
 import dcd
 import idlm
+import mmd
 import sdtt
 from train import training_step as pretraining_step
 from diffusion import antithetic_times, step_size
@@ -346,6 +347,9 @@ def method_step(method, model, process, env, x, **flags):
     if method == "dcd":
         schedule, dt = duo.GaussianSchedule(process.vocab_size, *duo.DCD_GAMMA_RANGE), duo.round_gap(0, cfg.start_steps)
         return (lambda: dcd.training_step(student, teacher, ema, chunks, dt, process, schedule, cfg, env)), 1
+    if method == "mmd":
+        choices = mmd.Choices(cfg.mmd_block, cfg.mmd_bandwidth or 1.0, cfg.mmd_candidates, cfg.mmd_draws)
+        return (lambda: mmd.training_step(student, teacher, ema, chunks, process, choices, cfg, env)), 1
     fake, (latents, choices) = trained(trainable_copy(model), cfg.fake_lr, cfg, env), idlm.latents_and_choices(cfg, process)
     return (lambda: idlm.training_step(student, fake, teacher, ema, chunks, [chunks] * cfg.fake_steps, latents, choices,
                                        cfg, env)), 2

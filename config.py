@@ -18,7 +18,7 @@ from plumbing import devices
 from plumbing.cli import flag
 from processes.registry import FAMILIES
 
-METHODS = ["sdtt", "idlm", "dcd"]  # --distill: sdtt.py, idlm.py, dcd.py (train.py's DISTILL maps each to its loop)
+METHODS = ["sdtt", "idlm", "dcd", "mmd"]  # --distill: sdtt.py, idlm.py, dcd.py, mmd.py (train.DISTILL: their loops)
 
 
 # IDLM's public code, read from its training scripts (SPEC.md §6.5). Its noise window is Duo's gamma in
@@ -32,6 +32,7 @@ RECIPES = {"idlm-code": dict(tau=1e-3, noise_window=IDLM_CODE_WINDOW, lr=1e-6, w
 IDLM_DEFAULTS = dict(fake_steps=1, fake_batch="same", loss_per="token")
 IDLM_ONLY = ("recipe", "idlm_gradient", "latent_draws", "noise_window", "fake_steps", "fake_batch", "loss_per",
              "fake_lr")
+MMD_ONLY = ("mmd_block", "mmd_bandwidth", "mmd_candidates", "mmd_draws", "mmd_same_position")
 
 
 @dataclass
@@ -120,6 +121,18 @@ class TrainConfig:
     teacher_weights: Optional[str] = flag(None, "distillation: the teacher checkpoint's weights that the teacher "
                                                 "(and the student and fake it starts) take: ema (default) or raw",
                                           choices=["ema", "raw"])
+    # MDLM-MMD (SPEC.md §11)
+    mmd_block: Optional[int] = flag(None, "MMD: the block (zero-based) whose hidden states are the representation "
+                                          "(the paper: 3 of 12; the CPU preset: 1 of 4)", at_least=0)
+    mmd_bandwidth: Optional[float] = flag(None, "MMD: alpha of the kernel exp(-alpha ||a - b||^2) (the paper: 2e-5; "
+                                                "the CPU preset: 1 / the median squared distance of the data's "
+                                                "representations)", above=0)
+    mmd_candidates: Optional[int] = flag(None, "MMD: G candidates per sequence, each one's baseline the mean reward "
+                                               "of the others (the paper: 4)", at_least=2)
+    mmd_draws: Optional[int] = flag(None, "MMD: B completions per candidate (the paper: 2)", at_least=2)
+    mmd_same_position: Optional[str] = flag(None, "MMD: the within-completions term 'exclude's pairs at the same "
+                                                  "position (the paper) or 'include's them",
+                                            choices=["exclude", "include"])
     # the table printed at the end of a distillation
     judge: Optional[str] = flag(None, "GenPPL judge: our AR checkpoint (default out/ar/ckpt.pt, trained if "
                                       "missing; gpt2-large for a teacher with GPT-2's full vocabulary), 'exact' "
@@ -140,6 +153,9 @@ PAPER = {
                  divergence="reverse_kl"),
     "idlm": dict(batch_size=512, iters=10_000, lr=1e-6, warmup=2500, ema=0.9999),
     "dcd": dict(batch_size=128, iters=10_000, lr=6e-5, warmup=500, ema=0.999, rounds=5, start_steps=512),
+    # MDLM-MMD's recipe (its configs): AdamW without weight decay, constant after warm-up, no clipping
+    "mmd": dict(batch_size=512, iters=4000, lr=1e-4, warmup=100, ema=0.9999, grad_clip=0.0, mmd_block=3,
+                mmd_bandwidth=2e-5, mmd_candidates=4, mmd_draws=2, mmd_same_position="exclude"),
 }
 # ... and the CPU's, scaled down to minutes on two cores. SDTT, round count and first teacher steps: down
 # from L to L/32 steps (`resolve`). Its divergence is the MSE of log-probs (B.3): the reverse KL's optimum
@@ -152,6 +168,9 @@ CPU = {
     "sdtt": dict(batch_size=32, iters=80, lr=3e-4, warmup=10, ema=0.9, divergence="mse"),
     "idlm": dict(batch_size=32, iters=250, lr=1e-4, warmup=20, ema=0.99),
     "dcd": dict(batch_size=32, iters=60, lr=3e-4, warmup=10, ema=0.9, rounds=3),
+    # MMD on CPU: the paper's G, B and lr; the block a third of the way up; the median-heuristic bandwidth
+    "mmd": dict(batch_size=32, iters=100, lr=1e-4, warmup=10, ema=0.99, grad_clip=0.0, mmd_block=1,
+                mmd_candidates=4, mmd_draws=2, mmd_same_position="exclude"),
 }
 PRESETS = {"paper": PAPER, "cpu": CPU}
 SEQ_LEN = 128  # L of the embedded default
@@ -169,6 +188,9 @@ def resolve(cfg, size=None):
     given = [name for name in IDLM_ONLY if getattr(cfg, name) is not None]
     if method != "idlm" and given:
         raise ValueError(f"--{given[0].replace('_', '-')} applies to --distill idlm only")
+    given = [name for name in MMD_ONLY if getattr(cfg, name) is not None]
+    if method != "mmd" and given:
+        raise ValueError(f"--{given[0].replace('_', '-')} applies to --distill mmd only")
     if cfg.teacher_weights is not None and not cfg.distill:
         raise ValueError("--teacher-weights applies to a distillation (--distill) only")
     cfg = dataclasses.replace(cfg, process=cfg.process or "absorbing", preset=preset_of(cfg, size or cfg.size))
@@ -245,6 +267,9 @@ def check_method(method, process, tau=None):
     if method == "sdtt" and not process.has_mask:
         raise ValueError("SDTT distills an absorbing teacher, with a MASK state (MDLM or SEDD); this teacher is "
                          f"{process.name}: use --distill idlm or dcd")
+    if method == "mmd" and not process.has_mask:
+        raise ValueError(f"MMD post-trains an absorbing model, with a MASK state (MDLM or SEDD, or an SDTT or IDLM "
+                         f"student of one); this model's process is {process.name}")
     if method == "dcd" and process.family != "uniform":
         raise ValueError(f"DCD distills a uniform-state (Duo) teacher; this teacher's process is {process.name} "
                          "(use --distill sdtt or idlm)")

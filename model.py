@@ -217,6 +217,18 @@ class DiT(nn.Module):
             x = block(x, c, cos, sin)
         return x, c
 
+    def features(self, tokens, block):
+        """The hidden states [N, L, width] after block `block` (zero-based) of clean tokens [N, L] at
+        sigma = 0: the representation MDLM-MMD compares (mmd.py); later blocks are not run."""
+        if not 0 <= block < len(self.blocks):
+            raise ValueError(f"block {block}: this model's blocks are 0 to {len(self.blocks) - 1} (--mmd-block)")
+        x = self.vocab_embed(tokens)
+        c = F.silu(self.sigma_map(torch.zeros(tokens.shape[0], device=tokens.device)))
+        cos, sin = self.rotary_emb(torch.arange(tokens.shape[1], device=tokens.device))
+        for layer in self.blocks[:block + 1]:
+            x = layer(x, c, cos, sin)
+        return x
+
     def head(self, hidden, c):
         """The output layer: logits of hidden states [N, L, width] (c [N, cond_dim]) or of selected
         rows [M, width] (c [M, cond_dim], each row's own sequence's conditioning)."""

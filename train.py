@@ -21,6 +21,7 @@ import torch.distributed as dist
 
 import dcd
 import idlm
+import mmd
 import sdtt
 from config import TrainConfig, check_config, check_method, describe, from_teacher, resolve
 from data import load_data
@@ -35,7 +36,7 @@ from processes.registry import PROCESSES
 from training.run import Run
 from training.step import fit_micro_batch, make_ema, optimizer_step, seed_step, setup, trained
 
-DISTILL = {"sdtt": sdtt.distill, "idlm": idlm.distill, "dcd": dcd.distill}  # --distill: each method's loop
+DISTILL = {"sdtt": sdtt.distill, "idlm": idlm.distill, "dcd": dcd.distill, "mmd": mmd.distill}  # each method's loop
 
 
 # ----------------------------------------------------------------------------- pretraining

@@ -47,6 +47,7 @@ EXPECTED = {
     "sdtt": {"absorbing": "works", "sedd": "works", "uniform": NEEDS_MASK},
     "idlm": dict.fromkeys(PROCESSES, "works"),
     "dcd": {"absorbing": NEEDS_UNIFORM, "sedd": NEEDS_UNIFORM, "uniform": "works"},
+    "mmd": {"absorbing": "works", "sedd": "works", "uniform": "MMD post-trains an absorbing model"},
     "bench_latency": dict.fromkeys(PROCESSES, "works"),
     "bench_train": dict.fromkeys(PROCESSES, "works"),
 }
@@ -211,7 +212,7 @@ def door_bench_latency(name, path):
 
 
 def door_bench_train(name, path):
-    methods = ("mdlm", "sdtt", "idlm") if PROCESSES[name].has_mask else ("mdlm", "idlm", "dcd")
+    methods = ("mdlm", "sdtt", "idlm", "mmd") if PROCESSES[name].has_mask else ("mdlm", "idlm", "dcd")
     for method in methods:
         step, _ = bench.training_step(method, "micro", V, L, 2, torch.device("cpu"), name)
         assert all(math.isfinite(v) for v in step().values())
@@ -224,6 +225,7 @@ DOORS = {"sample": door_sample, "infill": door_infill, "trace": door_trace, "sho
          "sdtt": lambda name, path: door_method("sdtt", name, path),
          "idlm": lambda name, path: door_method("idlm", name, path),
          "dcd": lambda name, path: door_method("dcd", name, path),
+         "mmd": lambda name, path: door_method("mmd", name, path),
          "bench_latency": door_bench_latency, "bench_train": door_bench_train}
 
 

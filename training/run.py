@@ -27,7 +27,8 @@ from training.step import Env, micro_batches, seed_step, step_batch
 # checkpoints, the learning rates and the device may change)
 SAME_RUN = ("model", "distill", "process", "tau", "teacher", "data", "size", "schedule", "vocab_size", "seq_len",
             "batch_size", "seed", "teacher_steps", "start_steps", "divergence", "recipe", "idlm_gradient", "latent_draws",
-            "noise_window", "fake_steps", "fake_batch", "loss_per", "teacher_weights")
+            "noise_window", "fake_steps", "fake_batch", "loss_per", "teacher_weights", "mmd_block", "mmd_bandwidth",
+            "mmd_candidates", "mmd_draws", "mmd_same_position")
 
 
 def existing_run(cfg):
