@@ -17,6 +17,13 @@ loglikelihood: exact for an AR model; for a diffusion model the NELBO bound on t
 continuation given the context (likelihood.py: the context is never masked, K antithetic
 times), negated, so it is a lower bound on log p. is_greedy: for a diffusion model, whether
 one forward pass with the whole continuation masked decodes it (SDTT's LAMBADA protocol).
+
+generate_until (SPEC.md §7.3): a request is sampled when its do_sample says so or, unsaid, when its
+temperature is above 0 (lm-eval's rule); otherwise, and at temperature 0, it is greedy. Greedy
+generation of a diffusion model is its own sampler (ancestral for MDLM) with every token it takes
+the denoiser's most probable one: which positions a step reveals is still drawn (seeded by the
+context), what they become is the argmax given what is revealed by then; an AR model takes the argmax
+at every token. A sampled request draws from the categorical at its temperature and top_p (SPEC.md §7.5).
 """
 import sys
 import zlib
@@ -39,6 +46,18 @@ except ImportError:
     raise ImportError(MISSING_EXTRAS.removeprefix("error: ")) from None
 
 MODEL_NAME = "mdlm"
+ARGMAX = 1e-12  # a top-p below the most probable token's probability (>= 1/V): the nucleus is that token alone
+
+
+def decoding(gen_kwargs):
+    """(temperature, top_p) of a generate_until request: sampled when do_sample says so or, unsaid,
+    at a temperature above 0 (lm-eval's rule), at its temperature (1 unsaid) and top_p; otherwise
+    greedy, every token the argmax (the nucleus of one token)."""
+    do_sample = gen_kwargs.get("do_sample")
+    temperature = float(gen_kwargs.get("temperature", 1.0 if do_sample else 0.0))
+    if do_sample is False or temperature == 0:
+        return 1.0, ARGMAX
+    return temperature, float(gen_kwargs.get("top_p", 1.0))
 
 
 def pick_device(name):
@@ -119,8 +138,9 @@ class CheckpointLM(TemplateLM):
 
     def generate_until(self, requests, disable_tqdm=False):
         """Continue each context with our sampler (evaluate.generate) by max_gen_toks tokens, cut
-        at the first stop string. Diffusion: `steps` ancestral steps (default: one per new
-        token), always sampled (seeded); AR: greedy unless do_sample, else at `temperature`."""
+        at the first stop string; greedy or sampled as the request says (`decoding`; module
+        docstring). Diffusion: `steps` steps of the process's own sampler (default: one per new
+        token), seeded by the context."""
         results = []
         for request in requests:
             context, gen_kwargs = request.args
@@ -129,12 +149,10 @@ class CheckpointLM(TemplateLM):
             new_tokens = min(int(gen_kwargs.get("max_gen_toks", 64)), self.seq_len - 1)
             prompt = self.tok_encode(context)
             prompt = prompt[max(0, len(prompt) - (self.seq_len - new_tokens)):]  # the context is cut on the left
-            temperature = float(gen_kwargs.get("temperature", 0.0))
-            greedy = not gen_kwargs.get("do_sample", False) or temperature == 0
-            # a nucleus of one token is greedy decoding (AR only; the diffusion sampler ignores both)
+            temperature, top_p = decoding(gen_kwargs)
             tokens, _ = generate(self.model, self.process, 1, len(prompt) + new_tokens, self.steps or new_tokens,
                                  prompt=prompt, bos_id=self.tokenizer.eos_id, generator=self.generator(prompt),
-                                 top_p=1e-12 if greedy else 1.0, temperature=1.0 if greedy else temperature)
+                                 temperature=temperature, top_p=top_p)
             text = self.tok_decode(tokens[0, len(prompt):])
             for stop in until:
                 text = text.split(stop)[0]

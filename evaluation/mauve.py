@@ -60,10 +60,12 @@ def mauve_of_texts(p_texts, q_texts, model_name, device_id=-1, seed=MAUVE_SEED):
 # ----------------------------------------------------------------------------- judges of MAUVE
 
 class FeatureJudge:
-    """Our AR checkpoint: MAUVE on its hidden states (offline)."""
+    """Our AR checkpoint: MAUVE on its hidden states (offline). max_tokens: the most tokens of a
+    sequence it reads, its context less the BOS."""
 
     def __init__(self, model, bos_id):
         self.model, self.bos_id = model, bos_id
+        self.max_tokens = model.config.seq_len - 1
 
     def mauve(self, references, samples, seed=MAUVE_SEED):
         return mauve_of_features(ar_features(self.model, references, self.bos_id),
@@ -71,9 +73,16 @@ class FeatureJudge:
 
 
 class TextJudge:
-    """A Hugging Face model: mauve-text featurizes the decoded texts with it (online)."""
+    """A Hugging Face model: mauve-text featurizes the decoded texts with it (online). mauve-text
+    takes only GPT-2 and BERT models, told by their names (its `get_model`); it cuts each text to
+    its own maximum length (max_tokens None: we cut nothing)."""
+    FEATURIZERS = ("gpt2", "bert")
+    max_tokens = None
 
     def __init__(self, name, tokenizer, device):
+        if not any(kind in str(name) for kind in self.FEATURIZERS):
+            raise ValueError(f"MAUVE with the judge {name!r}: mauve-text featurizes text only with a GPT-2 or BERT "
+                             "model, named so (e.g. gpt2-large)")
         self.name, self.tokenizer, device = name, tokenizer, torch.device(device)
         self.device_id = (device.index or 0) if device.type == "cuda" else -1  # mauve-text's convention
 
@@ -83,9 +92,15 @@ class TextJudge:
 
 
 def load_mauve_judge(spec, data_meta, device):
-    """A path to our AR checkpoint (its vocabulary must be the samples'), or a Hugging Face name."""
+    """A path to our AR checkpoint (its vocabulary must be the samples'), or a Hugging Face model (a hub
+    name or a local folder), told apart as evaluate.load_judge does. Refuses, before any sampling, what
+    could not be scored: no mauve-text, the exact judge (it has no features of text)."""
+    mauve_module()
+    if spec == "exact":
+        raise ValueError("MAUVE needs a judge that reads text, our AR checkpoint or a Hugging Face GPT-2 "
+                         "(--judge): the exact judge of the synthetic source has no features")
     tokenizer = tokenizer_from_meta(data_meta)
-    if not (spec.endswith(".pt") or Path(spec).exists()):
+    if not (spec.endswith(".pt") or Path(spec).is_file()):
         return TextJudge(spec, tokenizer, device)
     model, ckpt = load_model(spec, kinds=("ar",), device=device)
     if ckpt["data_meta"] != data_meta:

@@ -8,7 +8,13 @@ and self-BLEU. The metrics themselves live in evaluate.py.
 With several --temperatures or --top-p values (or --frontier) every row is sampled at each of them,
 and frontier.png plots GenPPL against entropy (SPEC.md §7.5): each checkpoint at each step count a
 curve over the temperatures, the data's own samples a point, 95% intervals as bars. frontier.py
-judges claims at equal entropy from such a sweep's CSV.
+judges claims at equal entropy from such a sweep's CSV. A row's self-BLEU and MAUVE are of draws at
+its own temperature and top-p.
+
+Every combination of options either runs to its tables or is refused in one line before anything is
+sampled: each row's sampling is tried on a network that stops at its first forward (`Unrun`), the
+judge scores a sequence of the samples' length, the held-out data, LAMBADA's texts and the output
+folder are made ready first.
 
 On the synthetic source, `--ckpts exact ...` adds the exact denoiser (evaluation/exact.py): the best any
 MDLM teacher could sample at each number of steps. `--rounds out/sdtt` adds iterated SDTT as
@@ -16,7 +22,9 @@ the paper plots it (its Figure 4): one line, each round's student sampled with t
 was distilled for.
 """
 import csv
+import itertools
 import math
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -25,12 +33,13 @@ import torch
 
 from data import held_out_data, source_from_meta, tokenizer_from_meta
 from diffusion import MaskingProcess
-from evaluate import DEFAULT_AR_JUDGE, load_judge, markdown_table, quality_rows, sample_metrics, write_samples
+from evaluate import (DEFAULT_AR_JUDGE, generate, load_judge, markdown_table, quality_rows, sample_metrics,
+                      write_samples)
 from evaluation.exact import ExactDenoiser
 from evaluation.frontier import DATA, plot_frontier
 from evaluation.lambada import lambada, lambada_examples
-from evaluation.mauve import FeatureJudge
-from evaluation.self_bleu import CONTINUATIONS_PER_PROMPT, continuation_self_bleu
+from evaluation.mauve import load_mauve_judge
+from evaluation.self_bleu import CONTINUATIONS_PER_PROMPT, continuation_self_bleu, sentence_bleu
 from loading.checkpoint import KINDS, load_model, process_of
 from plumbing import cli, devices
 from plumbing.cli import flag
@@ -92,44 +101,109 @@ def plot_sweep(rows, ar_labels, path):
     plt.close(fig)
 
 
-def data_windows(cfg, data_meta, seq_len, vocab_size):
-    """num_samples sequences of the data itself: the synthetic source's own draws, or held-out windows."""
-    generator = torch.Generator().manual_seed(cfg.seed)
-    source = source_from_meta(data_meta)
-    if source is not None:
-        return source.sample(cfg.num_samples, generator)
-    return held_out_data(cfg.data, data_meta, vocab_size).batch("val", cfg.num_samples, seq_len, generator)
+def held_out_sets(cfg, data_meta, seq_len, vocab_size, frontier):
+    """What the sweep reads of the held-out data, read before anything is sampled (None where not asked):
+    the windows self-BLEU's prompts come from, the references of the data's point and of MAUVE (read
+    once), LAMBADA's texts. Windows have the samples' seq_len tokens: the synthetic source's chain does
+    not depend on its length, so it draws that many; a corpus's windows are cut at any length."""
+    if not (cfg.self_bleu or frontier or cfg.mauve or cfg.lambada):
+        return None, None, None
+    data = held_out_data(cfg.data, data_meta, vocab_size)
+    windows = data if source_from_meta(data_meta) is None else source_from_meta({**data_meta, "seq_len": seq_len})
+    references = (windows.batch("val", cfg.num_samples, seq_len, torch.Generator().manual_seed(cfg.seed))
+                  if frontier or cfg.mauve else None)
+    examples = lambada_examples(cfg.lambada_source, data, cfg.lambada_examples, cfg.seed) if cfg.lambada else None
+    return windows, references, examples
 
 
-def data_row(tokens, judge):
+def data_row(tokens, judge, blank=()):
     """The data's own point, tokens [N, L] of it judged as a model's samples are (for the synthetic
-    source, the n-gram divergences' floor: the sampling error of as many samples)."""
+    source, the n-gram divergences' floor: the sampling error of as many samples); the columns `blank`
+    (self-BLEU, MAUVE: measures of a model's draws) left '-'."""
     return {"label": DATA, "steps": "-", **sample_metrics(tokens, judge), "nfe": 0, "seconds": 0.0,
-            "temperature": "-", "top_p": "-"}
+            "temperature": "-", "top_p": "-", **dict.fromkeys(blank, "-")}
 
 
-def add_frontier_rows(cfg, rows, scored, judge, data_meta, seq_len, vocab_size):
-    """With a frontier (--frontier, or several temperatures or top-p values) the data's own row; with
-    --mauve each row's MAUVE. Returns the columns added to the table."""
-    frontier = cfg.frontier or len(cfg.temperatures) * len(cfg.top_p) > 1
-    if not (frontier or cfg.mauve):
-        return []
-    references = data_windows(cfg, data_meta, seq_len, vocab_size)  # read once: the data's point and MAUVE's
-    if frontier:
-        rows.append(data_row(references, judge))
-    if not cfg.mauve:
-        return []
-    for row, entry in zip(rows, scored):
-        row["mauve"] = mauve_row(judge, references, entry["tokens"])
-    return ["mauve"]
+class FirstForward(Exception):
+    """What `Unrun` raises at the first forward it is asked for."""
 
 
-def mauve_row(judge, references, tokens):
-    """MAUVE of samples against the data's windows on the AR judge's features (our checkpoint)."""
-    if not hasattr(judge, "model"):
-        raise ValueError("--mauve featurizes text with our AR judge: give --judge out/ar/ckpt.pt")
-    fits = judge.model.config.seq_len - 1  # with its BOS, the judge reads this many tokens
-    return FeatureJudge(judge.model, judge.bos_id).mauve(references[:, :fits], tokens[:, :fits])
+class Unrun(torch.nn.Module):
+    """A model's stand-in that stops whoever samples with it at its first forward: everything that
+    sampling checks before (the samples fit the context, the process holds a prompt, the sampler
+    takes the process, an AR model has a start token) is checked, and nothing is computed."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.config = model.config
+        self.anchor = torch.nn.Parameter(torch.zeros(()), requires_grad=False)  # generate asks for a device
+
+    def forward(self, *args, **kwargs):
+        raise FirstForward
+
+    def generate(self, *args, **kwargs):
+        raise FirstForward
+
+
+def check_sampling(entries, seq_len, sampler, bos_id, prompt=(), what=""):
+    """Raise now what sampling each entry (label, model, process, steps) would raise later, naming the
+    entry and `what` it was sampled for."""
+    for label, model, process, steps in entries:
+        try:
+            generate(Unrun(model), process, 1, seq_len, steps, sampler=sampler, prompt=prompt, bos_id=bos_id)
+        except FirstForward:
+            pass
+        except ValueError as e:
+            raise ValueError(f"{label}{what}: {e}") from None
+
+
+def check_judge(judge, seq_len):
+    """Raise now what judging samples of seq_len tokens would raise later: the judge scores one."""
+    if hasattr(judge, "divergences") and seq_len < 3:  # evaluate.sample_metrics asks the same
+        raise ValueError(f"samples of {seq_len} tokens are too short for the exact judge's n-gram divergences "
+                         "(n = 1, 2, 3): give a --seq-len of at least 3 tokens")
+    judge.nll_per_token(torch.zeros(1, seq_len, dtype=torch.long))
+
+
+def check_before_sampling(cfg, entries, seq_len, sampler, judge, bos_id):
+    """Raise now what the sweep would raise once it has sampled: each row's sampling is tried on `Unrun`
+    (with self-BLEU's prompt too), the judge scores a sequence of seq_len tokens, sacrebleu is there."""
+    check_sampling(entries, seq_len, sampler, bos_id)
+    check_judge(judge, seq_len)
+    if cfg.self_bleu:
+        sentence_bleu()
+        check_sampling(entries, seq_len, sampler, bos_id, prompt=[0] * (seq_len // 2),
+                       what=" with --self-bleu (it continues held-out prompts)")
+
+
+def draw_measures(cfg, rows, entries, scored, windows, references, mauve_judge, seq_len, sampler, bos_id):
+    """Each row's self-BLEU (--self-bleu) and MAUVE (--mauve), both of its own draws (SPEC.md §7.4): its
+    continuations of held-out prompts at its temperature and top-p, its samples against the data's
+    windows. rows follow entries, once per temperature and top-p. Returns the columns added."""
+    columns = []
+    if cfg.self_bleu:
+        for row, (_, model, process, steps) in zip(rows, itertools.cycle(entries)):
+            row["self_bleu"] = continuation_self_bleu(model, process, windows, seq_len, steps, cfg.bleu_prompts,
+                                                      cfg.seed, bos_id, cfg.batch_size, sampler, row["temperature"],
+                                                      row["top_p"])
+        columns.append("self_bleu")
+    if mauve_judge is not None:
+        cut = slice(0, mauve_judge.max_tokens)
+        for row, entry in zip(rows, scored):
+            row["mauve"] = mauve_judge.mauve(references[:, cut], entry["tokens"][:, cut])
+        columns.append("mauve")
+    return columns
+
+
+def ready_folder(path):
+    """The output folder, made and written into once (then nothing is left there), before any sampling."""
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(path)) from None
+    return path
 
 
 # ----------------------------------------------------------------------------- command line
@@ -161,7 +235,7 @@ class EvalConfig:
                                        "text", choices=["auto", "hf", "local"])
     lambada_examples: int = flag(256, "number of LAMBADA texts", at_least=1)
     self_bleu: bool = flag(False, f"also compute self-BLEU of {CONTINUATIONS_PER_PROMPT} continuations of each "
-                                  "held-out prompt")
+                                  "held-out prompt, drawn at each row's temperature and top-p")
     bleu_prompts: int = flag(8, "held-out prompts for --self-bleu", at_least=1)
     data: str = flag("shakespeare", "the corpus the checkpoints saw, for held-out text (LAMBADA local, self-BLEU "
                                     "prompts, the data's point and MAUVE's reference); ignored for the synthetic source")
@@ -169,8 +243,9 @@ class EvalConfig:
     top_p: list[float] = flag([1.0], "... and at each of these nucleus thresholds, in (0, 1]", above=0, at_most=1)
     frontier: bool = flag(False, "also the data's own point and frontier.png (on by itself with several "
                                  "temperatures or top-p values)")
-    mauve: bool = flag(False, "text: also MAUVE of each row's samples against as many held-out windows, on the "
-                              "AR judge's features (needs mauve-text; mauve's clusters: a tenth of the samples)")
+    mauve: bool = flag(False, "also MAUVE of each row's samples against as many held-out windows, on the judge's "
+                              "features: our AR judge's hidden states, or mauve-text's of a Hugging Face GPT-2 (needs "
+                              "mauve-text; mauve's clusters: a tenth of the samples)")
     device: str = flag("auto", "where to sample", choices=devices.DEVICES)
 
 
@@ -209,32 +284,36 @@ def default_judge(cfg, data_meta):
     return judge
 
 
-def main():
-    cfg = cli.parse_config(EvalConfig, "GenPPL/entropy sweep over checkpoints x sampling steps.")
+def main(argv=None):
+    cfg = cli.parse_config(EvalConfig, "GenPPL/entropy sweep over checkpoints x sampling steps.", argv)
     if not cfg.ckpts and not cfg.rounds:
         raise ValueError("give the checkpoints to evaluate: --ckpts PATH [PATH ...] or --rounds DIR")
-    if cfg.self_bleu and len(cfg.temperatures) * len(cfg.top_p) > 1:
-        raise ValueError("--self-bleu samples at one temperature and top-p: give one of each")
     device = devices.pick(cfg.device)
     loaded, series, data_meta, series_paths = load_checkpoints(cfg, device)
     seq_len = cfg.seq_len or min(model.config.seq_len for _, model, _, _ in loaded + series)
     tokenizer = tokenizer_from_meta(data_meta)
     judge_spec = default_judge(cfg, data_meta)
     judge = load_judge(judge_spec, data_meta, device)
-    if cfg.lambada or cfg.self_bleu:
-        data = held_out_data(cfg.data, data_meta, tokenizer.vocab_size)
-
-    for _, model, _, _ in loaded + series if cfg.compile else []:
-        devices.compile_blocks(model)
     sampler = make_sampler(cfg.sampler) if cfg.sampler else None  # None: each checkpoint's process's default
     entries = [(label, model, process, steps) for label, model, process, _ in loaded
                for steps in ([seq_len] if process is None else cfg.steps)]
     entries += [(label, model, process, ckpt["sampling_steps"]) for label, model, process, ckpt in series]
+    shapes = [(t, p) for p in cfg.top_p for t in cfg.temperatures]
+    frontier = cfg.frontier or len(shapes) > 1
+
+    # what could refuse refuses here, before anything is sampled
+    check_before_sampling(cfg, entries, seq_len, sampler, judge, tokenizer.eos_id)
+    mauve_judge = load_mauve_judge(judge_spec, data_meta, device) if cfg.mauve else None
+    windows, references, examples = held_out_sets(cfg, data_meta, seq_len, tokenizer.vocab_size, frontier)
+    out = ready_folder(Path(cfg.out_dir))
+
+    for _, model, _, _ in loaded + series if cfg.compile else []:
+        devices.compile_blocks(model)
     sources = [{"checkpoint": label, "sampler": sampler_name(cfg.sampler, process) if process is not None else "ar"}
                for label, _, process, _ in entries[:len(entries) - len(series)]]
     sources += [{"checkpoint": path, "sampler": sampler_name(cfg.sampler, process)}
                 for path, (_, _, process, _) in zip(series_paths, series)]
-    scored, rows, shapes = [], [], [(t, p) for p in cfg.top_p for t in cfg.temperatures]
+    scored, rows = [], []
     for temperature, top_p in shapes:
         rows += quality_rows(entries, judge, cfg.num_samples, cfg.batch_size, seq_len, cfg.seed, device,
                              bos_id=tokenizer.eos_id, sampler=sampler, scored=scored, temperature=temperature,
@@ -243,25 +322,21 @@ def main():
     columns = ["label", "steps", "genppl", "entropy", "nfe", "seconds"] + (["temperature", "top_p"] if len(shapes) > 1
                                                                           else [])
     columns += [c for c in ("js1", "js2", "js3") if c in rows[0]]
-    if cfg.self_bleu:
-        for row, (_, model, process, steps) in zip(rows, entries):
-            row["self_bleu"] = continuation_self_bleu(model, process, data, seq_len, steps, cfg.bleu_prompts,
-                                                      cfg.seed, tokenizer.eos_id, cfg.batch_size, sampler)
-        columns.append("self_bleu")
+    measures = draw_measures(cfg, rows, entries, scored, windows, references, mauve_judge, seq_len, sampler,
+                             tokenizer.eos_id)
+    columns += measures
+    if frontier:
+        rows.append(data_row(references, judge, blank=measures))
 
-    columns += add_frontier_rows(cfg, rows, scored, judge, data_meta, seq_len, tokenizer.vocab_size)
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     extra = ["genppl_low", "genppl_high", "entropy_half"] + ([] if len(shapes) > 1 else ["temperature", "top_p"])
     table = write_tables(rows, columns, out, "sweep", extra)
     write_samples(out / "samples.jsonl", scored, data_meta, sources)
     ar_labels = {label for label, _, process, _ in loaded if process is None}
     plot_sweep([row for row in rows if row["label"] != DATA], ar_labels, out / "genppl.png")
-    if any(row["label"] == DATA for row in rows):
+    if frontier:
         plot_frontier(rows, ar_labels, out / "frontier.png")
     print(f"judge: {judge_spec}; {cfg.num_samples} samples of {seq_len} tokens per row\n\n{table}\n")
     if cfg.lambada:
-        examples = lambada_examples(cfg.lambada_source, data, cfg.lambada_examples, cfg.seed)
         lambada_rows = [{"label": label, **lambada(model, process, examples, tokenizer, device)}
                         for label, model, process, _ in loaded if process is not None]
         table = write_tables(lambada_rows, ["label", "accuracy", "ppl_bound", "n"], out, "lambada")

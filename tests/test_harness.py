@@ -1,7 +1,8 @@
 """Tests of evaluation/harness.py: the local Shakespeare task runs end to end through lm_eval (command line
 and library); an AR checkpoint's log-likelihoods through the harness are our AR judge's NLL;
 a diffusion checkpoint's are below the exact log-likelihood of the synthetic source;
-generation honours stop strings; without the extras the command fails in one line.
+generation honours stop strings; a greedy request takes the denoiser's argmax at every reveal, a sampled
+one draws at its temperature and top-p; without the extras the command fails in one line.
 
 Needs requirements-eval.txt (skipped without it), except the missing-extras test."""
 import dataclasses
@@ -149,3 +150,82 @@ def test_an_unknown_model_argument_is_an_error_not_ignored(tmp_path):
     from evaluation.harness import CheckpointLM
     with pytest.raises(ValueError, match="unknown model argument.*time_sample"):
         CheckpointLM(ckpt=task_checkpoint(tmp_path / "ar.pt", "ar"), time_sample=4)
+
+
+# ----------------------------------------------------------------------------- greedy and sampled generation
+
+class Recording(torch.nn.Module):
+    """Wraps a denoiser and records the input of every forward."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.config, self.inputs = model, model.config, []
+
+    def forward(self, z, sigma):
+        self.inputs.append((z.clone(), sigma))
+        return self.model(z, sigma)
+
+
+def replay(lm, context, gen_kwargs):
+    """One continuation of `context` through the harness, replayed: [(the denoiser's categorical over
+    the tokens, the token taken from it)] for every position the sampler decided. Without time
+    conditioning each forward reads the state before a step, and the tokens revealed next (by the next
+    forward's input, or in the continuation) were taken from its output."""
+    network = lm.model
+    lm.model = Recording(network)
+    try:
+        text = lm.generate_until([request("generate_until", context, {"until": [], **gen_kwargs})])[0]
+    finally:
+        recorded, lm.model = lm.model.inputs, network
+    final = torch.tensor([lm.tok_encode(context) + lm.tok_encode(text)])
+    taken = []
+    with torch.no_grad():
+        for k, (z, sigma) in enumerate(recorded):
+            after = recorded[k + 1][0] if k + 1 < len(recorded) else final
+            probs = network(z, sigma)[0, :, :V].double().softmax(-1)
+            for i in ((z[0] == lm.process.mask_id) & (after[0] != lm.process.mask_id)).nonzero().flatten().tolist():
+                taken.append((probs[i], int(after[0, i])))
+    assert len(taken) == final.shape[1] - len(lm.tok_encode(context))  # every generated position, once
+    return taken
+
+
+GREEDY_REQUESTS = [{}, {"do_sample": False}, {"do_sample": False, "temperature": 0.7}, {"temperature": 0.0},
+                   {"do_sample": True, "temperature": 0.0}]
+SAMPLED_REQUESTS = [({"do_sample": True}, 1.0, 1.0), ({"temperature": 0.8}, 0.8, 1.0),
+                    ({"do_sample": True, "temperature": 1.5, "top_p": 0.9}, 1.5, 0.9)]
+CONTEXTS = ["a b c", "d", "e f", "g h a b"]
+
+
+@pytest.fixture(scope="module")
+def synthetic_lm(tmp_path_factory):
+    pytest.importorskip("lm_eval")
+    from evaluation.harness import CheckpointLM
+    path = tmp_path_factory.mktemp("harness") / "mdlm.pt"
+    model = random_dit(0, V, L)
+    checkpoint.save({"kind": "mdlm", "model_config": dataclasses.asdict(model.config), "model": model.state_dict(),
+                     "ema": None, "data_meta": SYNTHETIC}, path)
+    return CheckpointLM(ckpt=path, device="cpu")
+
+
+@needs_lm_eval
+@pytest.mark.parametrize("gen_kwargs", GREEDY_REQUESTS, ids=str)
+def test_greedy_generation_of_a_diffusion_model_takes_the_denoisers_argmax_at_every_reveal(synthetic_lm, gen_kwargs):
+    """lm-eval's greedy request (no do_sample, do_sample false, or temperature 0; SPEC.md §7.3): MDLM's
+    own sampler, each token it reveals the most probable one of the denoiser given what is revealed so
+    far (replayed over 4 contexts of 12 new tokens each)."""
+    for context in CONTEXTS:
+        for probs, token in replay(synthetic_lm, context, {"max_gen_toks": 12, **gen_kwargs}):
+            assert token == int(probs.argmax()), (context, probs, token)
+
+
+@needs_lm_eval
+@pytest.mark.parametrize("gen_kwargs, temperature, top_p", SAMPLED_REQUESTS, ids=str)
+def test_sampled_generation_of_a_diffusion_model_draws_at_the_requests_temperature_and_top_p(
+        synthetic_lm, gen_kwargs, temperature, top_p):
+    """lm-eval's sampled request (do_sample true, or a temperature above 0 without do_sample): every token
+    lies in the nucleus of the denoiser's categorical at that temperature and top-p, and the draws are not
+    all its argmax (over 4 contexts of 12 new tokens each)."""
+    from diffusion import shaped_probs
+    taken = [pair for context in CONTEXTS for pair in replay(synthetic_lm, context, {"max_gen_toks": 12, **gen_kwargs})]
+    assert all(shaped_probs(probs.log(), temperature, top_p)[token] > 0 for probs, token in taken)
+    assert sum(token != int(probs.argmax()) for probs, token in taken) >= 5
