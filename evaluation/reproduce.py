@@ -27,14 +27,15 @@ ROOT = Path(__file__).resolve().parents[1]
 # teacher's frontier (SPEC.md §7.5), low enough on the synthetic source to reach its students' entropy.
 SETTINGS = {
     "synthetic": dict(common=["--data", "synthetic", "--size", "tiny", "--seq-len", "64"],
-                      iters={"mdlm": (1500, 6000), "sdtt": (60, 400), "idlm": (300, 2000)},
+                      iters={"mdlm": (1500, 6000), "sdtt": (60, 400), "idlm": (300, 2000), "mmd": (100, 400)},
                       temperatures=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1]),
     # the papers' regime, where the 16 tokens of an L/16-step step are rarely neighbours (results/reproduce.md)
     "synthetic256": dict(common=["--data", "synthetic", "--size", "tiny", "--batch-size", "8", "--seq-len", "256"],
-                         iters={"mdlm": (1500, 6000), "sdtt": (60, 400), "idlm": (300, 2000)},
+                         iters={"mdlm": (1500, 6000), "sdtt": (60, 400), "idlm": (300, 2000), "mmd": (100, 400)},
                          temperatures=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1]),
     "shakespeare": dict(common=["--data", "shakespeare", "--size", "tiny", "--seq-len", "128"],
-                        iters={"mdlm": (800, 5000), "ar": (300, 2000), "sdtt": (80, 500), "idlm": (250, 2000)},
+                        iters={"mdlm": (800, 5000), "ar": (300, 2000), "sdtt": (80, 500), "idlm": (250, 2000),
+                               "mmd": (100, 400)},
                         temperatures=[0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1]),
 }
 
@@ -64,7 +65,7 @@ def train(method, setting, cfg, extra=()):
     spec = SETTINGS[setting]
     out = Path(cfg.out_dir) / setting / method
     iters = spec["iters"][method][0 if cfg.quick else 1]
-    kind = ["--distill", method] if method in ("sdtt", "idlm") else ["--model", method]
+    kind = ["--distill", method] if method in ("sdtt", "idlm", "mmd") else ["--model", method]
     if not finished(out / "ckpt.pt"):
         call("train.py", *kind, *spec["common"], "--iters", str(iters), "--out-dir", str(out), "--resume",
              *extra)
@@ -86,27 +87,31 @@ def check_claims(setting, sweep_rows, lambada_rows, labels, seq_len, teacher_fro
     teacher = row("teacher", L)
     lines = [f"### {setting} (L = {L}; teacher at {L} steps: GenPPL {teacher['genppl']:.2f}, "
              f"entropy {teacher['entropy']:.2f})", ""]
-    for student in ("sdtt", "idlm"):
+    students = [name for name in ("sdtt", "idlm", "mmd") if name in labels]
+    for student in students:
         s = row(student, L // 16)
         word, at = frontier.verdict(s, teacher_frontier)
         low, high = frontier.entropy_interval(s)
         lines.append(f"- {student.upper()} at L/16 = {L // 16} steps: GenPPL {s['genppl']:.2f} "
-                     f"({s['genppl_low']:.2f}-{s['genppl_high']:.2f}), entropy {s['entropy']:.2f} ({low:.2f}-{high:.2f}; "
+                     f"({s['genppl_low']:.2f}-{s['genppl_high']:.2f}), entropy {s['entropy']:.2f} "
+                     f"({low:.2f}-{high:.2f}; "
                      f"{100 * s['entropy'] / teacher['entropy']:.1f}% of the teacher's) -> at equal entropy: **{word}**"
                      + (f" (the teacher's frontier there: {at:.2f})" if at else ""))
-    for steps in (L // 16, L // 32):
-        i, s = row("idlm", steps), row("sdtt", steps)
+    pairs = [("idlm", "sdtt")] + [("mmd", other) for other in ("sdtt", "idlm") if "mmd" in labels]
+    for (a, b), steps in ((pair, steps) for pair in pairs for steps in (L // 16, L // 32)):
+        i, s = row(a, steps), row(b, steps)
         word = frontier.compare(i, s, teacher_frontier)
-        lines.append(f"- IDLM vs SDTT at {steps} steps: GenPPL {i['genppl']:.2f} vs {s['genppl']:.2f} at entropy "
-                     f"{i['entropy']:.2f} vs {s['entropy']:.2f} -> IDLM at equal entropy: **{word}** (target: better "
-                     f"or equal)")
+        lines.append(f"- {a.upper()} vs {b.upper()} at {steps} steps: GenPPL {i['genppl']:.2f} vs {s['genppl']:.2f} at "
+                     f"entropy {i['entropy']:.2f} vs {s['entropy']:.2f} -> {a.upper()} at equal entropy: **{word}** "
+                     f"(target: better or equal)")
     if "exact" in labels:
         exact_full, exact_few = (row("exact", steps)["genppl"] for steps in (L, L // 16))
         lines.append(f"- Ceiling: the exact denoiser (the perfect MDLM teacher) reaches GenPPL {exact_few:.2f} at "
                      f"L/16 = {L // 16} steps and {exact_full:.2f} at L: a student at L/16 that matches the teacher "
                      f"at L must beat the perfect MDLM's few-step sampler {exact_few / teacher['genppl']:.1f}x")
     acc = {r["label"]: r["accuracy"] for r in lambada_rows}
-    names = {"teacher": "teacher", "sdtt_final": "SDTT (last round)", "idlm": "IDLM", "exact": "exact denoiser"}
+    names = {"teacher": "teacher", "sdtt_final": "SDTT (last round)", "idlm": "IDLM", "mmd": "MMD",
+             "exact": "exact denoiser"}
     lines.append("- LAMBADA-style one-pass suffix accuracy: " + ", ".join(
         f"{names[name]} {acc[labels[name]]:.3f}" for name in names if name in labels))
     return lines + [""]
@@ -125,9 +130,10 @@ def main():
         judge = ["--judge", "exact"] if synthetic else ["--judge", str(train("ar", setting, cfg))]
         sdtt = train("sdtt", setting, cfg, ["--teacher", str(teacher), *judge])
         idlm = train("idlm", setting, cfg, ["--teacher", str(teacher), *judge])
+        mmd = train("mmd", setting, cfg, ["--teacher", str(teacher), *judge])
         final = sdtt.parent / f"round{checkpoint.read(sdtt)['round']}.pt"  # the last round's student
         labels = {"teacher": str(teacher), "sdtt": sweep.rounds_label(sdtt.parent), "sdtt_final": str(final),
-                  "idlm": str(idlm)}
+                  "idlm": str(idlm), "mmd": str(mmd)}
         if synthetic:  # the reference: the perfect teacher, sampled in as many steps
             labels["exact"] = sweep.EXACT
         ckpts = [label for name, label in labels.items() if name != "sdtt"]  # "sdtt" comes from --rounds
@@ -145,11 +151,12 @@ def main():
         lines = check_claims(setting, rows, frontier.read_sweep(out / "lambada.csv"), labels, seq_len, teacher_curve)
         (out / "claims.md").write_text("\n".join(lines))
         if not synthetic:  # MAUVE against held-out text, with enough samples for 51 clusters (SPEC.md §7.4)
-            call("-m", "evaluation.sweep", "--ckpts", labels["teacher"], labels["idlm"], "--rounds", str(sdtt.parent),
+            call("-m", "evaluation.sweep", "--ckpts", labels["teacher"], labels["idlm"], labels["mmd"],
+                 "--rounds", str(sdtt.parent),
                  "--steps", str(seq_len // 16), str(seq_len), *judge, "--num-samples", str(MAUVE_SAMPLES), "--mauve",
                  "--data", setting, "--out-dir", str(out / "mauve"))
-        students = [r for r in rows if r["label"] in (labels["sdtt"], labels["idlm"]) and r["steps"] in
-                    (seq_len // 16, seq_len // 32)]
+        students = [r for r in rows if r["label"] in (labels["sdtt"], labels["idlm"], labels["mmd"])
+                    and r["steps"] in (seq_len // 16, seq_len // 32)]
         frontier.plot_frontier(curve + students, {judge[1]} if not synthetic else set(), out / "frontier" / "frontier.png")
         print("\n".join(lines))
     print("each setting's claims: results/<setting>/claims.md; what they mean: results/reproduce.md")
