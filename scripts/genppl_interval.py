@@ -3,14 +3,14 @@ re-scored by a judge, with 95% intervals: how far apart two rows must be to call
 
     python scripts/genppl_interval.py --samples results/uniform/ancestral/samples.jsonl --judge exact
 
-GenPPL = exp(mean over samples of each sample's NLL per token), as in evaluate.quality_rows, so
-its interval is exp(m +- 1.96 s / sqrt(n)) for the mean m and standard deviation s of the
-per-sample NLLs (the samples of a row are independent draws); the entropy's is m +- 1.96 s / sqrt(n).
+GenPPL = exp(mean over samples of each sample's NLL per token) (SPEC.md §7.1), computed by
+evaluate.sample_metrics, the final table's own function: its interval is exp(m +- 1.96 s / sqrt(n)) for
+the mean m and standard deviation s of the per-sample NLLs (the samples of a row are independent draws);
+the entropy's is m +- 1.96 s / sqrt(n).
 The judge's vocabulary is the first row's checkpoint's (its data_meta).
 """
 import gzip
 import json
-import math
 import sys
 from collections import defaultdict
 from dataclasses import dataclass
@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from data import held_out_data, tokenizer_from_meta  # noqa: E402
-from evaluate import interval, load_judge, markdown_table, token_entropy  # noqa: E402
+from evaluate import load_judge, markdown_table, sample_metrics  # noqa: E402
 from loading import checkpoint  # noqa: E402
 from plumbing.cli import flag, parse_config, run_command  # noqa: E402
 
@@ -65,12 +65,10 @@ def main():
         rows[("data", "-")] = data.batch("val", cfg.data_windows, length, torch.Generator().manual_seed(0)).tolist()
     table = []
     for (label, steps), samples in rows.items():
-        tokens = torch.tensor(samples)
-        nll, nll_half = interval(judge.nll_per_token(tokens).double())
-        entropy, entropy_half = interval(token_entropy(tokens).double())
-        table.append({"label": label, "steps": steps, "n": len(samples), "genppl": f"{math.exp(nll):.2f}",
-                      "genppl 95%": f"{math.exp(nll - nll_half):.2f}-{math.exp(nll + nll_half):.2f}",
-                      "entropy": f"{entropy:.3f} +- {entropy_half:.3f}"})
+        metrics = sample_metrics(torch.tensor(samples), judge)   # the final table's own GenPPL and entropy
+        table.append({"label": label, "steps": steps, "n": len(samples), "genppl": f"{metrics['genppl']:.2f}",
+                      "genppl 95%": f"{metrics['genppl_low']:.2f}-{metrics['genppl_high']:.2f}",
+                      "entropy": f"{metrics['entropy']:.3f} +- {metrics['entropy_half']:.3f}"})
     print(markdown_table(table, ["label", "steps", "n", "genppl", "genppl 95%", "entropy"]))
 
 

@@ -4,7 +4,8 @@ All of [V]^L is enumerated (V^L sequences), and so is every noisy state z ([V]^L
 uniform process, [V+1]^L with MASK = V for the absorbing one). The t-integral of the
 continuous-time losses is a Gauss-Legendre rule on [0, 1] in float64 (t = u^3 and 400 nodes reach 1e-13
 for the uniform loss; the absorbing integrand is a polynomial after the 1/t cancels). Every loss is
-the library's own per-position integrand (uniform.udlm_loss), summed exactly over z and x.
+the library's own per-position integrand (uniform.udlm_loss), summed exactly over z and x;
+`library_gap` integrates IDLM's student objective (idlm.teacher_fake_gap) the same way.
 """
 import itertools
 
@@ -12,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import idlm
 from processes.uniform import udlm_loss
 
 NODES = 400
@@ -145,3 +147,39 @@ def mdlm_expected_loss(f, p, xs, vocab, eps=0.0, nodes=64):
         alpha = 1 - (1 - eps) * t
         total += w * (1 - eps) / (1 - alpha) * float((absorbing_kernel(alpha, vocab, zs, xs) * per * p).sum())
     return total
+
+
+# ----------------------------------------------------------------------------- IDLM's gap, through the library
+
+def library_gap(process, forward, log_teacher, log_fake, xs, p, vocab, eps=0.0, nodes=NODES):
+    """E_{x ~ p} int_0^1 E_{z ~ q_t(.|x)} of IDLM's student objective, the library's
+    idlm.teacher_fake_gap at every (z, x) pair, summed over positions (SPEC.md §6.2-6.3). The integral
+    is the Gauss-Legendre rule of `gauss_legendre` and the expectations are exact sums: forward =
+    (every state z [Z, L], alpha -> the enumerated forward law Q[z, x]); log_teacher(alpha) and
+    log_fake(alpha) -> [Z, L, V] the networks' log-outputs at every z (log-probabilities, or
+    log-scores for SEDD); the schedule log-linear, alpha_t = 1 - (1 - eps) t."""
+    (zs, law), length = forward, xs.shape[1]
+    p, onehot = torch.as_tensor(p, dtype=torch.float64), F.one_hot(torch.as_tensor(xs), vocab).double()
+    z_index, x_index = (i.reshape(-1) for i in torch.meshgrid(torch.arange(len(zs)), torch.arange(len(xs)),
+                                                             indexing="ij"))
+    ts, ws = gauss_legendre(nodes)
+    total = 0.0
+    for t, w in zip(ts, ws):
+        alpha = 1 - (1 - eps) * t
+        shares = idlm.teacher_fake_gap(log_teacher(alpha)[z_index], log_fake(alpha)[z_index], onehot[x_index],
+                                       zs[z_index], t.expand(len(z_index)), process, shares=True)
+        per_sequence = shares * shares.numel() * length                    # a share is a sum over the N L tokens
+        total += w * float((law(alpha).reshape(-1) * p[x_index] * per_sequence).sum())
+    return total
+
+
+def uniform_forward(vocab, xs):
+    """(every z of [V]^L, alpha -> q_t(z | x) of the uniform process) for library_gap."""
+    zs = sequences(vocab, xs.shape[1])
+    return zs, lambda alpha: kernel(alpha, vocab, zs, torch.as_tensor(xs))
+
+
+def absorbing_forward(vocab, xs):
+    """(every z of [V+1]^L, alpha -> q_t(z | x) of the absorbing process) for library_gap."""
+    zs = absorbing_states(vocab, xs.shape[1])
+    return zs, lambda alpha: absorbing_kernel(alpha, vocab, zs, torch.as_tensor(xs))

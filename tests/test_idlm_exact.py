@@ -17,9 +17,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from diffusion import LogLinear, MaskingProcess
 from processes.uniform import UniformProcess, udlm_loss
-from small_world import (absorbing_kernel, absorbing_states, dirichlet, kl, loo_denoiser, mdlm_denoiser,
-                         mdlm_expected_loss, sequences, uniform_expected_loss, uniform_marginal_at)
+from small_world import (absorbing_forward, absorbing_kernel, absorbing_states, dirichlet, kl, library_gap,
+                         loo_denoiser, mdlm_denoiser, mdlm_expected_loss, sequences, uniform_expected_loss,
+                         uniform_forward, uniform_marginal_at)
 
 WORLDS = [(3, 2, 400), (4, 3, 100)]  # V, L, Gauss-Legendre nodes (in u, t = u^3)
 
@@ -34,13 +36,20 @@ def laws(vocab, length, mix=0.5):
 @pytest.mark.parametrize("vocab,length,nodes", WORLDS)
 @pytest.mark.parametrize("eps", [0.0, 0.1])
 def test_uniform_idlm_gap_is_kl_minus_kl_at_time_one(vocab, length, nodes, eps):
+    """The student objective of the library (idlm.teacher_fake_gap, the uniform process's closed form) with
+    the UDLM optima of p* (teacher) and p_theta (fake), integrated exactly under p_theta, is the KL of
+    the enumerated laws less their KL at t = 1; so is the difference of the two expected losses."""
     xs, p_star, p_theta = laws(vocab, length)
     onehot = F.one_hot(xs, vocab).double()
     teacher, best = loo_denoiser(p_star, xs, vocab), loo_denoiser(p_theta, xs, vocab)
-    gap = (uniform_expected_loss(teacher, onehot, p_theta, vocab, eps, nodes)
-           - uniform_expected_loss(best, onehot, p_theta, vocab, eps, nodes))
+    log_of = lambda f: lambda alpha: f(alpha).log()  # noqa: E731
+    gap = library_gap(UniformProcess(vocab, LogLinear(eps)), uniform_forward(vocab, xs), log_of(teacher),
+                      log_of(best), xs, p_theta, vocab, eps, nodes)
+    difference = (uniform_expected_loss(teacher, onehot, p_theta, vocab, eps, nodes)
+                  - uniform_expected_loss(best, onehot, p_theta, vocab, eps, nodes))
     kl_1 = kl(uniform_marginal_at(p_theta, xs, vocab, eps), uniform_marginal_at(p_star, xs, vocab, eps))
     assert abs(gap - (kl(p_theta, p_star) - kl_1)) < 1e-9
+    assert abs(difference - gap) < 1e-9
     if eps > 0:
         assert gap < kl(p_theta, p_star) - 1e-6  # the paper's ">= KL" fails when alpha_1 > 0
 
@@ -48,13 +57,20 @@ def test_uniform_idlm_gap_is_kl_minus_kl_at_time_one(vocab, length, nodes, eps):
 @pytest.mark.parametrize("vocab,length,nodes", WORLDS)
 @pytest.mark.parametrize("eps", [0.0, 0.1])
 def test_mdlm_idlm_gap_is_kl_minus_kl_at_time_one(vocab, length, nodes, eps):
-    """The sharper form for today's MDLM IDLM (absorbing; q(z_1) puts mass eps on the clean token)."""
+    """The sharper form for today's MDLM IDLM (absorbing; q(z_1) puts mass eps on the clean token): the
+    library's student objective (idlm.teacher_fake_gap, MaskingProcess.loss_gap) with the optimal
+    denoisers of p* and p_theta, integrated exactly under p_theta, and the enumerated difference of
+    the two expected losses, are both the KL less the KL at t = 1."""
     xs, p_star, p_theta = laws(vocab, length)
-    gap = (mdlm_expected_loss(mdlm_denoiser(p_star, xs, vocab), p_theta, xs, vocab, eps)
-           - mdlm_expected_loss(mdlm_denoiser(p_theta, xs, vocab), p_theta, xs, vocab, eps))
+    teacher, best = mdlm_denoiser(p_star, xs, vocab), mdlm_denoiser(p_theta, xs, vocab)
+    gap = library_gap(MaskingProcess(vocab, LogLinear(eps)), absorbing_forward(vocab, xs), lambda alpha: teacher.log(),
+                      lambda alpha: best.log(), xs, p_theta, vocab, eps, nodes=64)
+    difference = (mdlm_expected_loss(teacher, p_theta, xs, vocab, eps)
+                  - mdlm_expected_loss(best, p_theta, xs, vocab, eps))
     zs = absorbing_states(vocab, length)
     k_1 = absorbing_kernel(eps, vocab, zs, xs)
     assert abs(gap - (kl(p_theta, p_star) - kl(k_1 @ p_theta, k_1 @ p_star))) < 1e-9
+    assert abs(difference - gap) < 1e-9
 
 
 @pytest.mark.parametrize("vocab,length,nodes", WORLDS)

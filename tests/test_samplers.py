@@ -183,6 +183,27 @@ def test_every_exact_sampler_gives_the_reference_tokens_on_a_dit(run):
         assert torch.equal(out, outputs["ancestral, no cache"]), name
 
 
+@pytest.mark.parametrize("final", ["argmax", "sample"])
+@pytest.mark.parametrize("temperature, top_p", [(0.7, 0.9), (1.6, 0.6), (0.5, 1.0)])
+def test_every_exact_sampler_gives_the_reference_tokens_when_shaped(final, temperature, top_p):
+    """SPEC.md §2.3 and §7.5: the cached samplers apply the output layer to revealed rows only, so
+    the shaped network must shape that head too; at a temperature and nucleus every exact sampler
+    still makes the reference's tokens (the plain ancestral sampler, whole output), and those differ
+    from the unshaped ones, so the shaping reaches the draws."""
+    V, L, N, steps, seed = 6, 12, 4, 8, 11
+    z, _ = start(V, L, N, 2, seed)
+    model = random_dit(seed, V, L)
+    process = diffusion.MaskingProcess(V)
+
+    def sample(make, net):
+        return make(final)(net, process, z.clone(), steps, torch.Generator().manual_seed(seed))[0]
+    shaped = samplers.shaped(model, process, temperature, top_p)
+    reference = sample(EXACT["ancestral, no cache"], shaped)
+    assert not torch.equal(reference, sample(EXACT["ancestral, no cache"], model))
+    for name, make in EXACT.items():
+        assert torch.equal(sample(make, shaped), reference), name
+
+
 def forwards_and_reveals(run, mode):
     """The forward count of the revealed sampler with cache `mode`, the trunk calls, and the states."""
     V = run["V"]

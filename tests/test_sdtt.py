@@ -170,6 +170,23 @@ def test_loss_is_the_mean_over_masked_positions_of_each_positions_loss(divergenc
     assert torch.allclose(loss, torch.stack(singles).mean(), rtol=1e-5)
 
 
+def test_distillation_loss_is_the_reverse_kl_of_the_student_from_the_one_step_targets():
+    """SDTT Alg. 2 line 11 with appendix B.1's default: one teacher step makes the targets the
+    teacher's own distribution at each MASK (Alg. 1 line 13), so the loss is the mean over the masked
+    positions of KL(student || teacher), written out here from the two tables' logits in float64."""
+    x, _, u = noised_batch(0)
+    t = torch.full((len(x),), 0.5)
+    student, teacher = TableDenoiser(1, len(x)), TableDenoiser(2, len(x))
+    masked = u < 1 - PROCESS.alpha(t)[:, None]   # forward_mask's rule: MASK with chance 1 - alpha_t
+    assert 1 < masked.sum() < masked.numel()
+    p = student.logits.detach()[masked][:, :V].double().softmax(-1)   # SUBS: no mass on MASK
+    q = teacher.logits.detach()[masked][:, :V].double().softmax(-1)
+    reverse, forward = (p * (p / q).log()).sum(-1).mean(), (q * (q / p).log()).sum(-1).mean()
+    assert (reverse - forward).abs() > 0.1       # the direction matters on these tables
+    loss = sdtt.distillation_loss(student, teacher, x, t, u, PROCESS, 1, 0.1)
+    assert torch.allclose(loss.double(), reverse, rtol=1e-5)  # float32 log-softmax against float64
+
+
 # ----------------------------------------------------------------------------- divergences
 
 @examples(40)

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 import diffusion
 import helpers
 import idlm
+import small_world
 from helpers import examples, mask_patterns, seeds
 from processes.registry import process_from_config
 from processes.sedd import SeddProcess, log_scores, score_entropy
@@ -205,21 +206,37 @@ def marginal_at_one(xs, p, vocab, eps):
     return out
 
 
+def exact_log_probs(xs, p, z, vocab):
+    """log p(x^i | the revealed positions of z) [L, V] (a revealed row's zeros floored at 1e-300)."""
+    return torch.tensor(np.log(np.maximum(helpers.optimal_denoiser(xs, p, np.asarray(z), vocab), 1e-300)))
+
+
+def exact_scores(xs, p, zs, vocab):
+    """alpha -> the true log-scores log(r_t p(x^i | z)) at every state z of zs, r_t = alpha / (1 - alpha)."""
+    log_probs = torch.stack([exact_log_probs(xs, p, z, vocab) for z in zs])
+    return lambda alpha: (alpha / (1 - alpha)).log() + log_probs
+
+
 @pytest.mark.parametrize("vocab,length,eps", [(3, 2, 0.0), (3, 2, 0.1), (4, 3, 0.0), (4, 3, 0.1)])
 def test_teacher_minus_fake_gap_of_sedd_is_kl_minus_kl_at_time_one(vocab, length, eps):
     """SPEC.md §6.3: E_{p_theta} L_SEDD(s*) - E_{p_theta} L_SEDD(s_theta) = KL(p_theta||p*) - KL(p_theta,1||p*_1),
-    with s = r_t p(x^i | z) exact networks; at eps = 0 this is KL itself (IDLM Thm 3.1)."""
+    with s = r_t p(x^i | z) exact networks; at eps = 0 this is KL itself (IDLM Thm 3.1). The gap is the
+    library's student objective (idlm.teacher_fake_gap: the difference of SeddProcess.soft_loss)
+    integrated exactly over t and z, and equals the enumerated difference of the two score entropies."""
     xs, p_star = helpers.tiny_world(vocab, length, 7)
     p_theta = 0.6 * p_star + 0.4 * np.random.default_rng(8).dirichlet(np.ones(len(xs)))
     process = SeddProcess(vocab, diffusion.LogLinear(eps))
-    exact = lambda p: lambda z, log_r: log_r + torch.tensor(np.log(np.maximum(helpers.optimal_denoiser(xs, p, z, vocab),
-                                                                                1e-300)))
-    gap = (integrated_sedd_loss(process, xs, p_theta, exact(p_star))
-           - integrated_sedd_loss(process, xs, p_theta, exact(p_theta)))
+    exact = lambda p: lambda z, log_r: log_r + exact_log_probs(xs, p, z, vocab)
+    difference = (integrated_sedd_loss(process, xs, p_theta, exact(p_star))
+                  - integrated_sedd_loss(process, xs, p_theta, exact(p_theta)))
+    forward = small_world.absorbing_forward(vocab, xs)
+    gap = small_world.library_gap(process, forward, exact_scores(xs, p_star, forward[0], vocab),
+                                  exact_scores(xs, p_theta, forward[0], vocab), xs, p_theta, vocab, eps, nodes=24)
     kl = float((p_theta * np.log(p_theta / p_star)).sum())
     one_theta, one_star = marginal_at_one(xs, p_theta, vocab, eps), marginal_at_one(xs, p_star, vocab, eps)
     kl_1 = sum(q * np.log(q / one_star[z]) for z, q in one_theta.items() if q > 0)
     assert abs(gap - (kl - kl_1)) < 1e-9
+    assert abs(difference - gap) < 1e-9
     if eps == 0:
         assert abs(gap - kl) < 1e-9
 

@@ -61,6 +61,41 @@ def test_forward_sample_has_the_uniform_marginal():
     torch.testing.assert_close(freq, expected, rtol=0, atol=1e-4)
 
 
+def soft_law(x_probs, alpha, vocab):
+    """SPEC.md §4.1 (IDLM eqs. 17-21) written out: q(z = j | x) = alpha x_j + (1 - alpha)/V."""
+    return alpha * x_probs + (1 - alpha) / vocab
+
+
+def test_latent_log_prob_is_the_log_of_the_product_of_the_soft_marginals_over_every_sequence():
+    """V = 3, L = 2, every z of [3]^2, alpha_t = 1 - t (eps = 0): log q(z | x) = sum_i log(alpha x_i[z_i]
+    + (1 - alpha)/V) for two soft x at two times, and the nine probabilities of each sum to one."""
+    vocab, length = 3, 2
+    process = UniformProcess(vocab, LogLinear(eps=0.0))
+    x = torch.stack([torch.stack([dirichlet(vocab, 10 * n + i) for i in range(length)]) for n in range(2)])
+    times = torch.tensor([0.3, 0.8], dtype=torch.float64)
+    z = sequences(vocab, length)
+    for x_n, t in zip(x, times):
+        got = process.latent_log_prob(x_n.expand(len(z), length, vocab), z, t.expand(len(z)))
+        expected = torch.tensor([sum(soft_law(x_n[i, z_k[i]], 1 - t, vocab).log() for i in range(length))
+                                 for z_k in z], dtype=torch.float64)
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+        assert abs(got.exp().sum().item() - 1) < 1e-12
+
+
+def test_soft_forward_draws_follow_the_soft_marginal():
+    """forward_sample_soft draws z ~ Cat(alpha x + (1 - alpha)/V) per position: 20k draws (fixed seed)
+    of three positions with different soft x at alpha = 0.5, each frequency within 5 binomial
+    standard errors sqrt(p (1 - p) / n) of its probability."""
+    vocab, n = 4, 20_000
+    process = UniformProcess(vocab, LogLinear(eps=0.0))
+    x = torch.stack([dirichlet(vocab, seed) for seed in range(3)])
+    z = process.forward_sample_soft(x.expand(n, 3, vocab), torch.full((n,), 0.5),
+                                    torch.Generator().manual_seed(0))
+    freq = torch.stack([torch.bincount(z[:, i], minlength=vocab) for i in range(3)]).double() / n
+    p = soft_law(x, 0.5, vocab)
+    assert ((freq - p).abs() <= 5 * (p * (1 - p) / n).sqrt()).all(), (freq, p)
+
+
 def test_udlm_loss_is_nonnegative_and_zero_at_the_truth():
     torch.manual_seed(1)
     x = torch.distributions.Dirichlet(torch.ones(5, dtype=torch.float64)).sample((3, 4))
