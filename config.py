@@ -61,7 +61,7 @@ class TrainConfig:
                                        "(a distillation: the teacher's size)", choices=["paper", "cpu"])
     schedule: str = flag("loglinear", "noise schedule of a pretrained diffusion model", choices=list(SCHEDULES))
     vocab_size: int = flag(4096, "vocabulary of a small corpus: GPT-2's BPE cut after its first N - 1 tokens, and "
-                                 "EOS (lossless: no <unk>; about 1.25x GPT-2's tokens at 4096)",
+                                 "EOS (lossless: no <unk>; 1.27x GPT-2's tokens on the plays at 4096)",
                            at_least=257)
     seq_len: Optional[int] = flag(None, "sequence length L (default: 128; a distillation: the teacher's L, "
                                         "or shorter when given)", at_least=2)
