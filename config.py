@@ -92,7 +92,8 @@ class TrainConfig:
                                             "presets, 1024)", at_least=1)
     teacher_steps: int = flag(2, "SDTT: teacher steps distilled into one student step (2, 4, 8)", at_least=1)
     divergence: Optional[str] = flag(None, "SDTT divergence (default: reverse_kl, the paper's, for full size; "
-                                           "mse on the CPU presets, see results/embedded.md)", choices=list(sdtt.DIVERGENCES))
+                                           "mse on the CPU presets, see results/embedded.md)",
+                                     choices=list(sdtt.DIVERGENCES))
     teacher_sampler: str = flag("ancestral", "SDTT: sampler that makes the targets", choices=list(sdtt.TEACHER_SAMPLERS))
     reset_optimizer: bool = flag(False, "SDTT ablation: a fresh optimizer each round")
     ema_teacher: bool = flag(False, "SDTT ablation: the EMA weights teach the next round (EMA decay 0.999)")
@@ -138,10 +139,9 @@ class TrainConfig:
                                       "missing; gpt2-large for a teacher with GPT-2's full vocabulary), 'exact' "
                                       "for synthetic data, or a Hugging Face model (folder or hub name)")
     eval_samples: int = flag(64, "samples per row of the final GenPPL/entropy table (0: no table)", at_least=0)
-    table_temperatures: list[float] = flag([0.7, 0.8, 0.9, 1.1], "the final table also samples the teacher at L "
-                                                                  "steps at these temperatures: the frontier every "
-                                                                  "row is judged against at its own entropy",
-                                           above=0)
+    table_temperatures: list[float] = flag([0.5, 0.7, 0.8, 0.9, 1.1, 1.3], "the final table also samples the "
+                                           "teacher at L steps at these temperatures: the frontier every row is "
+                                           "judged against at its own entropy", above=0)
 
 
 # The defaults of unset flags, per method: the papers' settings (full-size models) ...
