@@ -17,7 +17,7 @@ from loading import hub
 from model import ModelConfig, build_model
 from processes.registry import process_from_config
 
-DIFFUSION_KINDS = ("mdlm", "sedd", "sdtt", "idlm", "dcd")
+DIFFUSION_KINDS = ("mdlm", "sedd", "sdtt", "idlm", "dcd", "mmd")
 KINDS = DIFFUSION_KINDS + ("ar",)
 
 

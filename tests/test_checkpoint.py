@@ -111,3 +111,14 @@ def test_a_student_records_what_it_was_distilled_for_and_a_teacher_nothing():
     assert checkpoint.default_steps({"kind": "idlm", "sampling_steps": 4}) == (
         4, "4 steps, as it was distilled for (idlm round 0)")  # a checkpoint from before the teacher's steps
     assert checkpoint.default_steps({"kind": "mdlm"}) is None
+
+
+def test_every_distillation_method_writes_a_kind_that_every_door_loads():
+    import config
+    assert set(config.METHODS) <= set(checkpoint.DIFFUSION_KINDS)
+
+
+def test_an_mmd_student_loads_where_any_absorbing_student_does(tmp_path):
+    path = save_tiny_checkpoint(tmp_path / "mmd.pt", "mmd")
+    model, ckpt = checkpoint.load_model(path, kinds=checkpoint.DIFFUSION_KINDS)
+    assert ckpt["kind"] == "mmd" and checkpoint.process_of(ckpt).has_mask
