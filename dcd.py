@@ -14,7 +14,7 @@ def training_step(student, teacher, ema, chunks, dt, process, schedule, cfg, env
     """One step of a DCD round on a batch (micro-batches of (x, t, u); DCD draws its own Gaussian
     noise, so u is not used), then the student's EMA."""
     def loss(x, t, u):
-        return duo.dcd_loss(student.run, teacher, process, schedule, x, t, dt)
+        return duo.dcd_loss(student.run, teacher, process, schedule, x, t, dt), {}
     value, _ = optimizer_step(student, chunks, loss, env, cfg.grad_clip)
     ema.update_parameters(student.module)
     return {"dcd": value}

@@ -169,7 +169,7 @@ def training_step(student, fake, teacher, ema, chunks, fake_chunks, latents, cho
     own with --fake-batch same), then the student step (eq. 11) on `chunks`, then the student's EMA.
     Each batch is micro-batches of (x, t, u)."""
     def fake_step_loss(x, t, u):
-        return fake_loss(fake.run, student.module, x, t, u, latents, choices)
+        return fake_loss(fake.run, student.module, x, t, u, latents, choices), {}
 
     def student_step_loss(x, t, u):
         return student_loss(student.run, teacher, fake.module, x, t, u, latents, choices)

@@ -206,14 +206,14 @@ class DiT(nn.Module):
         self.blocks = nn.ModuleList(DiTBlock(cfg) for _ in range(cfg.n_layer))
         self.output_layer = FinalLayer(cfg, cfg.vocab_size + 1)
 
-    def trunk(self, tokens, sigma):
+    def trunk(self, tokens, sigma, blocks=None):
         """Everything but the output layer: final hidden states [N, L, width] and the time
         conditioning c [N, cond_dim]. With `head`, a caller can apply the output layer (V+1 wide,
-        often the largest matmul) only at the rows it needs."""
+        often the largest matmul) only at the rows it needs. blocks: run only the first ones."""
         x = self.vocab_embed(tokens)
         c = F.silu(self.sigma_map(sigma))
         cos, sin = self.rotary_emb(torch.arange(tokens.shape[1], device=tokens.device))
-        for block in self.blocks:
+        for block in self.blocks[:blocks]:
             x = block(x, c, cos, sin)
         return x, c
 
@@ -222,12 +222,7 @@ class DiT(nn.Module):
         sigma = 0: the representation MDLM-MMD compares (mmd.py); later blocks are not run."""
         if not 0 <= block < len(self.blocks):
             raise ValueError(f"block {block}: this model's blocks are 0 to {len(self.blocks) - 1} (--mmd-block)")
-        x = self.vocab_embed(tokens)
-        c = F.silu(self.sigma_map(torch.zeros(tokens.shape[0], device=tokens.device)))
-        cos, sin = self.rotary_emb(torch.arange(tokens.shape[1], device=tokens.device))
-        for layer in self.blocks[:block + 1]:
-            x = layer(x, c, cos, sin)
-        return x
+        return self.trunk(tokens, torch.zeros(tokens.shape[0], device=tokens.device), blocks=block + 1)[0]
 
     def head(self, hidden, c):
         """The output layer: logits of hidden states [N, L, width] (c [N, cond_dim]) or of selected

@@ -122,7 +122,7 @@ def training_step(student, teacher, ema, chunks, delta, process, cfg, env):
     student's step against targets of --teacher-steps teacher steps of size delta; then its EMA."""
     def loss(x, t, u):
         return distillation_loss(student.run, teacher, x, t, u, process, cfg.teacher_steps, delta, cfg.divergence,
-                                 cfg.teacher_sampler)
+                                 cfg.teacher_sampler), {}
     value, _ = optimizer_step(student, chunks, loss, env, cfg.grad_clip)
     ema.update_parameters(student.module)
     return {cfg.divergence: value}

@@ -51,7 +51,7 @@ def pretraining_loss(model, latents, x, t, u):
 def training_step(net, ema, chunks, latents, cfg, env):
     """One optimizer step of the pretraining loss on a batch (micro-batches of (x, t, u)), then the EMA."""
     def loss(x, t, u):
-        return pretraining_loss(net.run, latents, x, t, u)
+        return pretraining_loss(net.run, latents, x, t, u), {}
     value, _ = optimizer_step(net, chunks, loss, env, cfg.grad_clip)
     ema.update_parameters(net.module)
     return {"loss": value}

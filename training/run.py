@@ -132,7 +132,7 @@ class Run:
     def begin(self, label, first, passes):
         """A round's steps start at `first`. label: what the bar and the log say; passes: (training
         passes, forward passes) of one step, for its FLOPs (plumbing/flops.py)."""
-        self.label, self.first, self.t0 = label, first, time.time()
+        self.label, self.first, self.t0, self.logs = label, first, time.time(), {}
         self.interval = (first, self.t0)
         self.flops_per_token = step_flops_per_token(self.modules["model"], self.cfg.seq_len, *passes)
         self.bar = tqdm(total=self.cfg.iters, initial=first, desc=label, disable=not self.env.main, dynamic_ncols=True)
@@ -173,7 +173,7 @@ class Run:
             self.save("ckpt.pt", iters, finished=True, **fields)
         else:
             self.save("ckpt.pt", 0, **{**fields, "round": j + 1})
-        self.validate(iters, getattr(self, "logs", {}))
+        self.validate(iters, self.logs)
         self.bar.close()
         return self.cfg.batch_size * self.cfg.seq_len * (iters - self.first) / (time.time() - self.t0)
 

@@ -136,7 +136,7 @@ def micro_batches(batch, size):
 
 def optimizer_step(net, chunks, loss_of, env, grad_clip):
     """One optimizer step of `net` on a batch given as micro-batches: loss_of(x, t, u) is a micro-
-    batch's loss, or (loss, logs). Gradients of the chunks' mean loss accumulate (DDP averages them
+    batch's (loss, logs: floats to average). Gradients of the chunks' mean loss accumulate (DDP averages them
     over the processes on the last chunk only), are clipped to --grad-clip (0: off), and AdamW and
     its schedule step. Returns (the batch's mean loss, the mean of each logged value)."""
     net.optimizer.zero_grad(set_to_none=True)
@@ -145,8 +145,7 @@ def optimizer_step(net, chunks, loss_of, env, grad_clip):
         last = i == len(chunks) - 1
         sync = contextlib.nullcontext() if last or env.world == 1 else net.run.no_sync()
         with sync, env.autocast():
-            out = loss_of(*chunk)
-            loss, extra = out if isinstance(out, tuple) else (out, {})
+            loss, extra = loss_of(*chunk)
             (loss / len(chunks)).backward()
         total += loss.item() / len(chunks)
         for k, v in extra.items():
